@@ -1,0 +1,161 @@
+"""cgroup v1 and v2: the parents nsjail creates slot cgroups under, and the per-run counters.
+
+nsjail creates one cgroup per jail (`<parent>/NSJAIL.<pid>`) and applies the start-up limits;
+the host then owns it: it sets the per-call memory and pids limits and reads the counters the
+outcome is derived from (OOM kills, peak memory). Never trust the child's exit code for that.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "sandbox"
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+def version() -> int | None:
+    """2 on a unified hierarchy, 1 when the v1 memory/pids/cpu controllers are mounted, else None."""
+    if (ROOT / "cgroup.controllers").exists():
+        return 2
+    if all((ROOT / c).is_dir() for c in V1_CONTROLLERS):
+        return 1
+    return None
+
+
+def ensure_parents() -> None:
+    """Create the parent cgroups slots live under (idempotent; needs root or a delegated tree)."""
+    v = version()
+    if v == 1:
+        for c in V1_CONTROLLERS:
+            (ROOT / c / PARENT).mkdir(exist_ok=True)
+    elif v == 2:
+        parent = ROOT / PARENT
+        parent.mkdir(exist_ok=True)
+        wanted = {"memory", "pids", "cpu"}
+        available = set((ROOT / "cgroup.controllers").read_text().split())
+        enabled = set((ROOT / "cgroup.subtree_control").read_text().split())
+        for c in sorted((wanted & available) - enabled):
+            (ROOT / "cgroup.subtree_control").write_text(f"+{c}")
+        for c in sorted(wanted & available):
+            (parent / "cgroup.subtree_control").write_text(f"+{c}")
+    else:
+        raise OSError("no usable cgroup hierarchy (need v2, or v1 memory, pids and cpu)")
+
+
+def nsjail_config(memory_bytes: int, pids: int, cpu_ms_per_sec: int) -> str:
+    """The cgroup part of a slot's nsjail config (protobuf text format)."""
+    common = f"cgroup_mem_max: {memory_bytes}\ncgroup_pids_max: {pids}\ncgroup_cpu_ms_per_sec: {cpu_ms_per_sec}\n"
+    if version() == 2:
+        return common + f'use_cgroupv2: true\ncgroupv2_mount: "{ROOT / PARENT}"\ncgroup_mem_swap_max: 0\n'
+    lines = [common, f"cgroup_mem_memsw_max: {memory_bytes}\n" if _v1_has_memsw() else ""]
+    for c, key in (("memory", "mem"), ("pids", "pids"), ("cpu", "cpu")):
+        lines.append(f'cgroup_{key}_mount: "{ROOT / c}"\ncgroup_{key}_parent: "{PARENT}"\n')
+    return "".join(lines)
+
+
+def _v1_has_memsw() -> bool:
+    return (ROOT / "memory" / PARENT / "memory.memsw.limit_in_bytes").exists()
+
+
+def _read_key(path: Path, key: str) -> int:
+    for line in path.read_text().splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return 0
+
+
+@dataclass
+class Snapshot:
+    usage: int
+    oom_kills: int
+
+
+class SlotCgroup:
+    """The cgroup(s) of one jail, found from the pid nsjail gave its child."""
+
+    def __init__(self, jail_pid: int) -> None:
+        name = f"NSJAIL.{jail_pid}"
+        self.v2 = version() == 2
+        if self.v2:
+            self.mem = self.pids = ROOT / PARENT / name
+        else:
+            self.mem = ROOT / "memory" / PARENT / name
+            self.pids = ROOT / "pids" / PARENT / name
+        if not self.mem.is_dir():
+            raise OSError(f"jail cgroup {self.mem} does not exist")
+        self._memory_limit: int | None = None
+        self._pids_limit: int | None = None
+        self._peak_resettable = not self.v2 or self._v2_peak_reset()
+
+    def _v2_peak_reset(self) -> bool:
+        try:
+            (self.mem / "memory.peak").write_text("0")  # kernel >= 6.12
+            return True
+        except OSError:
+            return False
+
+    def usage(self) -> int:
+        return int((self.mem / ("memory.current" if self.v2 else "memory.usage_in_bytes")).read_text())
+
+    def set_limits(self, memory_bytes: int, pids: int) -> None:
+        if memory_bytes != self._memory_limit:
+            if self.v2:
+                (self.mem / "memory.max").write_text(str(memory_bytes))
+            else:
+                memsw = self.mem / "memory.memsw.limit_in_bytes"
+                # memory <= memory+swap must hold at every step: order the writes accordingly.
+                current = int((self.mem / "memory.limit_in_bytes").read_text())
+                raising = memory_bytes > current
+                if memsw.exists() and raising:
+                    memsw.write_text(str(memory_bytes))
+                (self.mem / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                if memsw.exists() and not raising:
+                    memsw.write_text(str(memory_bytes))
+            self._memory_limit = memory_bytes
+        if pids != self._pids_limit:
+            (self.pids / "pids.max").write_text(str(pids))
+            self._pids_limit = pids
+
+    def begin(self) -> Snapshot:
+        """Counters at the start of a run; resets the peak so the run's own peak can be read."""
+        if self.v2:
+            if self._peak_resettable:
+                (self.mem / "memory.peak").write_text("0")
+            return Snapshot(self.usage(), _read_key(self.mem / "memory.events", "oom_kill"))
+        (self.mem / "memory.max_usage_in_bytes").write_text("0")
+        return Snapshot(self.usage(), _read_key(self.mem / "memory.oom_control", "oom_kill"))
+
+    def end(self, start: Snapshot) -> tuple[int, int]:
+        """(peak bytes the run added over its start, OOM kills during the run)."""
+        if self.v2:
+            peak = int((self.mem / "memory.peak").read_text())
+            kills = _read_key(self.mem / "memory.events", "oom_kill")
+        else:
+            peak = int((self.mem / "memory.max_usage_in_bytes").read_text())
+            kills = _read_key(self.mem / "memory.oom_control", "oom_kill")
+        return max(0, peak - start.usage), kills - start.oom_kills
+
+
+def remove_stale() -> int:
+    """Remove empty slot cgroups left by jails that died with their host process. Returns how many."""
+    removed = 0
+    dirs = [ROOT / PARENT] if version() == 2 else [ROOT / c / PARENT for c in V1_CONTROLLERS]
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for child in d.glob("NSJAIL.*"):
+            try:
+                pid = int(child.name.split(".", 1)[1])
+            except ValueError:
+                continue
+            if not os.path.exists(f"/proc/{pid}"):
+                try:
+                    child.rmdir()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed

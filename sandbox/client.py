@@ -1,0 +1,147 @@
+"""The public API: `Sandbox` (threads) and `AsyncSandbox` (asyncio), twins over one pool."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import cgroups, doctor, image as images, limits as policy, wire
+from .errors import InvalidInputError, SandboxClosedError
+from .limits import JailSettings, Limits
+from .pool import Pool
+from .results import Result
+from .slot import Slot, SlotDied
+
+Files = Mapping[str, "bytes | str"]
+
+
+class Sandbox:
+    """A pool of warm jails. Thread-safe: call run() from as many threads as you like.
+
+    >>> with Sandbox() as sb:
+    ...     sb.run("print(1)").stdout
+    '1\\n'
+    """
+
+    def __init__(self, slots: int | None = None, *, image: str = "default", limits: Limits | None = None,
+                 max_queue: int = 1024, recycle_after: int = 1000) -> None:
+        if slots is not None and (not isinstance(slots, int) or slots < 1):
+            raise InvalidInputError(f"slots must be a positive integer, not {slots!r}")
+        if max_queue < 0 or recycle_after < 1:
+            raise InvalidInputError("max_queue must be >= 0 and recycle_after >= 1")
+        doctor.require_safe_host()  # refuses to start unsafely: same checks as `sandbox doctor`
+        self.image = images.load_any(image)
+        self.limits = limits if limits is not None else Limits.from_policy()
+        settings = JailSettings.from_policy()
+        seccomp = policy.seccomp_policy()
+        cgroups.ensure_parents()
+        cgroups.remove_stale()
+        self._closed = False
+        t0 = time.monotonic()
+
+        def factory(index: int) -> Slot:
+            return Slot(index, self.image, settings, seccomp, self.limits)
+
+        self._pool = Pool(slots or os.cpu_count() or 1, factory, max_queue=max_queue, recycle_after=recycle_after)
+        self._pool.start()
+        self.start_seconds = time.monotonic() - t0
+
+    def run(self, code: str, files: Files | None = None, *, timeout: float | None = None,
+            limits: Limits | Mapping[str, Any] | None = None, filename: str = "main.py") -> Result:
+        """Run `code` with `files` placed in its working directory; never raises for what the code does."""
+        lim = self._limits_for(timeout, limits)
+        request = wire.encode_request(code, files, lim, filename)  # InvalidInputError before anything runs
+        slot = self._pool.acquire()
+        t0 = time.monotonic()
+        try:
+            header, body, peak, kills = slot.execute(request, lim)
+        except (SlotDied, OSError) as exc:
+            self._pool.release(slot, broken=True)
+            return wire.sandbox_error(f"the jail failed during the run ({exc}); it was replaced, retry the call",
+                                      wall_ms=(time.monotonic() - t0) * 1000)
+        except BaseException:
+            self._pool.release(slot, broken=True)
+            raise
+        broken = header.get("status") == "setup_failed"
+        self._pool.release(slot, broken=broken)
+        return wire.decode_reply(header, body, peak, kills, lim)
+
+    def _limits_for(self, timeout: float | None, limits: Limits | Mapping[str, Any] | None) -> Limits:
+        if self._closed:
+            raise SandboxClosedError("the sandbox is closed")
+        lim = self.limits
+        if isinstance(limits, Limits):
+            lim = limits
+        elif isinstance(limits, Mapping):
+            lim = lim.replace(**limits)
+        elif limits is not None:
+            raise InvalidInputError("limits must be a Limits or a mapping of limit names to values")
+        if timeout is not None:
+            lim = lim.replace(timeout_seconds=timeout)
+        return lim
+
+    def image_info(self) -> dict[str, Any]:
+        """The image's manifest: Python version, package versions, preloaded modules."""
+        return dict(self.image.manifest)
+
+    def stats(self) -> dict[str, Any]:
+        return self._pool.stats()
+
+    def close(self) -> None:
+        """Stop every jail. Leaves no process, mount or cgroup behind."""
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+            cgroups.remove_stale()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSandbox:
+    """The asyncio twin of Sandbox: `async with AsyncSandbox() as sb: r = await sb.run(...)`."""
+
+    def __init__(self, slots: int | None = None, **kwargs: Any) -> None:
+        self._args = (slots, kwargs)
+        self._sync: Sandbox | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def start(self) -> AsyncSandbox:
+        slots, kwargs = self._args
+        self._sync = await asyncio.to_thread(Sandbox, slots, **kwargs)
+        # One thread per possible in-flight call: slots running plus callers queued.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._sync._pool.size * 4, thread_name_prefix="sandbox-async")
+        return self
+
+    async def run(self, code: str, files: Files | None = None, **kwargs: Any) -> Result:
+        if self._sync is None:
+            raise SandboxClosedError("AsyncSandbox is not started: use `async with AsyncSandbox() as sb`")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self._sync.run(code, files, **kwargs))
+
+    def image_info(self) -> dict[str, Any]:
+        if self._sync is None:
+            raise SandboxClosedError("AsyncSandbox is not started")
+        return self._sync.image_info()
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            await asyncio.to_thread(self._sync.close)
+            self._sync = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

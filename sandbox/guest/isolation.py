@@ -1,0 +1,144 @@
+"""Per-execution isolation of a freshly forked child, in the order ARCHITECTURE.md gives.
+
+Runs inside the jail, in the child, *before* any byte of the request is read. Every step
+raises on failure; the caller reports the failure to the zygote and exits, so no user code
+ever runs in a half-isolated child (fail closed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import resource
+import signal
+import sys
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 24, 22, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+SECCOMP_MODE_FILTER = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class IsolationError(Exception):
+    """A setup step failed; the child must not run anything."""
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise IsolationError(f"{what}: {os.strerror(err)}")
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), f"prctl({option})")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def private_filesystems(profile: dict, workdir: str, uid: int, gid: int) -> None:
+    """Steps 1-2: own mount and IPC namespaces; fresh size-capped tmpfs for every writable place.
+
+    Nothing one execution writes (files, /dev/shm segments, SysV objects) survives it,
+    because all of it lives in namespaces that die with the execution's last process.
+    """
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(mount, ipc)")
+    # Without this, mounts below would propagate back into the zygote's namespace.
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _mount("tmpfs", workdir, "tmpfs", flags, f"size={profile['workdir_bytes']},mode=0755,uid={uid},gid={gid}")
+    _mount("tmpfs", "/tmp", "tmpfs", flags, f"size={profile['tmp_bytes']},mode=1777")
+    _mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={profile['shm_bytes']},mode=1777")
+    # A private /proc that hides processes of other uids (the zygote runs as another uid).
+    _mount("proc", "/proc", "proc", flags, "hidepid=invisible")
+
+
+def close_fds(keep_below: int) -> None:
+    """Step 3: close every fd but the execution's own (0..keep_below-1)."""
+    os.closerange(keep_below, 1 << 20)
+
+
+def limit_resources(profile: dict) -> None:
+    """Step 4: the OOM killer takes the child, never the zygote; hard = soft so nothing can raise them."""
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+    for res, value in (
+        (resource.RLIMIT_CPU, profile["cpu_seconds"]),
+        (resource.RLIMIT_FSIZE, profile["file_size_bytes"]),
+        (resource.RLIMIT_NOFILE, profile["open_files"]),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(res, (value, value))
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Step 5: no capabilities in any set, no way to regain them, not dumpable."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    # The bounding set can only be emptied while we still hold CAP_SETPCAP, i.e. before setuid.
+    for cap in range(last_cap + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # clears effective and permitted, but not inheritable
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_DUMPABLE, 0)
+    # A uid change clears the parent-death signal, so it is set only now; then close the
+    # race where the zygote died before the prctl took effect.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != 1:
+        raise IsolationError("zygote died during setup")
+
+
+def load_seccomp(bpf: bytes) -> None:
+    """Step 6: load the allow-list filter the zygote compiled once (pyseccomp) from policies/."""
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+
+
+def reseed() -> None:
+    """Step 7: every fork would otherwise replay the zygote's RNG streams."""
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
+
+
+def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int) -> None:
+    private_filesystems(profile, workdir, uid, gid)
+    close_fds(keep_below=4)
+    limit_resources(profile)
+    drop_privileges(uid, gid)
+    load_seccomp(bpf)
+    reseed()
+    os.chdir(workdir)

@@ -1,0 +1,95 @@
+"""Length-prefixed frames: a JSON header followed by raw binary blobs.
+
+Shared by the host and the jail, so it imports only the standard library.
+Every byte that comes out of a jail is hostile: sizes are checked against a cap
+*before* anything is allocated, and JSON is parsed from a bounded buffer. Never pickle.
+
+Wire format of one frame:
+
+    magic b"SBX1" | u32 header_len | u64 body_len | header (UTF-8 JSON object) | body
+
+The header names the blobs in the body in order (each with its length), so binary
+data (input files, PNGs, stdout) travels without base64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+MAGIC = b"SBX1"
+PREFIX = struct.Struct(">4sIQ")
+MAX_HEADER = 4 << 20  # 4 MiB of JSON is far beyond any legitimate header
+
+
+class ProtocolError(Exception):
+    """A frame was malformed, oversized or cut short."""
+
+
+def encode(header: dict, blobs: list[bytes] = ()) -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body_len = sum(len(b) for b in blobs)
+    return b"".join([PREFIX.pack(MAGIC, len(head), body_len), head, *blobs])
+
+
+def parse_prefix(prefix: bytes, max_body: int) -> tuple[int, int]:
+    """Validate a frame prefix; return (header_len, body_len)."""
+    magic, head_len, body_len = PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise ProtocolError("bad frame magic")
+    if head_len > MAX_HEADER:
+        raise ProtocolError(f"frame header of {head_len} bytes exceeds the cap")
+    if body_len > max_body:
+        raise ProtocolError(f"frame body of {body_len} bytes exceeds the cap of {max_body}")
+    return head_len, body_len
+
+
+def parse_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    return header
+
+
+def split_blobs(body: bytes | memoryview, sizes: list) -> list[bytes]:
+    """Cut the body into blobs of the given sizes; the sizes must add up exactly."""
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+        raise ProtocolError("blob sizes must be non-negative integers")
+    if sum(sizes) != len(body):
+        raise ProtocolError("blob sizes do not add up to the frame body")
+    out, pos = [], 0
+    for n in sizes:
+        out.append(bytes(body[pos:pos + n]))
+        pos += n
+    return out
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    """Blocking read of exactly n bytes from fd; ProtocolError on EOF."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = 0
+    while pos < n:
+        got = os.readv(fd, [view[pos:]])
+        if got == 0:
+            raise ProtocolError("stream closed in the middle of a frame" if pos else "stream closed")
+        pos += got
+    return bytes(buf)
+
+
+def read_frame(fd: int, max_body: int) -> tuple[dict, bytes]:
+    """Blocking read of one frame from fd (used inside the jail, where fds are trusted)."""
+    head_len, body_len = parse_prefix(read_exact(fd, PREFIX.size), max_body)
+    header = parse_header(read_exact(fd, head_len))
+    body = read_exact(fd, body_len) if body_len else b""
+    return header, body
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

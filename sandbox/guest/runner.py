@@ -1,0 +1,230 @@
+"""Run one request inside an isolated child: place the inputs, execute, collect the artefacts.
+
+Runs after isolation.isolate(), so everything here already sits behind the seccomp filter.
+The user's code shares this process, so nothing the runner reports is trusted by the zygote
+or the host: they cap and validate it again.
+
+fds: 0 = request (read to EOF), 1/2 = stdout/stderr pipes, 3 = result channel.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import io
+import linecache
+import os
+import stat
+import sys
+import traceback
+
+from . import protocol
+
+REQUEST_FD, RESULT_FD = 0, 3
+MAX_MESSAGE = 64 << 10
+MAX_TRACEBACK = 256 << 10
+
+
+class _Figures:
+    """Collects matplotlib figures as PNG, in the order they were shown or left open."""
+
+    def __init__(self) -> None:
+        self.images: list[tuple[str, bytes]] = []
+        self.dropped = 0
+        self.max_images = 0
+        self.max_bytes = 0
+
+    def capture_open_figures(self) -> None:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            if len(self.images) >= self.max_images:
+                self.dropped += 1
+            else:
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png")
+                data = buf.getvalue()
+                if len(data) > self.max_bytes:
+                    self.dropped += 1
+                else:
+                    self.images.append((f"figure_{len(self.images) + 1}.png", data))
+            plt.close(fig)
+
+
+FIGURES = _Figures()
+
+
+def show(*args, **kwargs) -> None:
+    """Replacement for matplotlib.pyplot.show: render every open figure to PNG and close it."""
+    FIGURES.capture_open_figures()
+
+
+def _unbuffered_stdio() -> None:
+    # Unbuffered at the fd level, so output printed before a timeout or a crash is never
+    # lost in a userspace buffer that a SIGKILL would discard.
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+
+
+def _clip(text: str, cap: int) -> str:
+    return text if len(text) <= cap else text[:cap] + f"... [{len(text) - cap} characters cut]"
+
+
+def _describe(exc: BaseException, tb, filename: str) -> dict:
+    """Structured error with the engine's own frames removed from the traceback."""
+    line = None
+    t = tb
+    while t is not None:
+        if t.tb_frame.f_code.co_filename == filename:
+            line = t.tb_lineno
+        t = t.tb_next
+    if isinstance(exc, SyntaxError) and exc.filename == filename:
+        line = exc.lineno
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # a hostile __str__ must not take the runner down
+        message = "<unprintable exception>"
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    return {"type": name, "message": _clip(message, MAX_MESSAGE), "line": line,
+            "traceback": _clip(text, MAX_TRACEBACK)}
+
+
+def _place_inputs(entries: list, blobs: list[bytes]) -> dict[str, bytes]:
+    inputs = {}
+    for entry, data in zip(entries, blobs):
+        name = entry["name"]
+        # The host already rejected bad names; refuse again rather than trust one frame.
+        parts = name.split("/")
+        if name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"bad input file name {name!r}")
+        if len(parts) > 1:
+            os.makedirs("/".join(parts[:-1]), exist_ok=True)
+        with open(name, "xb") as f:
+            f.write(data)
+        inputs[name] = data
+    return inputs
+
+
+def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int) -> tuple[list, int]:
+    """Regular files in the work dir that are new or changed. Links are never followed."""
+    found, dropped, total = [], 0, 0
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(rel or "."), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            path = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir(follow_symlinks=False):
+                stack.append(path)
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if path in inputs and st.st_size == len(inputs[path]):
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        if f.read() == inputs[path]:
+                            continue
+                if len(found) >= max_files or total + st.st_size > max_bytes:
+                    dropped += 1
+                    continue
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    data = f.read(max_bytes - total + 1)
+                if total + len(data) > max_bytes:
+                    dropped += 1
+                    continue
+                total += len(data)
+                found.append((path, data))
+            finally:
+                os.close(fd)
+    return found, dropped
+
+
+def serve() -> None:
+    """Read the request from fd 0, run it, write the result to fd 3, and exit."""
+    header, body = protocol.read_frame(REQUEST_FD, max_body=1 << 40)
+    os.close(REQUEST_FD)
+    limits = header["limits"]
+    filename = header["filename"]
+    _unbuffered_stdio()
+    FIGURES.max_images = limits["max_images"]
+    FIGURES.max_bytes = limits["max_image_bytes"]
+
+    error, exit_code = None, 0
+    try:
+        inputs = _place_inputs(header["files"], protocol.split_blobs(body, [f["size"] for f in header["files"]]))
+    except (OSError, ValueError) as exc:
+        inputs, error, exit_code = {}, _describe(exc, None, filename), 1
+    del body
+
+    if error is None:
+        code = header["code"]
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        sys.argv = [filename]
+        main = type(sys)("__main__")
+        main.__file__ = filename
+        main.__builtins__ = builtins
+        sys.modules["__main__"] = main
+        atexit._clear()  # the zygote's exit handlers are not the user's
+        try:
+            exec(compile(code, filename, "exec"), main.__dict__)
+        except SystemExit as exc:
+            exit_code = _exit_status(exc.code)
+        except BaseException as exc:  # noqa: BLE001 - every user exception is reported
+            error, exit_code = _describe(exc, exc.__traceback__.tb_next or exc.__traceback__, filename), 1
+            if isinstance(exc, SyntaxError):
+                error["traceback"] = _clip("".join(traceback.format_exception_only(type(exc), exc)), MAX_TRACEBACK)
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001
+            pass
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - the user may have closed or replaced it
+            pass
+    try:
+        FIGURES.capture_open_figures()
+    except Exception as exc:  # noqa: BLE001
+        if error is None:
+            error, exit_code = _describe(exc, None, filename), 1
+    files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"])
+
+    result = {
+        "error": error,
+        "exit_code": exit_code,
+        "images": [{"name": n, "size": len(d)} for n, d in FIGURES.images],
+        "images_dropped": FIGURES.dropped,
+        "files": [{"path": p, "size": len(d)} for p, d in files],
+        "files_dropped": files_dropped,
+    }
+    protocol.write_all(RESULT_FD, protocol.encode(result, [d for _, d in FIGURES.images] + [d for _, d in files]))
+    os._exit(exit_code)
+
+
+def _exit_status(code) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(f"{code}\n")
+    except Exception:  # noqa: BLE001
+        pass
+    return 1

@@ -1,0 +1,140 @@
+"""Execution limits and the policy files they come from (policies/*.toml)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def policy_dir() -> Path:
+    return Path(os.environ.get("SANDBOX_POLICY_DIR", PACKAGE_ROOT / "policies"))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-execution limits. Defaults come from policies/default.toml; override per call
+    with `limits.replace(timeout_seconds=5)` or `Sandbox.run(..., timeout=5)`."""
+
+    timeout_seconds: float = 30
+    cpu_seconds: int = 30
+    memory_bytes: int = 1 << 30
+    max_processes: int = 64
+    file_size_bytes: int = 256 << 20
+    open_files: int = 1024
+    workdir_bytes: int = 256 << 20
+    tmp_bytes: int = 256 << 20
+    shm_bytes: int = 64 << 20
+    max_stdout_bytes: int = 1 << 20
+    max_stderr_bytes: int = 1 << 20
+    max_images: int = 32
+    max_image_bytes: int = 8 << 20
+    max_files: int = 64
+    max_file_bytes: int = 64 << 20
+    max_input_files: int = 256
+    max_input_bytes: int = 128 << 20
+    max_code_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidInputError(f"limit {f.name} must be a number, not {value!r}")
+            if f.name != "timeout_seconds" and not isinstance(value, int):
+                raise InvalidInputError(f"limit {f.name} must be a whole number, not {value!r}")
+            if value <= 0 and f.name not in ("max_images", "max_files"):
+                raise InvalidInputError(f"limit {f.name} must be positive, not {value!r}")
+            if value < 0:
+                raise InvalidInputError(f"limit {f.name} must not be negative, not {value!r}")
+        if self.timeout_seconds > 24 * 3600:
+            raise InvalidInputError("limit timeout_seconds must be at most one day")
+
+    @classmethod
+    def from_policy(cls, path: Path | None = None) -> Limits:
+        """Defaults from a policy file (policies/default.toml unless given)."""
+        data = load_toml(path or policy_dir() / "default.toml")
+        table = data.get("limits", {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(table) - known
+        if unknown:
+            raise InvalidInputError(f"unknown limits in policy: {', '.join(sorted(unknown))}")
+        return cls(**table)
+
+    def replace(self, **changes: Any) -> Limits:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise InvalidInputError(f"unknown limits: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def profile(self) -> dict[str, int]:
+        """The limits a child applies to itself before it sees a request (mounts, rlimits)."""
+        return {
+            "workdir_bytes": self.workdir_bytes,
+            "tmp_bytes": self.tmp_bytes,
+            "shm_bytes": self.shm_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "file_size_bytes": self.file_size_bytes,
+            "open_files": self.open_files,
+        }
+
+    def result_cap(self) -> int:
+        """Largest result frame a child may send: every image and file at its cap, plus JSON."""
+        return self.max_images * self.max_image_bytes + self.max_file_bytes + (4 << 20)
+
+    def guest(self) -> dict[str, Any]:
+        """The limits the zygote and the runner enforce, as sent in a request."""
+        return {
+            "timeout": self.timeout_seconds,
+            "max_stdout_bytes": self.max_stdout_bytes,
+            "max_stderr_bytes": self.max_stderr_bytes,
+            "max_images": self.max_images,
+            "max_image_bytes": self.max_image_bytes,
+            "max_files": self.max_files,
+            "max_file_bytes": self.max_file_bytes,
+            "max_result_bytes": self.result_cap(),
+        }
+
+
+@dataclass(frozen=True)
+class JailSettings:
+    """Settings of a slot's jail (the [jail] table of policies/default.toml)."""
+
+    cpus: float = 1.0
+    outside_uid: int = 100000
+    user_outside_uid: int = 101000
+
+    @classmethod
+    def from_policy(cls, path: Path | None = None) -> JailSettings:
+        table = load_toml(path or policy_dir() / "default.toml").get("jail", {})
+        try:
+            return cls(**table)
+        except TypeError as exc:
+            raise InvalidInputError(f"bad [jail] table in policy: {exc}") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidInputError(f"policy file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"policy file {path} is not valid TOML: {exc}") from None
+
+
+def seccomp_policy(path: Path | None = None) -> dict[str, Any]:
+    """The seccomp allow-list (policies/seccomp.toml), checked for shape before it is sent to a jail."""
+    data = load_toml(path or policy_dir() / "seccomp.toml")
+    if not isinstance(data.get("allow"), list) or not data["allow"]:
+        raise InvalidInputError("seccomp policy needs a non-empty 'allow' list")
+    if data.get("default", "kill") not in ("kill",) and not str(data.get("default")).startswith("E"):
+        raise InvalidInputError("seccomp policy 'default' must be 'kill' or an errno name")
+    return data

@@ -1,0 +1,207 @@
+"""The pool: N warm slots, a bounded wait queue, and a supervisor that replaces dead jails.
+
+Like gunicorn's arbiter, one loop watches every worker (here: a pidfd per jail) and replaces
+whatever dies, whether idle or busy. Callers block in acquire() until a slot is free; beyond
+`max_queue` waiting callers they get QueueFullError at once instead of an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+from .errors import QueueFullError, SandboxClosedError, SandboxUnavailableError
+from .slot import Slot
+
+log = logging.getLogger("sandbox.pool")
+
+START_ATTEMPTS = 3
+
+
+class Pool:
+    def __init__(self, size: int, factory: Callable[[int], Slot], *, max_queue: int, recycle_after: int) -> None:
+        self.size = size
+        self._factory = factory
+        self._max_queue = max_queue
+        self._recycle_after = recycle_after
+        self._cond = threading.Condition()
+        self._idle: list[Slot] = []
+        self._live: dict[int, Slot] = {}   # index -> slot, idle or busy
+        self._starting = 0
+        self._waiting = 0
+        self._closed = False
+        self.last_error: str | None = None
+        self.replacements = 0
+        self._workers: set[threading.Thread] = set()  # slot starts and replacements under way
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._supervisor = threading.Thread(target=self._supervise, name="sandbox-supervisor", daemon=True)
+
+    # -- start and replace ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every slot in parallel; return when all are warm. Fails if none could start."""
+        with self._cond:
+            self._starting = self.size
+        threads = [threading.Thread(target=self._start_slot, args=(i,), daemon=True) for i in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self._cond:
+            if not self._live:
+                raise SandboxUnavailableError(f"no slot could start: {self.last_error}")
+        self._supervisor.start()
+
+    def _start_slot(self, index: int) -> None:
+        delay = 0.5
+        for attempt in range(START_ATTEMPTS):
+            if self._closed:
+                break
+            try:
+                slot = self._factory(index)
+            except Exception as exc:  # noqa: BLE001 - report and retry, whatever broke
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("slot %d failed to start (attempt %d): %s", index, attempt + 1, self.last_error)
+                time.sleep(delay)
+                delay *= 2
+                continue
+            with self._cond:
+                self._starting -= 1
+                if self._closed:
+                    slot.close()
+                    return
+                self._live[index] = slot
+                self._idle.append(slot)
+                self._cond.notify()
+            self._wake()
+            return
+        with self._cond:
+            self._starting -= 1
+            self._cond.notify_all()  # waiters may need to learn that nothing is coming
+
+    def _replace(self, slot: Slot, close: bool) -> None:
+        """Take a slot out of service (killing or closing it) and start another in its place."""
+        with self._cond:
+            if self._live.get(slot.index) is not slot:
+                return  # already handled
+            del self._live[slot.index]
+            if slot in self._idle:
+                self._idle.remove(slot)
+            if self._closed:
+                close_only = True
+            else:
+                close_only = False
+                self._starting += 1
+                self.replacements += 1
+
+        def work() -> None:
+            slot.close() if close else slot.kill()
+            if not close_only:
+                self._start_slot(slot.index)
+
+        self._spawn(work, f"sandbox-replace{slot.index}")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        with self._cond:
+            self._workers = {w for w in self._workers if w.is_alive()}
+            self._workers.add(t)
+        t.start()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _supervise(self) -> None:
+        """Replace any jail the moment it dies (its pidfd becomes readable)."""
+        while not self._closed:
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            with self._cond:
+                by_fd = {s.pidfd: s for s in self._live.values()}
+            for fd in by_fd:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                elif fd in by_fd and not self._closed:
+                    slot = by_fd[fd]
+                    log.warning("slot %d died; replacing it. Last words: %s", slot.index, slot.diagnostics()[-500:])
+                    self._replace(slot, close=False)
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> Slot:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._closed:
+                raise SandboxClosedError("the sandbox is closed")
+            if not self._idle and self._waiting >= self._max_queue:
+                raise QueueFullError(f"all {self.size} slots are busy and {self._waiting} calls are already waiting")
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise SandboxClosedError("the sandbox is closed")
+                    while self._idle:
+                        slot = self._idle.pop()
+                        if not slot.poll_dead():
+                            return slot
+                        self._cond.release()
+                        try:
+                            self._replace(slot, close=False)
+                        finally:
+                            self._cond.acquire()
+                    if not self._live and not self._starting:
+                        raise SandboxUnavailableError(f"no slot is running and none could start: {self.last_error}")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise QueueFullError(f"no slot became free within {timeout} s")
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def release(self, slot: Slot, broken: bool = False) -> None:
+        if broken or slot.poll_dead():
+            self._replace(slot, close=False)
+        elif slot.runs >= self._recycle_after:
+            self._replace(slot, close=True)
+        else:
+            with self._cond:
+                if self._live.get(slot.index) is slot:
+                    self._idle.append(slot)
+                    self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            slots = list(self._live.values())
+            self._live.clear()
+            self._idle.clear()
+            self._cond.notify_all()
+        self._wake()
+        # A slot still starting closes itself once it sees _closed; wait for it, so that
+        # nothing of this pool outlives close().
+        for w in list(self._workers):
+            w.join()
+        threads = [threading.Thread(target=s.close) for s in slots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self._supervisor.is_alive():
+            self._supervisor.join(timeout=2)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {"size": self.size, "live": len(self._live), "idle": len(self._idle), "starting": self._starting,
+                    "waiting": self._waiting, "replacements": self.replacements}

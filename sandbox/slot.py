@@ -1,0 +1,180 @@
+"""A slot: one warm jail and the host's end of its protocol. One execution at a time.
+
+Every byte the jail sends is hostile: reads are bounded by a deadline and a size cap that is
+checked before anything is allocated. A jail that stops answering is killed, never waited on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from . import cgroups, jail
+from .guest import protocol
+from .image import Image
+from .limits import JailSettings, Limits
+
+log = logging.getLogger("sandbox.slot")
+
+STARTUP_TIMEOUT = 300.0     # importing the whole stack on a loaded 2-core machine
+REPLY_GRACE = 5.0           # host backstop beyond the zygote's own wall clock
+
+
+class SlotDied(Exception):
+    """The jail ended or broke the protocol; the slot must be replaced."""
+
+
+class Slot:
+    def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits) -> None:
+        self.index = index
+        self.runs = 0
+        self.alive = False
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        t0 = time.monotonic()
+        self.proc, self._config_path = jail.spawn(image, settings)
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        threading.Thread(target=self._drain_stderr, name=f"sandbox-slot{index}-stderr", daemon=True).start()
+        try:
+            init = {"policy": policy, "preload": image.preload, "uid": jail.USER_UID, "gid": jail.USER_GID,
+                    "workdir": jail.WORKDIR, "profile": defaults.profile()}
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            self._write(protocol.encode(init), deadline)
+            self.ready, _ = self._read_frame(deadline, max_body=0)
+            self.jail_pid = self._jail_pid()
+            self.cgroup = cgroups.SlotCgroup(self.jail_pid)
+            self.baseline = self.cgroup.usage()
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            self._config_path.unlink(missing_ok=True)
+        self.start_seconds = time.monotonic() - t0
+        self.alive = True
+        log.debug("slot %d ready in %.2f s (zygote imports %.0f ms, baseline %d MiB)", index,
+                  self.start_seconds, self.ready.get("import_ms", 0), self.baseline >> 20)
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self._stderr_tail.append(line)
+            log.debug("slot %d: %s", self.index, line)
+
+    def diagnostics(self) -> str:
+        return "\n".join(self._stderr_tail) or "(the jail printed nothing)"
+
+    def _jail_pid(self) -> int:
+        """nsjail names the slot's cgroup after its child: the zygote's host pid."""
+        children = psutil.Process(self.proc.pid).children()
+        if len(children) != 1:
+            raise SlotDied(f"expected one jailed process under nsjail, found {len(children)}")
+        return children[0].pid
+
+    def _wait(self, fd: int, event: int, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        poller = select.poll()
+        poller.register(fd, event)
+        if not poller.poll(remaining * 1000 + 1):
+            raise TimeoutError
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._in, view):]
+            except BlockingIOError:
+                self._wait(self._in, select.POLLOUT, deadline)
+            except (BrokenPipeError, ConnectionResetError):
+                raise SlotDied("the jail closed its input") from None
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            self._wait(self._out, select.POLLIN, deadline)
+            chunk = os.read(self._out, min(n - got, 1 << 20))
+            if not chunk:
+                raise SlotDied("the jail closed its output")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _read_frame(self, deadline: float, max_body: int) -> tuple[dict, bytes]:
+        try:
+            prefix = self._read_exact(protocol.PREFIX.size, deadline)
+            head_len, body_len = protocol.parse_prefix(prefix, max_body)
+            header = protocol.parse_header(self._read_exact(head_len, deadline))
+            body = self._read_exact(body_len, deadline) if body_len else b""
+        except protocol.ProtocolError as exc:
+            raise SlotDied(f"protocol error from the jail: {exc}") from None
+        except TimeoutError:
+            raise SlotDied("the jail did not answer in time") from None
+        return header, body
+
+    # -- executions -------------------------------------------------------------------------
+
+    def execute(self, request: bytes, limits: Limits) -> tuple[dict, bytes, int, int]:
+        """Send one request; return (reply header, reply body, peak memory bytes, OOM kills)."""
+        # The zygote and a pre-forked child are always in the cgroup, hence the +2.
+        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + 2)
+        start = self.cgroup.begin()
+        deadline = time.monotonic() + limits.timeout_seconds + REPLY_GRACE
+        self._write(request, deadline)
+        cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
+        header, body = self._read_frame(deadline, cap)
+        peak, kills = self.cgroup.end(start)
+        self.runs += 1
+        return header, body, peak, kills
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def poll_dead(self) -> bool:
+        return self.proc.poll() is not None
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Ask the zygote to exit (EOF on its input); kill the jail if it does not."""
+        self.alive = False
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except Exception:  # noqa: BLE001 - any failure to exit cleanly ends in a kill
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        self.alive = False
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+        # A killed nsjail cannot remove its cgroups; the host does.
+        cgroups.remove_stale()

@@ -1,0 +1,215 @@
+"""The host's side of an execution's messages: validate and encode a request; validate a
+reply and derive its outcome.
+
+Inputs are checked before anything runs (bad names, oversize data). Replies are treated as
+hostile: every field is type-checked, every artefact re-validated, and the outcome comes from
+the engine's own timers and cgroup counters, never from the exit code alone.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import signal
+import struct
+from collections.abc import Mapping
+
+from .errors import InvalidInputError
+from .guest import protocol
+from .limits import Limits
+from .results import ExecError, File, Image, Outcome, Result, Usage
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IMAGE_NAME = re.compile(r"figure_[0-9]{1,6}\.png")
+MAX_PATH = 4096
+MAX_COMPONENT = 255
+
+
+def check_path(name: object, what: str = "input file name") -> str:
+    """A relative path inside the working directory: no '..', no absolute path, no NUL."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"{what} must be a non-empty string, not {name!r}")
+    if "\0" in name:
+        raise InvalidInputError(f"{what} {name!r} contains a NUL byte")
+    if name.startswith("/"):
+        raise InvalidInputError(f"{what} {name!r} is absolute; give a path relative to the working directory")
+    if "\\" in name:
+        raise InvalidInputError(f"{what} {name!r} contains a backslash")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidInputError(f"{what} {name!r} has an empty, '.' or '..' component")
+    if len(name.encode()) > MAX_PATH or any(len(p.encode()) > MAX_COMPONENT for p in parts):
+        raise InvalidInputError(f"{what} {name[:80]!r}... is too long")
+    if any(ord(c) < 32 for c in name):
+        raise InvalidInputError(f"{what} {name!r} contains a control character")
+    return name
+
+
+def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str) -> bytes:
+    if not isinstance(code, str):
+        raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
+    if len(code.encode()) > limits.max_code_bytes:
+        raise InvalidInputError(f"code is larger than max_code_bytes={limits.max_code_bytes}")
+    check_path(filename, "filename")
+    entries, blobs, total = [], [], 0
+    files = files or {}
+    if not isinstance(files, Mapping):
+        raise InvalidInputError("files must be a mapping of name -> bytes or str")
+    if len(files) > limits.max_input_files:
+        raise InvalidInputError(f"{len(files)} input files exceed max_input_files={limits.max_input_files}")
+    seen: set[str] = set()
+    for name, data in files.items():
+        check_path(name)
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInputError(f"input file {name!r} must be bytes or str, not {type(data).__name__}")
+        data = bytes(data)
+        # A file and a directory of the same name cannot both exist.
+        prefixes = {"/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)}
+        if name in seen or prefixes & seen or any(s.startswith(name + "/") for s in seen):
+            raise InvalidInputError(f"input file {name!r} clashes with another input's path")
+        seen.add(name)
+        total += len(data)
+        if total > limits.max_input_bytes:
+            raise InvalidInputError(f"input files exceed max_input_bytes={limits.max_input_bytes}")
+        entries.append({"name": name, "size": len(data)})
+        blobs.append(data)
+    header = {"code": code, "filename": filename, "files": entries, "limits": limits.guest(),
+              "profile": limits.profile()}
+    return protocol.encode(header, blobs)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _error(raw: object) -> ExecError | None:
+    if not isinstance(raw, dict):
+        return None
+    typ, msg, line, tb = raw.get("type"), raw.get("message"), raw.get("line"), raw.get("traceback")
+    if not (isinstance(typ, str) and isinstance(msg, str) and isinstance(tb, str) and (line is None or _is_int(line))):
+        return None
+    return ExecError(type=typ[:256], message=msg, line=line, traceback=tb)
+
+
+def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
+    """The result of a run the engine could not complete (the caller may retry)."""
+    return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
+                  stderr_truncated=False, error=ExecError("SandboxError", message, None, ""), exit_code=None,
+                  images=[], files=[], usage=Usage(wall_ms=wall_ms, cpu_ms=0.0, peak_memory_bytes=0))
+
+
+def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: Limits) -> Result:
+    if header.get("status") == "setup_failed":
+        return sandbox_error(f"child setup failed, nothing ran: {str(header.get('detail'))[:2000]}")
+    ints = ("exit_code", "stdout_dropped", "stderr_dropped")
+    if header.get("status") != "done" or not all(_is_int(header.get(k)) for k in ints) \
+            or not isinstance(header.get("timed_out"), bool) \
+            or not all(isinstance(header.get(k), (int, float)) for k in ("wall_ms", "cpu_ms")):
+        return sandbox_error("malformed reply from the jail")
+    result = header.get("result")
+    notes: list[str] = []
+    images: list[Image] = []
+    files: list[File] = []
+    error = None
+    exit_code = header["exit_code"]
+    # The body is stdout, stderr and, if the child sent one, its result body.
+    lengths = header.get("blob_sizes")
+    if not isinstance(lengths, list) or len(lengths) != (3 if isinstance(result, dict) else 2):
+        return sandbox_error("malformed reply from the jail (blob sizes)")
+    try:
+        blobs = protocol.split_blobs(body, lengths)
+    except protocol.ProtocolError as exc:
+        return sandbox_error(f"malformed reply from the jail: {exc}")
+    stdout, stderr = blobs[0], blobs[1]
+    if len(stdout) > limits.max_stdout_bytes or len(stderr) > limits.max_stderr_bytes:
+        return sandbox_error("the jail sent more output than the caps allow")
+
+    if isinstance(result, dict):
+        error = _error(result.get("error"))
+        img_meta, file_meta = result.get("images"), result.get("files")
+        if not isinstance(img_meta, list) or not isinstance(file_meta, list):
+            img_meta, file_meta = [], []
+            notes.append("the program's result was malformed; figures and files were discarded")
+        try:
+            sizes_all = [m.get("size") if isinstance(m, dict) else None for m in img_meta + file_meta]
+            parts = protocol.split_blobs(blobs[2], sizes_all)
+        except protocol.ProtocolError:
+            parts = []
+            img_meta, file_meta = [], []
+            notes.append("the program's result was malformed; figures and files were discarded")
+        for meta, data in zip(img_meta, parts[:len(img_meta)]):
+            dims = _png_size(data)
+            name = meta.get("name")
+            if dims is None or not isinstance(name, str) or not _IMAGE_NAME.fullmatch(name) \
+                    or len(images) >= limits.max_images or len(data) > limits.max_image_bytes:
+                notes.append("a figure that was not a valid PNG within the caps was discarded")
+                continue
+            images.append(Image(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data))
+        total = 0
+        for meta, data in zip(file_meta, parts[len(img_meta):]):
+            try:
+                path = check_path(meta.get("path"), "output file path")
+            except InvalidInputError:
+                notes.append("an output file with an unsafe path was discarded")
+                continue
+            total += len(data)
+            if len(files) >= limits.max_files or total > limits.max_file_bytes:
+                notes.append("an output file beyond the caps was discarded")
+                continue
+            mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+            files.append(File(path=path, mime_type=mime, size=len(data), data=data))
+        for key, what, cap in (("images_dropped", "figure", "max_images/max_image_bytes"),
+                               ("files_dropped", "output file", "max_files/max_file_bytes")):
+            dropped = result.get(key)
+            if _is_int(dropped) and dropped > 0:
+                notes.append(f"{dropped} {what}(s) dropped: over {cap}")
+    elif header.get("result_error") and exit_code == 0 and not header["timed_out"]:
+        error = ExecError("ResultChannelError", f"the program corrupted its result channel: "
+                          f"{str(header['result_error'])[:500]}", None, "")
+
+    outcome = derive_outcome(header, error, oom_kills, limits)
+    text_err = stderr.decode("utf-8", errors="replace")
+    if notes:
+        text_err += "".join(f"\n[sandbox] {n}" for n in dict.fromkeys(notes))
+    return Result(
+        outcome=outcome,
+        stdout=stdout.decode("utf-8", errors="replace"),
+        stderr=text_err,
+        stdout_truncated=header["stdout_dropped"] > 0,
+        stderr_truncated=header["stderr_dropped"] > 0,
+        error=error,
+        exit_code=exit_code,
+        images=images,
+        files=files,
+        usage=Usage(wall_ms=float(header["wall_ms"]), cpu_ms=float(header["cpu_ms"]), peak_memory_bytes=peak),
+    )
+
+
+def derive_outcome(header: dict, error: ExecError | None, oom_kills: int, limits: Limits) -> Outcome:
+    """Timers and counters first; signals second; the exit code last."""
+    code = header["exit_code"]
+    sig = -code if code < 0 else None
+    if header["timed_out"]:
+        return Outcome.TIMEOUT
+    if oom_kills > 0:
+        return Outcome.MEMORY_LIMIT
+    # RLIMIT_CPU ends in SIGXCPU/SIGKILL once the process has used its CPU seconds; the
+    # CPU time the zygote measured tells that apart from a kill the program sent itself.
+    if sig in (signal.SIGKILL, signal.SIGXCPU) and header["cpu_ms"] >= limits.cpu_seconds * 1000 - 20:
+        return Outcome.CPU_LIMIT
+    if sig == signal.SIGSYS:
+        # The filter refuses to let a program send SIGSYS, so only the filter can have sent it.
+        return Outcome.POLICY_VIOLATION
+    if sig is not None:
+        return Outcome.CRASHED
+    if code != 0 or error is not None:
+        return Outcome.ERROR
+    return Outcome.OK
