@@ -37,7 +37,13 @@ class Child:
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
-        self.pid = os.fork()
+        self.early_status: int | None = None  # set if the reaper collected it during setup
+        try:
+            self.pid = os.fork()
+        except OSError:
+            for fd in (req_r, self.req_w, self.out_r, out_w, self.err_r, err_w, self.res_r, res_w):
+                os.close(fd)
+            raise
         if self.pid == 0:  # child: never returns
             try:
                 for src, dst in ((req_r, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
@@ -83,6 +89,31 @@ def reap_all() -> None:
             continue
 
 
+def next_child(profile: dict, bpf: bytes, cfg: dict, old: Child | None) -> Child:
+    """End every process of the last execution and pre-fork the next child.
+
+    The fork comes before the reaping: the killed processes tear down their copies of the
+    address space (milliseconds) on other CPUs while this one copies the page tables.
+    """
+    kill_all_but_me()
+    if old is not None:
+        old.close()
+    try:
+        child = Child(profile, bpf, cfg)
+    except BlockingIOError:  # the pids limit is still full of the dying processes
+        reap_all()
+        child = Child(profile, bpf, cfg)
+    # Every process but the zygote and the new child is dying: reap until none is left.
+    while any(p.isdigit() and int(p) not in (1, child.pid) for p in os.listdir("/proc")):
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == child.pid:
+            child.early_status = status
+    return child
+
+
 class Stream:
     """Drains one pipe, keeping at most `cap` bytes and counting the rest."""
 
@@ -103,15 +134,70 @@ class Stream:
         return b"".join(self.parts)
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time of a live process (all its threads), from the kernel's per-process CPU clock,
+    plus what its waited-for children used: nothing the process itself could forge."""
+    clock = ((~pid) << 3) | 2  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    try:
+        own = time.clock_gettime_ns(clock)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        children_ticks = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17 of proc(5))
+    except OSError:
+        return 0
+    return own + children_ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+
+
+def _result_frame(res: Stream) -> tuple[dict | None, bytes, str | None]:
+    """(header, body, error) of the child's result frame, if it is complete and well-formed."""
+    raw = res.value()
+    if res.dropped:
+        return None, b"", f"result exceeded {res.cap} bytes"
+    if len(raw) < protocol.PREFIX.size:
+        return None, b"", "result frame cut short" if raw else None
+    try:
+        head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
+        end = protocol.PREFIX.size + head_len
+        if len(raw) < end + body_len:
+            return None, b"", "result frame cut short"
+        if len(raw) > end + body_len:
+            return None, b"", "trailing bytes after the result frame"
+        return protocol.parse_header(raw[protocol.PREFIX.size:end]), raw[end:], None
+    except protocol.ProtocolError as exc:
+        return None, b"", str(exc)
+
+
+def _frame_complete(res: Stream) -> bool:
+    if res.kept < protocol.PREFIX.size or res.dropped:
+        return False
+    raw = res.value()
+    try:
+        head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
+    except protocol.ProtocolError:
+        return False
+    return res.kept >= protocol.PREFIX.size + head_len + body_len
+
+
 def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[bytes]]:
+    """Run one request in the pre-forked child and build the reply.
+
+    Fast path: the runner's result frame is the last thing it does before _exit, so once a
+    complete frame is in, the reply goes out without waiting for the kernel to tear down the
+    child's copy of the zygote's address space (milliseconds); the caller kills and reaps after.
+    Slow path (no result: crash, kill, timeout, os._exit): the wait status and rusage decide.
+    """
     limits = header["limits"]
     first = os.read(child.res_r, 1)
     if first != b"R":
         rest = os.read(child.res_r, 4000) if first else b""
         return {"status": "setup_failed", "detail": rest.decode(errors="replace") or "child died during setup"}, []
+    for fd in (child.out_r, child.err_r, child.res_r):
+        os.set_blocking(fd, False)
 
+    cpu0 = _cpu_ns(child.pid)  # the child's own setup, not the user's
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
+    t_end = None
     deadline = t0 + limits["timeout"]
     try:
         protocol.write_all(child.req_w, request)
@@ -120,16 +206,17 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
     os.close(child.req_w)
     child.req_w = -1
 
-    streams = {child.out_r: Stream(limits["max_stdout_bytes"]), child.err_r: Stream(limits["max_stderr_bytes"]),
-               child.res_r: Stream(limits["max_result_bytes"])}
+    out, err = Stream(limits["max_stdout_bytes"]), Stream(limits["max_stderr_bytes"])
+    res = Stream(limits["max_result_bytes"])
+    streams = {child.out_r: out, child.err_r: err, child.res_r: res}
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
     poller.register(child.pidfd, select.POLLIN)
     open_fds = set(streams)
-    timed_out = exited = False
+    timed_out = exited = finished = False
     # Wait for both: all pipes at EOF *and* the main process gone (a child that closes its
-    # pipes and spins must still meet the wall clock).
+    # pipes and spins must still meet the wall clock); or for a complete result frame.
     while open_fds or not exited:
         if exited or timed_out:
             timeout_ms = None  # everything is dead or dying: drain to EOF
@@ -138,61 +225,78 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         events = poller.poll(timeout_ms)
         if not events:
             timed_out = True
+            t_end = t_end or time.monotonic()
             kill_all_but_me()
             continue
         for fd, _ in events:
             if fd == child.pidfd:
                 poller.unregister(fd)
                 exited = True
+                t_end = t_end or time.monotonic()
                 # The execution is over when its main process ends: nothing it left behind runs on.
                 kill_all_but_me()
                 continue
-            data = os.read(fd, CHUNK)
-            if data:
-                streams[fd].feed(data)
-            else:
-                poller.unregister(fd)
-                open_fds.discard(fd)
-        if not exited and not timed_out and time.monotonic() >= deadline:
-            timed_out = True
-            kill_all_but_me()
-    wall = time.monotonic() - t0
-    _, status, _ = os.wait4(child.pid, 0)
-    reap_all()
-    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+            _drain(fd, streams[fd], poller, open_fds)
+        if not exited and not timed_out:
+            if time.monotonic() >= deadline:
+                timed_out = True
+                t_end = t_end or time.monotonic()
+                kill_all_but_me()
+            elif _frame_complete(res):
+                finished = True
+                break
+    wall = (t_end or time.monotonic()) - t0
 
-    out, err, res = streams[child.out_r], streams[child.err_r], streams[child.res_r]
+    if finished:
+        # Whatever the runner wrote before its result is already in the pipes.
+        for fd in (child.out_r, child.err_r):
+            if fd in open_fds:
+                _drain(fd, streams[fd], poller, open_fds)
+        result, body, problem = _result_frame(res)
+        code = result.get("exit_code") if isinstance(result, dict) else None
+        exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
+        cpu_ns = _cpu_ns(child.pid) - cpu0
+    else:
+        if child.early_status is not None:
+            status = child.early_status
+        else:
+            _, status, _ = os.wait4(child.pid, 0)
+        reap_all()
+        exit_code = os.waitstatus_to_exitcode(status)
+        # Everything reaped since the hand-off: the child and every process it left behind.
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_ns = int((usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) * 1e9) - cpu0
+        result, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", None)
+
     reply = {
         "status": "done",
         "timed_out": timed_out,
-        "exit_code": os.waitstatus_to_exitcode(status),
+        "exit_code": exit_code,
         "wall_ms": round(wall * 1000, 3),
-        "cpu_ms": round(cpu * 1000, 3),
+        "cpu_ms": round(max(cpu_ns, 0) / 1e6, 3),
         "stdout_dropped": out.dropped,
         "stderr_dropped": err.dropped,
-        "result": None,
-        "result_error": None,
+        "result": result,
+        "result_error": problem,
     }
-    blobs = [out.value(), err.value()]
-    raw = res.value()
-    if res.dropped:
-        reply["result_error"] = f"result exceeded {res.cap} bytes"
-    elif raw:
-        try:
-            if len(raw) < protocol.PREFIX.size:
-                raise protocol.ProtocolError("result frame cut short")
-            head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
-            end = protocol.PREFIX.size + head_len
-            if len(raw) != end + body_len:
-                raise protocol.ProtocolError("result frame length mismatch")
-            result = protocol.parse_header(raw[protocol.PREFIX.size:end])
-            reply["result"] = result
-            blobs.append(raw[end:])
-        except protocol.ProtocolError as exc:
-            reply["result_error"] = str(exc)
+    blobs = [out.value(), err.value()] + ([body] if result is not None else [])
     reply["blob_sizes"] = [len(b) for b in blobs]
     return reply, blobs
+
+
+def _drain(fd: int, stream: Stream, poller: select.poll, open_fds: set[int]) -> None:
+    """Read what a (non-blocking) pipe holds now; unregister it at EOF. Bounded, so a writer
+    as fast as this reader cannot keep the zygote from checking the wall clock."""
+    for _ in range(64):
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            poller.unregister(fd)
+            open_fds.discard(fd)
+            return
+        stream.feed(data)
 
 
 def _prepare_matplotlib(env: dict) -> None:
@@ -242,7 +346,7 @@ def main() -> None:
         "import_ms": round((time.monotonic() - t0) * 1000, 1),
     }))
 
-    child = Child(init["profile"], bpf, init)
+    child = next_child(init["profile"], bpf, init, None)
     while True:
         try:
             prefix = protocol.read_exact(proto_in, protocol.PREFIX.size)
@@ -255,15 +359,13 @@ def main() -> None:
         if header["profile"] != child.profile:
             # Mount sizes and rlimits are fixed before a child sees a request; a call with
             # other ones gets a child forked for them.
-            kill_all_but_me()
-            reap_all()
-            child.close()
-            child = Child(header["profile"], bpf, init)
+            child = next_child(header["profile"], bpf, init, child)
         reply, blobs = supervise(child, prefix + head + body, header)
         del body
-        child.close()
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
-        child = Child(init["profile"], bpf, init)
+        # After the reply, off the caller's clock: end the execution's processes, then
+        # pay for the next child's fork and isolation before the next request arrives.
+        child = next_child(init["profile"], bpf, init, child)
     kill_all_but_me()
     reap_all()
 
