@@ -1,0 +1,44 @@
+# One entry point for set-up, the example, the tests and the benchmarks.
+# Everything is installed by these targets themselves: Debian packages, the venv, the image.
+# The engine needs root (cgroups, uid maps): run `sudo make run` / `sudo make test` as a user.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEBS   := python3 python3-venv libseccomp2 libstdc++6
+
+.PHONY: run test bench image doctor system clean
+
+run: $(STAMP) image          ## build everything and run the example (prints, draws a chart, writes a file)
+	$(BIN)/sandbox doctor
+	$(BIN)/sandbox run examples/analysis.py --file examples/sales.csv --out results
+	@echo "chart and files written to results/"
+
+test: $(STAMP) image         ## the whole test suite, against real jails
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP) image        ## full benchmark run; results in bench-results/
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/sandbox bench --out bench-results
+
+image: $(STAMP)              ## build (or verify) the default image; rebuilt only when its lock changes
+	$(BIN)/sandbox image build
+
+doctor: $(STAMP)
+	$(BIN)/sandbox doctor
+
+system:                      ## Debian packages the host side needs (skipped when already present)
+	@if command -v dpkg >/dev/null && ! dpkg -s $(DEBS) >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(DEBS)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
+	fi
+
+$(STAMP): pyproject.toml | system
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) results bench-results .pytest_cache

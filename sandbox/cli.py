@@ -1,0 +1,199 @@
+"""The `sandbox` command: run code, build images, check the host, benchmark.
+
+Exit status of `sandbox run`: 0 ok, 1 error, 2 usage error, 3 any other outcome (or no engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import doctor, image
+from .errors import ImageError, InvalidInputError, SandboxError
+from .limits import PACKAGE_ROOT
+from .results import Outcome, Result
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
+
+
+def _say(msg: str) -> None:
+    print(f"sandbox: {msg}", file=sys.stderr, flush=True)
+
+
+def _read_inputs(specs: list[str]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for spec in specs:
+        path, _, name = spec.partition("=")
+        name = name or os.path.basename(path)
+        try:
+            files[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read input file {path}: {exc.strerror}") from None
+    return files
+
+
+def _write_outputs(result: Result, out: Path) -> list[str]:
+    """Write figures and files under `out`. Paths were validated by the engine; links in
+    `out` are still never followed for the final component."""
+    written = []
+    items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files]
+    for rel, data in items:
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        written.append(str(target))
+    return written
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .client import Sandbox
+    from .limits import Limits
+
+    if (args.script is None) == (args.code is None):
+        _say("give a script path or -c CODE (exactly one)")
+        return EXIT_USAGE
+    if args.code is not None:
+        code, filename = args.code, "main.py"
+    else:
+        try:
+            code, filename = Path(args.script).read_text(), os.path.basename(args.script)
+        except (OSError, UnicodeDecodeError) as exc:
+            _say(f"cannot read {args.script}: {exc}")
+            return EXIT_USAGE
+    overrides = {}
+    if args.timeout is not None:
+        overrides["timeout_seconds"] = args.timeout
+    if args.memory_mb is not None:
+        overrides["memory_bytes"] = args.memory_mb << 20
+    if args.cpu_seconds is not None:
+        overrides["cpu_seconds"] = args.cpu_seconds
+    try:
+        files = _read_inputs(args.file)
+        limits = Limits.from_policy().replace(**overrides)
+    except InvalidInputError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    if not args.json and sys.stderr.isatty():
+        _say("starting a jail (the first start imports the scientific stack: a few seconds)")
+    try:
+        with Sandbox(slots=1, image=args.image, limits=limits) as sb:
+            result = sb.run(code, files, filename=filename)
+    except InvalidInputError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    except SandboxError as exc:
+        _say(str(exc))
+        return EXIT_OTHER
+
+    if args.json:
+        print(result.to_json(indent=2 if sys.stdout.isatty() else None))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(result.stderr)
+        if result.error is not None:
+            sys.stderr.write(result.error.traceback or f"{result.error.type}: {result.error.message}\n")
+        if result.outcome not in (Outcome.OK, Outcome.ERROR):
+            _say(f"outcome: {result.outcome.value}")
+        if result.stdout_truncated or result.stderr_truncated:
+            _say("output was truncated at the configured cap")
+    if args.out is not None and (result.images or result.files):
+        written = _write_outputs(result, Path(args.out))
+        if not args.json:
+            _say(f"wrote {len(written)} file(s) to {args.out}/: {', '.join(os.path.basename(w) for w in written)}")
+    return {Outcome.OK: EXIT_OK, Outcome.ERROR: EXIT_ERROR}.get(result.outcome, EXIT_OTHER)
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    try:
+        img = image.build(args.name, requirements=args.requirements, python=args.python, force=args.force,
+                          log=lambda m: _say(m))
+    except ImageError as exc:
+        _say(str(exc))
+        return EXIT_OTHER
+    _say(f"ready: {img.path} (Python {img.manifest['python_version']}, {len(img.manifest['packages'])} packages)")
+    return EXIT_OK
+
+
+def cmd_image_info(args: argparse.Namespace) -> int:
+    try:
+        img = image.load_any(args.name)
+    except ImageError as exc:
+        _say(str(exc))
+        return EXIT_OTHER
+    print(json.dumps(img.manifest, indent=2))
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    results = doctor.checks(image=args.image)
+    width = max(len(c.name) for c in results)
+    for c in results:
+        print(f"{'OK  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+    bad = [c for c in results if not c.ok]
+    print("all checks passed: this host can run sandboxes" if not bad else f"{len(bad)} check(s) failed")
+    return EXIT_OK if not bad else EXIT_ERROR
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if not (PACKAGE_ROOT / "benchmarks" / "cli.py").exists():
+        _say("the benchmark harness lives in the source checkout (benchmarks/); run from a clone")
+        return EXIT_USAGE
+    sys.path.insert(0, str(PACKAGE_ROOT))
+    from benchmarks.cli import main as bench_main
+
+    return bench_main(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sandbox", description="Run untrusted Python in warm, isolated jails.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a script or -c CODE in a jail")
+    r.add_argument("script", nargs="?", help="Python file to run")
+    r.add_argument("-c", dest="code", help="code to run instead of a script")
+    r.add_argument("--file", action="append", default=[], metavar="PATH[=NAME]",
+                   help="input file placed in the working directory (repeatable)")
+    r.add_argument("--out", metavar="DIR", help="write figures (PNG) and files the code wrote here")
+    r.add_argument("--json", action="store_true", help="print one JSON result document")
+    r.add_argument("--timeout", type=float, help="wall clock limit in seconds (default from policies/default.toml)")
+    r.add_argument("--memory-mb", type=int, help="memory limit in MiB")
+    r.add_argument("--cpu-seconds", type=int, help="CPU time limit in seconds")
+    r.add_argument("--image", default="default", help="image to run in (default: default)")
+    r.set_defaults(func=cmd_run)
+
+    im = sub.add_parser("image", help="build or inspect images")
+    isub = im.add_subparsers(dest="image_command", required=True)
+    b = isub.add_parser("build", help="build (or verify) an image; rebuilt only when its lock changes")
+    b.add_argument("--name", default="default")
+    b.add_argument("--requirements", type=Path, help="pinned requirements file for a custom image")
+    b.add_argument("--python", help="interpreter to base the image on (default /usr/bin/python3)")
+    b.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    b.set_defaults(func=cmd_image_build)
+    i = isub.add_parser("info", help="print an image's manifest")
+    i.add_argument("--name", default="default")
+    i.set_defaults(func=cmd_image_info)
+
+    d = sub.add_parser("doctor", help="check this host can run sandboxes safely")
+    d.add_argument("--image", default="default")
+    d.set_defaults(func=cmd_doctor)
+
+    sub.add_parser("bench", help="benchmarks against baselines (see benchmarks/README.md)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
