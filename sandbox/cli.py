@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_image_build(args: argparse.Namespace) -> int:
     try:
         img = image.build(args.name, requirements=args.requirements, python=args.python, force=args.force,
-                          log=lambda m: _say(m))
+                          preload=args.preload, log=lambda m: _say(m))
     except ImageError as exc:
         _say(str(exc))
         return EXIT_OTHER
@@ -172,6 +172,7 @@ def parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", help="build (or verify) an image; rebuilt only when its lock changes")
     b.add_argument("--name", default="default")
     b.add_argument("--requirements", type=Path, help="pinned requirements file for a custom image")
+    b.add_argument("--preload", type=Path, help="with --requirements: file of modules the zygote imports, one a line")
     b.add_argument("--python", help="interpreter to base the image on (default /usr/bin/python3)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.set_defaults(func=cmd_image_build)

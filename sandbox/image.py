@@ -24,8 +24,10 @@ from typing import Callable
 from .errors import ImageError
 from .limits import PACKAGE_ROOT
 
-BUILD_FORMAT = 1  # bump when the layout of a built image changes
+BUILD_FORMAT = 1  # bump when the layout of a built image or GUEST_REQUIREMENTS change
 DEFAULT_PYTHON = "/usr/bin/python3"
+# What the guest code itself needs in every image, whatever the image's own requirements say.
+GUEST_REQUIREMENTS = ["pyseccomp==0.1.2"]
 
 
 def state_dir() -> Path:
@@ -109,19 +111,23 @@ def load(name: str = "default") -> Image:
 
 
 def build(name: str = "default", requirements: Path | None = None, python: str | None = None,
-          force: bool = False, log: Callable[[str], None] = print) -> Image:
-    """Build (or verify) an image. A custom image is `requirements` under a new `name`."""
+          force: bool = False, preload: Path | None = None, log: Callable[[str], None] = print) -> Image:
+    """Build (or verify) an image. A custom image is a `requirements` file (and optionally a
+    `preload` file of modules to import in the zygote) under a new `name`."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ImageError(f"image name {name!r} must be letters, digits, '-' or '_'")
     definition = definitions_dir() / name
     if requirements is not None:
-        # A custom image: its own definition folder, preload defaulting to the default image's.
+        # A custom image: its own definition folder under the state dir.
         requirements = Path(requirements)
         if not requirements.is_file():
             raise ImageError(f"requirements file not found: {requirements}")
+        if preload is not None and not Path(preload).is_file():
+            raise ImageError(f"preload file not found: {preload}")
         definition = state_dir() / "definitions" / name
         definition.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(requirements, definition / "requirements.txt")
-        if not (definition / "preload.txt").exists():
-            shutil.copyfile(definitions_dir() / "default" / "preload.txt", definition / "preload.txt")
+        (definition / "preload.txt").write_text(Path(preload).read_text() if preload else "")
     if not (definition / "requirements.txt").is_file():
         raise ImageError(f"no image definition {definition}/requirements.txt")
     interpreter = choose_python(python)
@@ -158,8 +164,8 @@ def build(name: str = "default", requirements: Path | None = None, python: str |
     _run([interpreter, "-m", "venv", str(work / "venv")], "create the venv")
     pip = [str(work / "venv/bin/python"), "-m", "pip", "--disable-pip-version-check"]
     log("installing pinned requirements (this takes a few minutes the first time)")
-    _run([*pip, "install", "--no-input", "--progress-bar", "off", "-r", str(definition / "requirements.txt")],
-         "install the requirements", stream=log)
+    _run([*pip, "install", "--no-input", "--progress-bar", "off", "-r", str(definition / "requirements.txt"),
+          *GUEST_REQUIREMENTS], "install the requirements", stream=log)
     preload = [m.strip() for m in (definition / "preload.txt").read_text().splitlines()
                if m.strip() and not m.startswith("#")] if (definition / "preload.txt").exists() else []
     log("checking every preload module imports and prebuilding the matplotlib font cache")
