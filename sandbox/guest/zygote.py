@@ -1,11 +1,11 @@
 """The zygote: pid 1 of a jail. Imports the library set once, then serves executions forever.
 
 Loop: pre-fork an isolated child, wait for a request from the host, hand it to the child,
-supervise it (wall clock, output caps), kill everything else in the jail, reap, answer,
-pre-fork again. The zygote never runs user code and never parses user output beyond caps.
+supervise it (wall clock, output caps), answer, kill everything else in the jail, pre-fork
+again, reap. The zygote never runs user code and never parses user output beyond caps.
 
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
-  host -> init    {policy, preload, uid, gid, workdir, env}
+  host -> init    {policy, preload, uid, gid, workdir, profile}
   zygote -> ready {python, modules, import_ms}
   host -> request {code, filename, files, limits, profile}   (+ input blobs)
   zygote -> reply {status, ...}                              (+ stdout, stderr, result body)
