@@ -1,0 +1,151 @@
+"""`sandbox bench` / `python -m benchmarks`: run the workloads, write results.json, report.md and charts.
+
+Exit status: 0 when every runner produced results and HumanEval passed 164/164 everywhere;
+1 otherwise. Speed never decides the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"]
+
+DESCRIPTIONS = {
+    "latency": "print(1) latency on an idle pool vs every baseline",
+    "chart": "CSV -> pandas groupby -> matplotlib PNG",
+    "humaneval": "164 HumanEval programs at each concurrency",
+    "saturation": "print(1) from 16 client threads",
+    "memory": "PSS/USS per slot and the cost of one more slot",
+    "setup": "per-step cost of a child's isolation",
+    "startup": "Sandbox() to the first result",
+}
+
+
+def _functions():
+    from . import humaneval, memory, setup_breakdown, workloads
+
+    return {
+        "latency": workloads.latency,
+        "chart": workloads.chart,
+        "humaneval": humaneval.humaneval,
+        "saturation": workloads.saturation,
+        "memory": memory.memory,
+        "setup": setup_breakdown.setup,
+        "startup": workloads.startup,
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sandbox bench",
+        description="Benchmark the sandbox against real baselines on this machine (latency, throughput, memory, "
+                    "fidelity). Writes results.json (raw samples), report.md (medians and ratios) and PNG charts.",
+        epilog="workloads: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
+    p.add_argument("--quick", action="store_true", help="small counts (the CI smoke test; numbers are not for publishing)")
+    p.add_argument("--workload", action="append", choices=WORKLOADS, metavar="NAME",
+                   help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}")
+    p.add_argument("--out", default="bench-results", help="output directory (default: ./bench-results)")
+    p.add_argument("--slots", type=int, default=None, help="slots in the pool under test (default: CPU count)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    return p
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def render_charts(results_path: Path, results: dict, out: Path) -> list[Path]:
+    """Charts with the harness's matplotlib if it has one, else with the image's interpreter."""
+    from . import charts
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from sandbox import image as images
+
+        python = images.load_any("default").python
+        p = subprocess.run([str(python), "-I", str(Path(charts.__file__)), str(results_path), str(out)],
+                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
+                                                                "HOME": str(out)})
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-1000:])
+        return [Path(x) for x in p.stdout.split()]
+    return charts.render(results, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from . import machine, report
+    from .harness import Context, Plan
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    selected = [w for w in WORKLOADS if not args.workload or w in args.workload]
+    plan = Plan.quick() if args.quick else Plan()
+    t_start = time.perf_counter()
+
+    ctx = Context(plan, quick=args.quick, slots=args.slots, out=out, show_progress=not args.no_progress)
+    meta = machine.collect(ctx.image, argv)
+    cores = os.cpu_count() or 1
+    if meta["loadavg_start"] and meta["loadavg_start"][0] > 0.5 * cores:
+        meta["busy_note"] = (f"The machine was busy when this run started (1-minute load average "
+                             f"{meta['loadavg_start'][0]} on {cores} CPUs): absolute numbers are pessimistic; the "
+                             f"ratios are interleaved and hold up better.")
+    results: dict = {"quick": args.quick, "meta": meta, "plan": dataclasses.asdict(plan), "workloads": {},
+                     "errors": {}, "load": []}
+    functions = _functions()
+    _log(f"sandbox bench{' --quick' if args.quick else ''}: {', '.join(selected)} -> {out}/")
+    try:
+        _log("starting the pool under test")
+        ctx.start_pool()
+        results["pool_start"] = ctx.pool_start
+        for name in selected:
+            t0 = time.perf_counter()
+            try:
+                data = functions[name](ctx)
+                data["elapsed_s"] = round(time.perf_counter() - t0, 2)
+                results["workloads"][name] = data
+            except Exception:  # noqa: BLE001 - one workload failing must not lose the others
+                results["errors"][name] = traceback.format_exc()
+                _log(f"workload {name} failed:\n{results['errors'][name]}")
+            results["load"].append({"after": name, "loadavg": machine.loadavg()})
+    except Exception:  # noqa: BLE001
+        results["errors"]["pool"] = traceback.format_exc()
+        _log(f"could not start the pool:\n{results['errors']['pool']}")
+    finally:
+        results["runners"] = ctx.runner_info()
+        ctx.close()
+    meta["loadavg_end"] = machine.loadavg()
+    results["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+    results["checks"] = {"failures": report.checks(results)}
+
+    results_path = out / "results.json"
+    report.write_json(results, results_path)
+    md = report.markdown(results)
+    (out / "report.md").write_text(md)
+    made = [results_path, out / "report.md"]
+    if not args.no_charts:
+        try:
+            made += render_charts(results_path, results, out)
+        except Exception as exc:  # noqa: BLE001 - charts are a convenience; the data is already written
+            _log(f"charts failed: {exc}")
+    sys.stdout.write(md)
+    _log("wrote " + ", ".join(str(p) for p in made))
+    failures = results["checks"]["failures"]
+    for f in failures:
+        _log(f"CHECK FAILED: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""Reporting: the raw JSON, the Markdown tables of medians and ratios, and the smoke checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+
+# -- formatting -----------------------------------------------------------------------------------------
+
+def ms(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if abs(x) < 1:
+        return f"{x:.3f}"
+    if abs(x) < 10:
+        return f"{x:.2f}"
+    if abs(x) < 100:
+        return f"{x:.1f}"
+    return f"{x:,.0f}"
+
+
+def times(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+
+def mib(x: float | None) -> str:
+    return "–" if x is None else f"{x / MiB:,.1f}"
+
+
+def table(head: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def yes(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("**yes**" if flag else "**no**")
+
+
+# -- JSON ---------------------------------------------------------------------------------------------------
+
+def strip_private(obj: Any) -> Any:
+    """Drop keys starting with '_' (raw PNG bytes) so the results are JSON."""
+    if isinstance(obj, dict):
+        return {k: strip_private(v) for k, v in obj.items() if not (isinstance(k, str) and k.startswith("_"))}
+    if isinstance(obj, (list, tuple)):
+        return [strip_private(v) for v in obj]
+    return obj
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(strip_private(results), indent=1, default=str) + "\n")
+
+
+# -- checks (the CI smoke assertions: results exist and are right; never speed) -------------------------
+
+def checks(results: dict) -> list[str]:
+    failures = []
+    for name, err in results.get("errors", {}).items():
+        failures.append(f"{name}: workload raised: {err.strip().splitlines()[-1] if err.strip() else err}")
+    w = results.get("workloads", {})
+    for name in ("latency", "chart", "saturation"):
+        if name in w:
+            for runner, b in w[name]["runners"].items():
+                if b["ok"] == 0:
+                    failures.append(f"{name}: runner {runner} produced no successful sample ({b['errors'][:2]})")
+                elif b["failed"]:
+                    failures.append(f"{name}: runner {runner} failed {b['failed']} of {b['ok'] + b['failed']} "
+                                    f"samples ({b['errors'][:2]})")
+    if "chart" in w:
+        for runner, f in w["chart"]["fidelity"].items():
+            if f is None:
+                failures.append(f"chart: no result from {runner} to compare")
+    if "humaneval" in w:
+        h = w["humaneval"]
+        for p in h["passes"]:
+            if p["passed"] != p["total"] or p["total"] != 164:
+                failures.append(f"humaneval: {p['runner']} at concurrency {p['concurrency']} passed "
+                                f"{p['passed']}/{p['total']}: {[f['task_id'] for f in p['failures']][:5]}")
+        for runner in h["runners"]:
+            if not any(p["runner"] == runner for p in h["passes"]):
+                failures.append(f"humaneval: runner {runner} produced no pass")
+    if "memory" in w:
+        m = w["memory"]
+        if not m["slots"] or any(s["zygote"] is None for s in m["slots"]):
+            failures.append("memory: could not read a zygote's memory")
+        if m["reference_interpreter"]["mem"] is None:
+            failures.append("memory: the reference interpreter did not start")
+    if "setup" in w:
+        s = w["setup"]
+        if s["errors"] or not s["n"]:
+            failures.append(f"setup: probe children failed: {s['errors'][:2]}")
+    if "startup" in w:
+        bad = [s for s in w["startup"]["samples"] if s["first_outcome"] != "ok"]
+        if bad or not w["startup"]["samples"]:
+            failures.append(f"startup: {len(bad)} pool starts did not give an ok first result")
+    return failures
+
+
+# -- targets ---------------------------------------------------------------------------------------------
+
+def targets(results: dict) -> list[list[str]]:
+    w = results.get("workloads", {})
+    rows = []
+    if "latency" in w:
+        for base in ("warm-exec", "jupyter-warm"):
+            o = w["latency"]["overhead_ms"].get(base)
+            if o:
+                rows.append([f"print(1) overhead over `{base}`, p50 < 1 ms", f"{ms(o['p50'])} ms", yes(o["p50"] < 1)])
+                rows.append([f"print(1) overhead over `{base}`, p99 < 5 ms", f"{ms(o['p99'])} ms", yes(o["p99"] < 5)])
+    if "chart" in w:
+        s = w["chart"]["speedup_vs_runner_p50"].get("fresh-import")
+        rows.append(["chart task ≥ 10× faster than a fresh interpreter importing pandas + matplotlib (p50)",
+                     times(s), yes(None if s is None else s >= 10)])
+    if "humaneval" in w:
+        t = w["humaneval"]["table"]
+        for c in w["humaneval"]["levels"]:
+            sb, sp = t["sandbox"][str(c)], t["subprocess"][str(c)]
+            ok = sb["passed_min"] == sb["total"] == 164
+            fast = (sb["programs_per_s_median"] or 0) >= (sp["programs_per_s_median"] or 0)
+            rows.append([f"HumanEval at concurrency {c}: 164/164 and programs/s ≥ fresh subprocesses",
+                         f"{sb['passed_min']}/{sb['total']}, {sb['programs_per_s_median']:.1f} vs "
+                         f"{sp['programs_per_s_median']:.1f} programs/s", yes(ok and fast)])
+    return rows
+
+
+# -- Markdown ---------------------------------------------------------------------------------------------
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    w = results.get("workloads", {})
+    mode = "quick (smoke counts: not for publishing)" if results.get("quick") else "full"
+    lines = [f"# sandbox benchmark: {meta['date_utc']}, {mode}\n"]
+    git = meta.get("git") or {}
+    lines.append(f"`{meta['command']}` at commit `{git.get('commit')}`{' (engine files modified)' if git.get('dirty') else ''}, "
+                 f"{results.get('elapsed_s', 0):.0f} s in all. Every runner ran on the same machine in the same "
+                 "process, interleaved sample by sample (round robin), so drift on the machine lands on all of "
+                 "them alike and cancels in the ratios.\n")
+    kernel_info = (results.get("runners", {}).get("jupyter-warm") or {}).get("kernel", {})
+    rows = [
+        ["host", meta["host"]],
+        ["CPU", f"{meta['cpu_model']}, {meta['cpu_count']} logical CPUs"],
+        ["memory", f"{meta['memory_bytes'] / (1 << 30):.1f} GiB"],
+        ["kernel / OS", f"{meta['kernel']} / {meta['os']}"],
+        ["cgroups", f"v{meta['cgroup_version']}"],
+        ["load average (1/5/15 min) at start → end", f"{meta['loadavg_start']} → {meta.get('loadavg_end')}"],
+        ["image Python (sandbox and every unisolated baseline)", meta["image_python"]],
+        ["image libraries", ", ".join(f"{k} {v}" for k, v in meta["image_libraries"].items())
+         + f" ({meta['image_package_count']} packages)"],
+        ["harness Python", meta["harness_python"]],
+        ["harness libraries", ", ".join(f"{k} {v}" for k, v in meta["harness_libraries"].items() if v)],
+    ]
+    if kernel_info:
+        rows.append(["Jupyter kernel", f"Python {kernel_info.get('python')} ({kernel_info.get('executable')}): "
+                     "ipykernel cannot be added to the image without changing it, so the kernel runs the harness's "
+                     "interpreter with the image's site-packages first on PYTHONPATH (numpy from "
+                     f"`{kernel_info.get('numpy_from', '?')}`)"])
+    lines.append(table(["machine", ""], rows))
+    busy = meta.get("busy_note")
+    if busy:
+        lines.append(f"> **{busy}**\n")
+
+    trows = targets(results)
+    if trows:
+        lines.append("## Targets\n")
+        lines.append(table(["target (issue #3)", "measured", "met"], trows))
+
+    if "latency" in w:
+        lw = w["latency"]
+        sb50 = lw["runners"]["sandbox"]["summary_ms"].get("p50")
+        lines.append("## 1. `print(1)` latency, idle pool\n")
+        lines.append(f"{lw['description']}. Milliseconds, measured by the caller around the whole call.\n")
+        rows = []
+        for name, b in lw["runners"].items():
+            s = b["summary_ms"]
+            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), ms(s.get("p50")),
+                         ms(s.get("p95")), ms(s.get("p99")), ms(s.get("max")),
+                         times(s["p50"] / sb50) if s.get("p50") and sb50 else "–"])
+        lines.append(table(["runner", "isolated", "n", "p50", "p95", "p99", "max", "p50 / sandbox p50"], rows))
+        ov = lw["overhead_ms"]
+        parts = [f"over `{k}`: p50 {ms(v['p50'])} ms, p95 {ms(v['p95'])} ms, p99 {ms(v['p99'])} ms"
+                 for k, v in ov.items()]
+        lines.append("Sandbox overhead (sandbox percentile minus the warm unsandboxed runner's): " + "; ".join(parts) + ".\n")
+        e, c = lw["engine_outside_child_ms"], lw["child_wall_ms"]
+        if e.get("n"):
+            lines.append(f"Of the sandbox's p50, the child's own run (request in to child exit, as the zygote "
+                         f"timed it) took p50 {ms(c['p50'])} ms; the rest (client encode/decode, pipes, zygote "
+                         f"hand-off and reaping) p50 {ms(e['p50'])} ms, p99 {ms(e['p99'])} ms.\n")
+
+    if "chart" in w:
+        cw = w["chart"]
+        lines.append("## 2. Data task: CSV → pandas groupby → matplotlib PNG\n")
+        lines.append(f"{cw['description']} ({cw['csv_bytes'] / 1024:.0f} KiB CSV). Milliseconds per program.\n")
+        rows = []
+        for name, b in cw["runners"].items():
+            s, f = b["summary_ms"], cw["fidelity"].get(name) or {}
+            sp = cw["speedup_vs_runner_p50"].get(name)
+            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), ms(s.get("p50")),
+                         ms(s.get("p95")), ms(s.get("max")), "1×" if name == "sandbox" else times(sp),
+                         yes(f.get("png_identical")), yes(f.get("stdout_identical"))])
+        lines.append(table(["runner", "isolated", "n", "p50", "p95", "max", "p50 / sandbox p50",
+                            "PNG identical to sandbox's", "table identical"], rows))
+        lines.append("`jupyter-warm` and `warm-exec` keep pandas and matplotlib imported between programs (the "
+                     "first, discarded warm-up run pays the import); `fresh-import` and `nsjail-cold` import "
+                     "them on every program. Each runner's PNG is saved as `chart_<runner>.png`.\n")
+
+    if "humaneval" in w:
+        hw = w["humaneval"]
+        lines.append("## 3. HumanEval (164 canonical solutions + tests)\n")
+        lines.append(f"Each problem is one program (prompt + canonical solution + tests + `check(entry_point)`); "
+                     f"concurrency c = c client threads calling the runner at once. The sandbox pool has "
+                     f"{hw['pool_slots']} slots. Medians over {results['plan']['humaneval_rounds']} round(s).\n")
+        runners = list(hw["runners"])
+        head = ["concurrency"]
+        for r in runners:
+            head += [f"`{r}` passed", f"`{r}` wall s", f"`{r}` programs/s"]
+        head.append("sandbox / subprocess programs/s")
+        rows = []
+        for c in hw["levels"]:
+            row: list[Any] = [c]
+            for r in runners:
+                t = hw["table"][r][str(c)]
+                row += [f"{t['passed_min']}/{t['total']}", f"{t['wall_s_median']:.2f}", f"{t['programs_per_s_median']:.1f}"]
+            sb, sp = hw["table"]["sandbox"][str(c)], hw["table"]["subprocess"][str(c)]
+            row.append(times(sb["programs_per_s_median"] / sp["programs_per_s_median"]))
+            rows.append(row)
+        lines.append(table(head, rows))
+
+    if "saturation" in w:
+        sw = w["saturation"]
+        lines.append(f"## 4. Saturation: `print(1)` from {sw['clients']} client threads\n")
+        lines.append(f"{sw['description']}. Latency is per call, queueing included.\n")
+        rows = []
+        sbr = sw["runners"]["sandbox"].get("runs_per_s")
+        for name, b in sw["runners"].items():
+            s = b["summary_ms"]
+            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), b.get("runs_per_s"),
+                         times(sbr / b["runs_per_s"]) if sbr and b.get("runs_per_s") else "–",
+                         ms(s.get("p50")), ms(s.get("p99")), ms(s.get("max"))])
+        lines.append(table(["runner", "isolated", "runs", "runs/s", "sandbox runs/s ÷ this", "p50 ms", "p99 ms",
+                            "max ms"], rows))
+
+    if "memory" in w:
+        mw = w["memory"]
+        lines.append("## 5. Memory\n")
+        lines.append("MiB, from `/proc/<pid>/smaps_rollup` via psutil. PSS shares each shared page among the "
+                     "processes mapping it (it adds up); USS is memory only that process holds.\n")
+        rows = []
+        for s in mw["slots"]:
+            for label, m in [("nsjail", s["nsjail"]), ("zygote", s["zygote"])] + [("pre-forked child", c) for c in s["children"]]:
+                if m:
+                    rows.append([s["slot"], label, m["pid"], mib(m["rss"]), mib(m["pss"]), mib(m["uss"])])
+            rows.append([s["slot"], "slot cgroup (memory charged)", "", mib(s["cgroup_bytes"]), "", ""])
+        lines.append(table(["slot", "process", "host pid", "RSS", "PSS", "USS"], rows))
+        ex = mw.get("extra_slot")
+        if ex:
+            lines.append(f"**One more warm slot costs {mib(ex['marginal_pss'])} MiB** (rise in the total PSS of all "
+                         f"jail processes when a one-slot pool started beside the main pool); its processes' USS "
+                         f"sum is {mib(ex['slot_uss'])} MiB and its cgroup was charged {mib(ex['slot_cgroup_bytes'])} "
+                         f"MiB. MemAvailable fell by {mib(ex['mem_available_delta'])} MiB (whole machine, noisy).\n")
+        ref = mw["reference_interpreter"]["mem"]
+        if ref:
+            lines.append(f"For scale, {mw['reference_interpreter']['description']}: RSS {mib(ref['rss'])}, "
+                         f"PSS {mib(ref['pss'])}, USS {mib(ref['uss'])} MiB.\n")
+        for name, m in mw.get("baseline_processes", {}).items():
+            lines.append(f"- `{name}` process: RSS {mib(m['rss'])}, PSS {mib(m['pss'])}, USS {mib(m['uss'])} MiB "
+                         "(with whatever the workloads before it imported)\n")
+        lines.append("")
+
+    if "setup" in w:
+        st = w["setup"]
+        lines.append("## 6. Child setup breakdown\n")
+        lines.append(f"Microseconds per step, {st['n']} forks. **Measured by replication, not instrumentation:** "
+                     "a cold jail with the slot's own config runs a probe as its pid 1 (uid 0 in its user "
+                     "namespace, like the zygote) that imports the same preload list with the zygote's own "
+                     "functions, then forks children that run `guest.isolation`'s steps one call at a time "
+                     "(every other child calls `isolation.isolate()` whole, as a cross-check). "
+                     f"Zygote-sized process: imports took {st['zygote_import_ms']:,.0f} ms; compiling the seccomp "
+                     f"policy (once per zygote) {st['seccomp_compile_ms']:.1f} ms.\n")
+        rows = [[v["label"], ms(v["us"].get("p50")), ms(v["us"].get("p95")), ms(v["us"].get("max"))]
+                for k, v in st["steps"].items()]
+        rows.append(["sum of the isolation steps (unshare … chdir)", ms(st["isolate_split_sum_us"].get("p50")),
+                     ms(st["isolate_split_sum_us"].get("p95")), ms(st["isolate_split_sum_us"].get("max"))])
+        rows.append(["`isolation.isolate()` as one call (cross-check)", ms(st["isolate_whole_us"].get("p50")),
+                     ms(st["isolate_whole_us"].get("p95")), ms(st["isolate_whole_us"].get("max"))])
+        lines.append(table(["step", "p50 µs", "p95 µs", "max µs"], rows))
+
+    if "startup" in w:
+        sw = w["startup"]
+        lines.append("## 7. Pool start: `Sandbox()` to the first result\n")
+        rows = []
+        for n, b in sw["by_slots"].items():
+            rows.append([n, b["n"], f"{b['construct_s_median']:.2f}", f"{b['first_result_s_median']:.2f}",
+                         f"{b['max_first_result_s']:.2f}", ms(b["first_run_ms_median"]),
+                         f"{b['zygote_import_ms_median']:,.0f}"])
+        lines.append(table(["slots", "n", "Sandbox() s (median)", "first result s (median)", "first result s (max)",
+                            "first run ms", "zygote imports ms (median)"], rows))
+        lines.append("Slots start in parallel; each zygote imports the whole preload list before it is ready.\n")
+
+    if results.get("errors"):
+        lines.append("## Errors\n")
+        for name, err in results["errors"].items():
+            lines.append(f"- **{name}**: `{err.strip().splitlines()[-1]}`\n")
+    fails = results.get("checks", {}).get("failures", [])
+    lines.append("## Checks\n")
+    lines.append("Every runner produced results and HumanEval passed 164/164 everywhere.\n" if not fails else
+                 "\n".join(f"- {f}" for f in fails) + "\n")
+    return "\n".join(lines)

