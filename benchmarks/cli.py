@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         results["pool_start"] = ctx.pool_start
         for name in selected:
             t0 = time.perf_counter()
+            snap = machine.cpu_snapshot()
             try:
                 data = functions[name](ctx)
                 data["elapsed_s"] = round(time.perf_counter() - t0, 2)
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # noqa: BLE001 - one workload failing must not lose the others
                 results["errors"][name] = traceback.format_exc()
                 _log(f"workload {name} failed:\n{results['errors'][name]}")
-            results["load"].append({"after": name, "loadavg": machine.loadavg()})
+            results["load"].append({"after": name, "loadavg": machine.loadavg(),
+                                    **machine.foreign_load(snap, machine.cpu_snapshot())})
     except Exception:  # noqa: BLE001
         results["errors"]["pool"] = traceback.format_exc()
         _log(f"could not start the pool:\n{results['errors']['pool']}")
@@ -126,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         results["runners"] = ctx.runner_info()
         ctx.close()
     meta["loadavg_end"] = machine.loadavg()
+    busy = [f"{x['after']} ({x['foreign_cores']:.2f} of {cores} cores)" for x in results["load"]
+            if x.get("foreign_cores", 0) > 0.25]
+    if busy:
+        meta["busy_note"] = ((meta.get("busy_note", "") + " ").lstrip() +
+                             "Other processes on the machine used CPU during: " + ", ".join(busy) +
+                             ". Those workloads' absolute numbers are pessimistic and noisier; the interleaved "
+                             "ratios hold up better.")
     results["elapsed_s"] = round(time.perf_counter() - t_start, 2)
     results["checks"] = {"failures": report.checks(results)}
 

@@ -84,3 +84,31 @@ def collect(image, argv: list[str]) -> dict:
         "git": _git(PACKAGE_ROOT),
         "loadavg_start": loadavg(),
     }
+
+
+def cpu_snapshot() -> dict:
+    """Machine-wide busy CPU time and the CPU time of this process and all its descendants
+    (jails, zygotes, kernels, subprocesses), so that what *other* processes used in between
+    can be told apart from the harness's own load."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+    own = 0.0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            c = p.cpu_times()
+            own += c.user + c.system + getattr(c, "children_user", 0.0) + getattr(c, "children_system", 0.0)
+        except psutil.Error:
+            pass
+    return {"t": time.monotonic(), "busy": busy, "own": own}
+
+
+def foreign_load(a: dict, b: dict) -> dict:
+    """CPU that processes outside the harness used between two snapshots (core-seconds and the
+    average number of cores). An estimate: a descendant that ended unreaped can blur it a little."""
+    elapsed = max(b["t"] - a["t"], 1e-9)
+    foreign = max(0.0, (b["busy"] - a["busy"]) - (b["own"] - a["own"]))
+    return {"elapsed_s": round(elapsed, 2), "foreign_cpu_s": round(foreign, 2),
+            "foreign_cores": round(foreign / elapsed, 2)}

@@ -150,6 +150,9 @@ def markdown(results: dict) -> str:
         ["kernel / OS", f"{meta['kernel']} / {meta['os']}"],
         ["cgroups", f"v{meta['cgroup_version']}"],
         ["load average (1/5/15 min) at start → end", f"{meta['loadavg_start']} → {meta.get('loadavg_end')}"],
+        ["CPU used by other processes, per workload (cores, average)",
+         ", ".join(f"{x['after']} {x['foreign_cores']:.2f}" for x in results.get("load", []) if "foreign_cores" in x)
+         or "–"],
         ["image Python (sandbox and every unisolated baseline)", meta["image_python"]],
         ["image libraries", ", ".join(f"{k} {v}" for k, v in meta["image_libraries"].items())
          + f" ({meta['image_package_count']} packages)"],
