@@ -1,8 +1,10 @@
-"""The pool: N warm slots, a bounded wait queue, and a supervisor that replaces dead jails.
+"""The pool: N warm slots, a bounded FIFO wait queue, and a supervisor that replaces dead jails.
 
 Like gunicorn's arbiter, one loop watches every worker (here: a pidfd per jail) and replaces
 whatever dies, whether idle or busy. Callers block in acquire() until a slot is free; beyond
 `max_queue` waiting callers they get QueueFullError at once instead of an unbounded backlog.
+A released slot is handed straight to the longest waiter, so a caller that just finished
+cannot take it back first and starve the others.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import collections
 import threading
 import time
 from typing import Callable
@@ -22,17 +25,27 @@ log = logging.getLogger("sandbox.pool")
 START_ATTEMPTS = 3
 
 
+class _Waiter:
+    """One caller waiting in acquire(); release() hands it a slot directly."""
+
+    __slots__ = ("cond", "slot")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.cond = threading.Condition(lock)
+        self.slot: Slot | None = None
+
+
 class Pool:
     def __init__(self, size: int, factory: Callable[[int], Slot], *, max_queue: int, recycle_after: int) -> None:
         self.size = size
         self._factory = factory
         self._max_queue = max_queue
         self._recycle_after = recycle_after
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._idle: list[Slot] = []
         self._live: dict[int, Slot] = {}   # index -> slot, idle or busy
         self._starting = 0
-        self._waiting = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed = False
         self.last_error: str | None = None
         self.replacements = 0
@@ -45,14 +58,14 @@ class Pool:
 
     def start(self) -> None:
         """Start every slot in parallel; return when all are warm. Fails if none could start."""
-        with self._cond:
+        with self._lock:
             self._starting = self.size
         threads = [threading.Thread(target=self._start_slot, args=(i,), daemon=True) for i in range(self.size)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        with self._cond:
+        with self._lock:
             if not self._live:
                 raise SandboxUnavailableError(f"no slot could start: {self.last_error}")
         self._supervisor.start()
@@ -70,23 +83,22 @@ class Pool:
                 time.sleep(delay)
                 delay *= 2
                 continue
-            with self._cond:
+            with self._lock:
                 self._starting -= 1
                 if self._closed:
                     slot.close()
                     return
                 self._live[index] = slot
-                self._idle.append(slot)
-                self._cond.notify()
+                self._offer(slot)
             self._wake()
             return
-        with self._cond:
+        with self._lock:
             self._starting -= 1
-            self._cond.notify_all()  # waiters may need to learn that nothing is coming
+            self._notify_waiters()  # they may need to learn that nothing is coming
 
     def _replace(self, slot: Slot, close: bool) -> None:
         """Take a slot out of service (killing or closing it) and start another in its place."""
-        with self._cond:
+        with self._lock:
             if self._live.get(slot.index) is not slot:
                 return  # already handled
             del self._live[slot.index]
@@ -108,7 +120,7 @@ class Pool:
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
-        with self._cond:
+        with self._lock:
             self._workers = {w for w in self._workers if w.is_alive()}
             self._workers.add(t)
         t.start()
@@ -124,7 +136,7 @@ class Pool:
         while not self._closed:
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
-            with self._cond:
+            with self._lock:
                 by_fd = {s.pidfd: s for s in self._live.values()}
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
@@ -138,35 +150,51 @@ class Pool:
 
     # -- use ---------------------------------------------------------------------------------
 
+    def _offer(self, slot: Slot) -> None:
+        """A slot became free (lock held): give it to the longest waiter, else make it idle."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.slot = slot
+            waiter.cond.notify()
+        else:
+            self._idle.append(slot)
+
+    def _notify_waiters(self) -> None:
+        for w in self._waiters:
+            w.cond.notify()
+
     def acquire(self, timeout: float | None = None) -> Slot:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        while True:
+            slot = self._acquire_any(deadline, timeout)
+            if not slot.poll_dead():
+                return slot
+            self._replace(slot, close=False)
+
+    def _acquire_any(self, deadline: float | None, timeout: float | None) -> Slot:
+        with self._lock:
             if self._closed:
                 raise SandboxClosedError("the sandbox is closed")
-            if not self._idle and self._waiting >= self._max_queue:
-                raise QueueFullError(f"all {self.size} slots are busy and {self._waiting} calls are already waiting")
-            self._waiting += 1
+            if self._idle and not self._waiters:
+                return self._idle.pop()
+            if len(self._waiters) >= self._max_queue:
+                raise QueueFullError(f"all {self.size} slots are busy and {len(self._waiters)} calls are already waiting")
+            waiter = _Waiter(self._lock)
+            self._waiters.append(waiter)
             try:
-                while True:
+                while waiter.slot is None:
                     if self._closed:
                         raise SandboxClosedError("the sandbox is closed")
-                    while self._idle:
-                        slot = self._idle.pop()
-                        if not slot.poll_dead():
-                            return slot
-                        self._cond.release()
-                        try:
-                            self._replace(slot, close=False)
-                        finally:
-                            self._cond.acquire()
                     if not self._live and not self._starting:
                         raise SandboxUnavailableError(f"no slot is running and none could start: {self.last_error}")
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise QueueFullError(f"no slot became free within {timeout} s")
-                    self._cond.wait(remaining)
+                    waiter.cond.wait(remaining)
+                return waiter.slot
             finally:
-                self._waiting -= 1
+                if waiter.slot is None:
+                    self._waiters.remove(waiter)
 
     def release(self, slot: Slot, broken: bool = False) -> None:
         if broken or slot.poll_dead():
@@ -174,18 +202,17 @@ class Pool:
         elif slot.runs >= self._recycle_after:
             self._replace(slot, close=True)
         else:
-            with self._cond:
+            with self._lock:
                 if self._live.get(slot.index) is slot:
-                    self._idle.append(slot)
-                    self._cond.notify()
+                    self._offer(slot)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             slots = list(self._live.values())
             self._live.clear()
             self._idle.clear()
-            self._cond.notify_all()
+            self._notify_waiters()
         self._wake()
         # A slot still starting closes itself once it sees _closed; wait for it, so that
         # nothing of this pool outlives close().
@@ -202,6 +229,6 @@ class Pool:
             os.close(fd)
 
     def stats(self) -> dict:
-        with self._cond:
+        with self._lock:
             return {"size": self.size, "live": len(self._live), "idle": len(self._idle), "starting": self._starting,
-                    "waiting": self._waiting, "replacements": self.replacements}
+                    "waiting": len(self._waiters), "replacements": self.replacements}
