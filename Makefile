@@ -19,7 +19,6 @@ test: $(STAMP) image         ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP) image        ## full benchmark run; results in bench-results/
-	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/sandbox bench --out bench-results
 
 image: $(STAMP)              ## build (or verify) the default image; rebuilt only when its lock changes
@@ -37,7 +36,7 @@ system:                      ## Debian packages the host side needs (skipped whe
 $(STAMP): pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 clean:
