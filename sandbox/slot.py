@@ -176,5 +176,8 @@ class Slot:
             os.close(self.pidfd)
         except OSError:
             pass
+        cgroup = getattr(self, "cgroup", None)
+        if cgroup is not None:
+            cgroup.close()
         # A killed nsjail cannot remove its cgroups; the host does.
         cgroups.remove_stale()

@@ -320,7 +320,22 @@ def _preload(modules: list[str]) -> dict:
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         plt.show = runner.show
+        _warm_matplotlib(plt)
     return versions
+
+
+def _warm_matplotlib(plt) -> None:
+    """Draw and save one throwaway chart, so the renderer, fonts and PNG writer every child
+    needs are loaded once here instead of in every child's first figure."""
+    import io
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="line")
+    ax.bar([0, 1], [1, 2])
+    ax.set_title("warm-up")
+    ax.legend()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
 
 
 def main() -> None:
