@@ -8,6 +8,7 @@ outcome is derived from (OOM kills, peak memory). Never trust the child's exit c
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +79,11 @@ class SlotCgroup:
         self.v2 = version() == 2
         if self.v2:
             self.mem = self.pids = ROOT / PARENT / name
+            self.dirs = [self.mem]
         else:
             self.mem = ROOT / "memory" / PARENT / name
             self.pids = ROOT / "pids" / PARENT / name
+            self.dirs = [ROOT / c / PARENT / name for c in V1_CONTROLLERS]
         if not self.mem.is_dir():
             raise OSError(f"jail cgroup {self.mem} does not exist")
         names = ("memory.current", "memory.peak", "memory.events") if self.v2 else \
@@ -104,6 +107,21 @@ class SlotCgroup:
                 os.close(fd)
             except OSError:
                 pass
+
+    def remove(self, wait: float = 2.0) -> None:
+        """rmdir this jail's cgroups, retrying while killed tasks are still leaving them."""
+        deadline = time.monotonic() + wait
+        for d in self.dirs:
+            while True:
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
 
     def _reset_peak(self) -> None:
         os.pwrite(self._peak, b"0", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidInputError(f"limit {f.name} must be a number, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidInputError(f"limit {f.name} must be a finite number, not {value!r}")
             if f.name != "timeout_seconds" and not isinstance(value, int):
                 raise InvalidInputError(f"limit {f.name} must be a whole number, not {value!r}")
             if value <= 0 and f.name not in ("max_images", "max_files"):

@@ -44,6 +44,8 @@ class Pool:
         self._lock = threading.Lock()
         self._idle: list[Slot] = []
         self._live: dict[int, Slot] = {}   # index -> slot, idle or busy
+        self._busy: set[Slot] = set()      # handed out: only their holder may close them
+        self._mourned: set[Slot] = set()   # died while busy: their holder will give them back
         self._starting = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed = False
@@ -102,6 +104,7 @@ class Pool:
             if self._live.get(slot.index) is not slot:
                 return  # already handled
             del self._live[slot.index]
+            self._mourned.discard(slot)
             if slot in self._idle:
                 self._idle.remove(slot)
             if self._closed:
@@ -137,7 +140,7 @@ class Pool:
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             with self._lock:
-                by_fd = {s.pidfd: s for s in self._live.values()}
+                by_fd = {s.pidfd: s for s in self._live.values() if s not in self._mourned}
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
             for fd, _ in poller.poll():
@@ -146,7 +149,14 @@ class Pool:
                 elif fd in by_fd and not self._closed:
                     slot = by_fd[fd]
                     log.warning("slot %d died; replacing it. Last words: %s", slot.index, slot.diagnostics()[-500:])
-                    self._replace(slot, close=False)
+                    with self._lock:
+                        busy = slot in self._busy
+                        self._mourned.add(slot)  # its pidfd stays readable: stop watching it
+                    if not busy:
+                        self._replace(slot, close=False)
+                    # A busy slot's run sees the death through its own pidfd and gives the slot
+                    # back as broken; closing its fds here would hand their numbers to the
+                    # replacement under the running thread.
 
     # -- use ---------------------------------------------------------------------------------
 
@@ -169,6 +179,8 @@ class Pool:
             slot = self._acquire_any(deadline, timeout)
             if not slot.poll_dead():
                 return slot
+            with self._lock:
+                self._busy.discard(slot)
             self._replace(slot, close=False)
 
     def _acquire_any(self, deadline: float | None, timeout: float | None) -> Slot:
@@ -176,7 +188,9 @@ class Pool:
             if self._closed:
                 raise SandboxClosedError("the sandbox is closed")
             if self._idle and not self._waiters:
-                return self._idle.pop()
+                slot = self._idle.pop()
+                self._busy.add(slot)
+                return slot
             if len(self._waiters) >= self._max_queue:
                 raise QueueFullError(f"all {self.size} slots are busy and {len(self._waiters)} calls are already waiting")
             waiter = _Waiter(self._lock)
@@ -191,12 +205,15 @@ class Pool:
                     if remaining is not None and remaining <= 0:
                         raise QueueFullError(f"no slot became free within {timeout} s")
                     waiter.cond.wait(remaining)
+                self._busy.add(waiter.slot)
                 return waiter.slot
             finally:
                 if waiter.slot is None:
                     self._waiters.remove(waiter)
 
     def release(self, slot: Slot, broken: bool = False) -> None:
+        with self._lock:
+            self._busy.discard(slot)
         if broken or slot.poll_dead():
             self._replace(slot, close=False)
         elif slot.runs >= self._recycle_after:

@@ -85,13 +85,18 @@ class Slot:
         return children[0].pid
 
     def _wait(self, fd: int, event: int, deadline: float) -> None:
+        """Wait until fd is ready; a jail that dies meanwhile ends the wait at once."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         poller = select.poll()
         poller.register(fd, event)
-        if not poller.poll(remaining * 1000 + 1):
+        poller.register(self.pidfd, select.POLLIN)
+        events = poller.poll(remaining * 1000 + 1)
+        if not events:
             raise TimeoutError
+        if all(f == self.pidfd for f, _ in events):
+            raise SlotDied("the jail died")
 
     def _write(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
@@ -178,6 +183,7 @@ class Slot:
             pass
         cgroup = getattr(self, "cgroup", None)
         if cgroup is not None:
+            # A killed nsjail cannot remove its cgroups; the host does, once the jail's
+            # processes have left them.
             cgroup.close()
-        # A killed nsjail cannot remove its cgroups; the host does.
-        cgroups.remove_stale()
+            cgroup.remove()

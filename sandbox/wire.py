@@ -38,7 +38,11 @@ def check_path(name: object, what: str = "input file name") -> str:
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise InvalidInputError(f"{what} {name!r} has an empty, '.' or '..' component")
-    if len(name.encode()) > MAX_PATH or any(len(p.encode()) > MAX_COMPONENT for p in parts):
+    try:
+        encoded = [p.encode() for p in parts]
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} {name!r} is not valid UTF-8") from None
+    if sum(len(p) + 1 for p in encoded) > MAX_PATH or any(len(p) > MAX_COMPONENT for p in encoded):
         raise InvalidInputError(f"{what} {name[:80]!r}... is too long")
     if any(ord(c) < 32 for c in name):
         raise InvalidInputError(f"{what} {name!r} contains a control character")
@@ -96,7 +100,8 @@ def _error(raw: object) -> ExecError | None:
     typ, msg, line, tb = raw.get("type"), raw.get("message"), raw.get("line"), raw.get("traceback")
     if not (isinstance(typ, str) and isinstance(msg, str) and isinstance(tb, str) and (line is None or _is_int(line))):
         return None
-    return ExecError(type=typ[:256], message=msg, line=line, traceback=tb)
+    clean = lambda t: t.encode("utf-8", "backslashreplace").decode("utf-8")  # noqa: E731 - lone surrogates
+    return ExecError(type=clean(typ[:256]), message=clean(msg), line=line, traceback=clean(tb))
 
 
 def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
@@ -201,9 +206,12 @@ def derive_outcome(header: dict, error: ExecError | None, oom_kills: int, limits
         return Outcome.TIMEOUT
     if oom_kills > 0:
         return Outcome.MEMORY_LIMIT
-    # RLIMIT_CPU ends in SIGXCPU/SIGKILL once the process has used its CPU seconds; the
-    # CPU time the zygote measured tells that apart from a kill the program sent itself.
-    if sig in (signal.SIGKILL, signal.SIGXCPU) and header["cpu_ms"] >= limits.cpu_seconds * 1000 - 20:
+    # RLIMIT_CPU ends in SIGKILL once the process has used its CPU seconds; the main process's
+    # own CPU time (from wait4, counted as the kernel counts it) tells that apart from a kill
+    # the program sent itself.
+    main_cpu = header.get("main_cpu_ms")
+    if sig in (signal.SIGKILL, signal.SIGXCPU) and isinstance(main_cpu, (int, float)) \
+            and main_cpu >= limits.cpu_seconds * 1000 - 5:
         return Outcome.CPU_LIMIT
     if sig == signal.SIGSYS:
         # The filter refuses to let a program send SIGSYS, so only the filter can have sent it.

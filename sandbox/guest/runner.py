@@ -72,8 +72,25 @@ def _unbuffered_stdio() -> None:
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
 
 
+GUEST_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _clip(text: str, cap: int) -> str:
+    # Lone surrogates (from undecodable bytes) would make the text unencodable downstream.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= cap else text[:cap] + f"... [{len(text) - cap} characters cut]"
+
+
+def _without_engine_frames(te: traceback.TracebackException, seen: set[int]) -> None:
+    """Drop the runner's own frames (e.g. inside the patched plt.show) from a traceback chain."""
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if not f.filename.startswith(GUEST_DIR + os.sep)])
+    for nxt in (te.__cause__, te.__context__):
+        if nxt is not None:
+            _without_engine_frames(nxt, seen)
 
 
 def _describe(exc: BaseException, tb, filename: str) -> dict:
@@ -92,8 +109,10 @@ def _describe(exc: BaseException, tb, filename: str) -> dict:
         message = str(exc)
     except Exception:  # a hostile __str__ must not take the runner down
         message = "<unprintable exception>"
-    text = "".join(traceback.format_exception(kind, exc, tb))
-    return {"type": name, "message": _clip(message, MAX_MESSAGE), "line": line,
+    te = traceback.TracebackException(kind, exc, tb)
+    _without_engine_frames(te, set())
+    text = "".join(te.format())
+    return {"type": _clip(name, 256), "message": _clip(message, MAX_MESSAGE), "line": line,
             "traceback": _clip(text, MAX_TRACEBACK)}
 
 
@@ -136,16 +155,15 @@ def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int) -> 
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                if path in inputs and st.st_size == len(inputs[path]):
-                    with os.fdopen(os.dup(fd), "rb") as f:
-                        if f.read() == inputs[path]:
-                            continue
-                if len(found) >= max_files or total + st.st_size > max_bytes:
+                same_size_input = path in inputs and st.st_size == len(inputs[path])
+                if not same_size_input and (len(found) >= max_files or total + st.st_size > max_bytes):
                     dropped += 1
                     continue
                 with os.fdopen(os.dup(fd), "rb") as f:
-                    data = f.read(max_bytes - total + 1)
-                if total + len(data) > max_bytes:
+                    data = f.read(max(st.st_size, max_bytes - total) + 1)
+                if same_size_input and data == inputs[path]:
+                    continue  # an input the program left as it was
+                if len(found) >= max_files or total + len(data) > max_bytes:
                     dropped += 1
                     continue
                 total += len(data)
@@ -159,6 +177,7 @@ def serve() -> None:
     """Read the request from fd 0, run it, write the result to fd 3, and exit."""
     header, body = protocol.read_frame(REQUEST_FD, max_body=1 << 40)
     os.close(REQUEST_FD)
+    workdir = os.getcwd()
     limits = header["limits"]
     filename = header["filename"]
     _unbuffered_stdio()
@@ -176,6 +195,9 @@ def serve() -> None:
         code = header["code"]
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         sys.argv = [filename]
+        # As for `python main.py`: the script's directory first on the path, so the inputs'
+        # .py files import; the engine's own directory is not the user's business.
+        sys.path[:] = [workdir] + [p for p in sys.path if p != os.path.dirname(GUEST_DIR)]
         main = type(sys)("__main__")
         main.__file__ = filename
         main.__builtins__ = builtins
@@ -204,7 +226,11 @@ def serve() -> None:
     except Exception as exc:  # noqa: BLE001
         if error is None:
             error, exit_code = _describe(exc, None, filename), 1
-    files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"])
+    try:
+        os.chdir(workdir)  # the program may have moved elsewhere; outputs are what it left here
+        files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"])
+    except OSError:
+        files, files_dropped = [], 0
 
     result = {
         "error": error,

@@ -257,16 +257,19 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
         cpu_ns = _cpu_ns(child.pid) - cpu0
     else:
+        main_cpu = 0.0
         if child.early_status is not None:
             status = child.early_status
         else:
-            _, status, _ = os.wait4(child.pid, 0)
+            _, status, own = os.wait4(child.pid, 0)
+            main_cpu = own.ru_utime + own.ru_stime  # what RLIMIT_CPU counted: setup included
         reap_all()
         exit_code = os.waitstatus_to_exitcode(status)
         # Everything reaped since the hand-off: the child and every process it left behind.
         usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_ns = int((usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) * 1e9) - cpu0
         result, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", None)
+    main_cpu_ms = 0.0 if finished else round(main_cpu * 1000, 3)
 
     reply = {
         "status": "done",
@@ -274,6 +277,7 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         "exit_code": exit_code,
         "wall_ms": round(wall * 1000, 3),
         "cpu_ms": round(max(cpu_ns, 0) / 1e6, 3),
+        "main_cpu_ms": main_cpu_ms,
         "stdout_dropped": out.dropped,
         "stderr_dropped": err.dropped,
         "result": result,
