@@ -1,0 +1,138 @@
+"""The execution's identity and environment: no host secret, an unprivileged uid in a user
+namespace that does not map host root, no capabilities in any set, no_new_privs, a seccomp
+filter, not dumpable, its own hostname, and no way to touch the zygote.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from sandbox import Outcome
+
+from ._helpers import assert_alive, describe, expect, one, run
+from .conftest import SECRET_ENV, SECRET_VALUE
+
+ALLOWED_ENV = {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "MPLBACKEND", "SANDBOX_MPL_SEED",
+               "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "PYTHONDONTWRITEBYTECODE", "MPLCONFIGDIR"}
+
+
+def test_no_host_secret_in_the_environment(sb1):
+    # Expected: ok; SANDBOX_TEST_SECRET, set in the host process before sb1 started its jail,
+    # appears nowhere in the execution: not in os.environ, not in the C environ, and every
+    # variable present comes from the engine's allow-list (or is set by a preloaded library).
+    assert os.environ[SECRET_ENV] == SECRET_VALUE  # the host really has it
+    r = run(sb1, """
+        import os
+        env = _ct.POINTER(_ct.c_char_p).in_dll(_libc, "environ")
+        raw, i = [], 0
+        while env[i]:
+            raw.append(env[i].decode(errors="replace"))
+            i += 1
+        evidence(keys=sorted(os.environ), raw=raw, proc1=errno_of(open, "/proc/1/environ"),
+                 ld=os.environ.get("LD_LIBRARY_PATH"))
+    """)
+    expect(r, Outcome.OK)
+    assert SECRET_VALUE not in r.stdout and SECRET_ENV not in r.stdout, describe(r)
+    ev = one(r)
+    assert ev["proc1"] == errno.ENOENT, ev
+    # Libraries the zygote preloads may set their own (KMP_* from OpenMP, LD_LIBRARY_PATH into
+    # the image from cv2); nothing else.
+    extra = {k for k in ev["keys"] if k not in ALLOWED_ENV and not k.startswith("KMP_")} - {"LD_LIBRARY_PATH"}
+    assert extra == set(), extra
+    if ev["ld"] is not None:
+        assert all(p.startswith("/var/lib/sandbox/images/") for p in ev["ld"].split(":") if p), ev["ld"]
+    host_only = {k for k in os.environ if k not in ALLOWED_ENV} - {"PATH"}
+    assert not host_only & set(ev["keys"]), host_only & set(ev["keys"])
+
+
+def test_identity_is_unprivileged_uid_1000(sb):
+    # Expected: ok; real, effective and saved uid and gid are 1000, no supplementary groups,
+    # and none of them can be changed back to 0 (EPERM from the filter).
+    r = run(sb, """
+        import os
+        evidence(uid=os.getresuid(), gid=os.getresgid(), groups=os.getgroups(),
+                 setuid=errno_of(os.setuid, 0), setresuid=errno_of(os.setresuid, 0, 0, 0),
+                 setgid=errno_of(os.setgid, 0), setgroups=errno_of(os.setgroups, [0]),
+                 seteuid=errno_of(os.seteuid, 0), setfsuid=raw_syscall(122, 0))
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    assert ev["uid"] == [1000, 1000, 1000] and ev["gid"] == [1000, 1000, 1000] and ev["groups"] == [], ev
+    for k in ("setuid", "setresuid", "setgid", "setgroups", "seteuid"):
+        assert ev[k] == errno.EPERM, ev
+    assert ev["setfsuid"] == [-1, errno.EPERM], ev
+
+
+def test_capabilities_no_new_privs_seccomp_and_dumpable(sb):
+    # Expected: ok; every capability set is empty (inheritable, permitted, effective, bounding,
+    # ambient), NoNewPrivs is 1, a seccomp filter is loaded (mode 2), and the process is not
+    # dumpable (so no other process of uid 1000 can ptrace or read its memory).
+    r = run(sb, """
+        status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+        keys = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters")
+        _libc.prctl.restype = _ct.c_int
+        evidence(status={k: status[k].strip() for k in keys}, dumpable=_libc.prctl(3, 0, 0, 0, 0),
+                 nnp=_libc.prctl(39, 0, 0, 0, 0), seccomp=_libc.prctl(21, 0, 0, 0, 0))
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    st = ev["status"]
+    for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(st[k], 16) == 0, (k, st)
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2" and int(st["Seccomp_filters"]) >= 1, st
+    assert ev["dumpable"] == 0 and ev["nnp"] == 1 and ev["seccomp"] == 2, ev
+
+
+def test_user_namespace_does_not_map_host_root(sb):
+    # Expected: ok; the uid/gid maps hold exactly two single-id ranges to unprivileged host ids,
+    # so host root (and every other host uid) is unmapped: root-owned host files, such as the
+    # setuid-root /usr/bin/su, appear owned by the overflow uid and their setuid bit is useless.
+    r = run(sb, """
+        import os
+        maps = {n: [l.split() for l in open(f"/proc/self/{n}").read().splitlines()] for n in ("uid_map", "gid_map")}
+        st = os.stat("/usr/bin/python3")
+        evidence(maps=maps, owner=st.st_uid, setgroups=open("/proc/self/setgroups").read().strip())
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    for name in ("uid_map", "gid_map"):
+        rows = sorted((int(a), int(b), int(c)) for a, b, c in ev["maps"][name])
+        assert rows == [(0, 100000, 1), (1000, 101000, 1)], (name, rows)
+    assert ev["owner"] == 65534, ev  # host root is unmapped: shows as the overflow uid
+
+
+def test_hostname_is_the_jails_own(sb):
+    # Expected: ok; the UTS namespace gives the jail its own hostname, not the host's.
+    r = run(sb, """
+        import os, socket
+        evidence(node=os.uname().nodename, host=socket.gethostname())
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    assert ev["node"] == ev["host"] == "sandbox", ev
+    assert socket.gethostname() != "sandbox"  # so the check above tells the two apart
+
+
+def test_zygote_cannot_be_signalled_or_reprioritised(sb):
+    # Expected: ok; signals to pid 1 (the zygote, another uid) are refused, kill(-1, SIGKILL)
+    # reaches nothing outside the execution, priority/affinity/rlimits of pid 1 cannot be changed;
+    # the sandbox answers the next run.
+    r = run(sb, """
+        import os, resource, signal
+        evidence(kill=errno_of(os.kill, 1, signal.SIGKILL), term=errno_of(os.kill, 1, signal.SIGTERM),
+                 stop=errno_of(os.kill, 1, signal.SIGSTOP), all=errno_of(os.kill, -1, signal.SIGKILL),
+                 prio=errno_of(os.setpriority, os.PRIO_PROCESS, 1, 19),
+                 affinity=errno_of(os.sched_setaffinity, 1, {0}),
+                 rlimit=errno_of(resource.prlimit, 1, resource.RLIMIT_NPROC, (0, 0)),
+                 group=errno_of(os.killpg, 1, signal.SIGKILL), ppid=os.getppid())
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    for k in ("kill", "term", "stop", "prio", "affinity", "rlimit"):
+        assert ev[k] == errno.EPERM, ev
+    assert ev["all"] in (None, errno.ESRCH) and ev["group"] in (errno.EPERM, errno.ESRCH) and ev["ppid"] == 1, ev
+    assert_alive(sb)
+    assert_alive(sb)
