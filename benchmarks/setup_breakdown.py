@@ -48,6 +48,8 @@ FIRST = compile("import time\n_first = time.perf_counter_ns()\n", "<program>", "
 def split():
     marks = [("child_start", ns())]
     mark = lambda name: marks.append((name, ns()))
+    parent = os.getppid()
+    L.own_process_group(); mark("setpgid")
     L._check(L._libc.unshare(L.CLONE_NEWNS | L.CLONE_NEWIPC), "unshare(mount, ipc)"); mark("unshare")
     L._mount(None, "/", None, L.MS_REC | L.MS_PRIVATE); mark("mount_private")
     flags = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
@@ -57,7 +59,7 @@ def split():
     L._mount("proc", "/proc", "proc", flags, "hidepid=invisible"); mark("mount_proc")
     L.close_fds(keep_below=4); mark("close_fds")
     L.limit_resources(profile); mark("rlimits")
-    L.drop_privileges(uid, gid); mark("drop_privileges")
+    L.drop_privileges(uid, gid, parent); mark("drop_privileges")
     L.load_seccomp(bpf); mark("seccomp")
     L.reseed(); os.chdir(workdir); mark("reseed_chdir")
     return marks
@@ -65,7 +67,7 @@ def split():
 
 def whole():
     marks = [("child_start", ns())]
-    L.isolate(profile, bpf, workdir=workdir, uid=uid, gid=gid)
+    L.isolate(profile, bpf, workdir=workdir, uid=uid, gid=gid, parent=os.getppid())
     marks.append(("isolate", ns()))
     return marks
 

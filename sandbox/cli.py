@@ -38,14 +38,21 @@ def _read_inputs(specs: list[str]) -> dict[str, bytes]:
 def _write_outputs(result: Result, out: Path) -> list[str]:
     """Write figures and files under `out`. Paths were validated by the engine; links in
     `out` are still never followed for the final component."""
-    written = []
+    written: list[str] = []
     items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files]
     for rel, data in items:
         target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        if str(target) in written:
+            _say(f"not writing {rel}: a figure of the same name was written")
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            _say(f"could not write {target}: {exc.strerror}")
+            continue
         written.append(str(target))
     return written
 

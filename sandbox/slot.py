@@ -135,8 +135,8 @@ class Slot:
 
     def execute(self, request: bytes, limits: Limits) -> tuple[dict, bytes, int, int]:
         """Send one request; return (reply header, reply body, peak memory bytes, OOM kills)."""
-        # The zygote and a pre-forked child are always in the cgroup, hence the +2.
-        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + 2)
+        # The zygote, the fork server and the next pre-forked child are always in the cgroup.
+        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + 3)
         start = self.cgroup.begin()
         deadline = time.monotonic() + limits.timeout_seconds + REPLY_GRACE
         self._write(request, deadline)

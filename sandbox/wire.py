@@ -119,20 +119,27 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
             or not isinstance(header.get("timed_out"), bool) \
             or not all(isinstance(header.get(k), (int, float)) for k in ("wall_ms", "cpu_ms")):
         return sandbox_error("malformed reply from the jail")
-    result = header.get("result")
+    has_result = header.get("result") is True
     notes: list[str] = []
     images: list[Image] = []
     files: list[File] = []
     error = None
     exit_code = header["exit_code"]
-    # The body is stdout, stderr and, if the child sent one, its result body.
+    # The body is stdout, stderr and, if the child sent a result, its raw header and body.
     lengths = header.get("blob_sizes")
-    if not isinstance(lengths, list) or len(lengths) != (3 if isinstance(result, dict) else 2):
+    if not isinstance(lengths, list) or len(lengths) != (4 if has_result else 2):
         return sandbox_error("malformed reply from the jail (blob sizes)")
     try:
         blobs = protocol.split_blobs(body, lengths)
     except protocol.ProtocolError as exc:
         return sandbox_error(f"malformed reply from the jail: {exc}")
+    result: dict | None = None
+    if has_result:
+        try:
+            result = protocol.parse_header(blobs[2])
+        except protocol.ProtocolError as exc:
+            # Written by the program's process: its own fault, never the engine's.
+            error = ExecError("ResultChannelError", f"the program corrupted its result channel: {exc}", None, "")
     stdout, stderr = blobs[0], blobs[1]
     if len(stdout) > limits.max_stdout_bytes or len(stderr) > limits.max_stderr_bytes:
         return sandbox_error("the jail sent more output than the caps allow")
@@ -145,7 +152,7 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
             notes.append("the program's result was malformed; figures and files were discarded")
         try:
             sizes_all = [m.get("size") if isinstance(m, dict) else None for m in img_meta + file_meta]
-            parts = protocol.split_blobs(blobs[2], sizes_all)
+            parts = protocol.split_blobs(blobs[3], sizes_all)
         except protocol.ProtocolError:
             parts = []
             img_meta, file_meta = [], []
@@ -159,12 +166,19 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
                 continue
             images.append(Image(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data))
         total = 0
+        taken: set[str] = set()
         for meta, data in zip(file_meta, parts[len(img_meta):]):
             try:
                 path = check_path(meta.get("path"), "output file path")
             except InvalidInputError:
                 notes.append("an output file with an unsafe path was discarded")
                 continue
+            # A path may appear once, and never both as a file and as a directory of another.
+            parents = {"/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)}
+            if path in taken or parents & taken or any(t.startswith(path + "/") for t in taken):
+                notes.append(f"an output file whose path clashes with another ({path!r}) was discarded")
+                continue
+            taken.add(path)
             total += len(data)
             if len(files) >= limits.max_files or total > limits.max_file_bytes:
                 notes.append("an output file beyond the caps was discarded")

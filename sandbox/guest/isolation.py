@@ -100,7 +100,7 @@ def limit_resources(profile: dict) -> None:
         resource.setrlimit(res, (value, value))
 
 
-def drop_privileges(uid: int, gid: int) -> None:
+def drop_privileges(uid: int, gid: int, parent: int) -> None:
     """Step 5: no capabilities in any set, no way to regain them, not dumpable."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last_cap = int(f.read())
@@ -117,10 +117,10 @@ def drop_privileges(uid: int, gid: int) -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_DUMPABLE, 0)
     # A uid change clears the parent-death signal, so it is set only now; then close the
-    # race where the zygote died before the prctl took effect.
+    # race where the parent (the fork server) died before the prctl took effect.
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != 1:
-        raise IsolationError("zygote died during setup")
+    if os.getppid() != parent:
+        raise IsolationError("the fork server died during setup")
 
 
 def load_seccomp(bpf: bytes) -> None:
@@ -137,13 +137,24 @@ def reseed() -> None:
     if np is not None:
         # 128 bits from the kernel; seed() with no argument costs twice as much for the same.
         np.random.seed(np.frombuffer(os.urandom(16), dtype=np.uint32))
+    # Libraries that keep a private generator made at import time (in the zygote).
+    sympy_random = sys.modules.get("sympy.core.random")
+    if sympy_random is not None:
+        sympy_random.rng.seed()
 
 
-def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int) -> None:
+def own_process_group() -> None:
+    """Step 0: the execution's own process group. The filter refuses setsid and setpgid, so
+    every process the code makes stays in it, and one kill(-pgid) ends them all."""
+    os.setpgid(0, 0)
+
+
+def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int, parent: int) -> None:
+    own_process_group()
     private_filesystems(profile, workdir, uid, gid)
     close_fds(keep_below=4)
     limit_resources(profile)
-    drop_privileges(uid, gid)
+    drop_privileges(uid, gid, parent)
     load_seccomp(bpf)
     reseed()
     os.chdir(workdir)

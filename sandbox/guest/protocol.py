@@ -50,6 +50,8 @@ def parse_header(raw: bytes) -> dict:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    except RecursionError:  # hostile nesting: json recurses once per level
+        raise ProtocolError("frame header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")
     return header

@@ -1,8 +1,10 @@
 """The zygote: pid 1 of a jail. Imports the library set once, then serves executions forever.
 
-Loop: pre-fork an isolated child, wait for a request from the host, hand it to the child,
-supervise it (wall clock, output caps), answer, kill everything else in the jail, pre-fork
-again, reap. The zygote never runs user code and never parses user output beyond caps.
+Loop: have the fork server pre-fork an isolated child, wait for a request from the host, hand
+it to the child, supervise it (wall clock, output caps), answer, kill the execution's process
+group, pre-fork the next child, reap. The zygote never runs user code and never forks a child
+itself: its heap holds past requests and results, so every child comes from the fork server,
+a copy of the zygote made before the first request (forkserver.py).
 
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
   host -> init    {policy, preload, uid, gid, workdir, profile}
@@ -13,55 +15,44 @@ Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
+import json
 import os
-import resource
 import select
 import shutil
 import signal
+import socket
 import sys
 import time
 
-from . import isolation, protocol, runner, seccomp
+from . import forkserver, protocol, runner, seccomp
 
 CHUNK = 1 << 16
 
 
 class Child:
-    """One pre-forked, isolated child and the zygote's ends of its pipes."""
+    """The zygote's handle on one pre-forked child: its pid and the zygote's ends of its pipes."""
 
-    def __init__(self, profile: dict, bpf: bytes, cfg: dict) -> None:
+    def __init__(self, pid: int, profile: dict, fds: list[int]) -> None:
+        self.pid = pid
         self.profile = profile
-        req_r, self.req_w = os.pipe()
-        self.out_r, out_w = os.pipe()
-        self.err_r, err_w = os.pipe()
-        self.res_r, res_w = os.pipe()
-        self.early_status: int | None = None  # set if the reaper collected it during setup
+        self.req_w, self.out_r, self.err_r, self.res_r = fds
         try:
-            self.pid = os.fork()
-        except OSError:
-            for fd in (req_r, self.req_w, self.out_r, out_w, self.err_r, err_w, self.res_r, res_w):
-                os.close(fd)
-            raise
-        if self.pid == 0:  # child: never returns
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone (setup failed); the result pipe says why
+            self.pidfd = os.open("/dev/null", os.O_RDONLY)
+        self.reaped: dict | None = None
+
+    def kill(self) -> None:
+        """End the execution: its process group (which nothing can leave: setsid and setpgid
+        are refused) and the child itself, in case it died before making its own group."""
+        for target in (-self.pid, self.pid):
             try:
-                for src, dst in ((req_r, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
-                    os.dup2(src, dst)
-                isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=cfg["uid"], gid=cfg["gid"])
-                os.write(runner.RESULT_FD, b"R")
-            except BaseException as exc:  # noqa: BLE001 - fail closed, whatever went wrong
-                try:
-                    os.write(3, b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
-                finally:
-                    os._exit(70)
-            try:
-                runner.serve()
-            finally:
-                os._exit(70)
-        for fd in (req_r, out_w, err_w, res_w):
-            os.close(fd)
-        self.pidfd = os.pidfd_open(self.pid)
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         for fd in (self.req_w, self.out_r, self.err_r, self.res_r, self.pidfd):
@@ -71,47 +62,44 @@ class Child:
                 pass
 
 
-def kill_all_but_me() -> None:
-    """pid 1 sending SIGKILL to -1 hits every other process in the jail's pid namespace."""
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+class ForkServer:
+    """The zygote's side of the fork server (see forkserver.py)."""
 
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
 
-def reap_all() -> None:
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
+    def _call(self, cmd: dict) -> tuple[dict, list[int]]:
+        self.sock.send(json.dumps(cmd).encode())
+        msg, fds, _, _ = socket.recv_fds(self.sock, forkserver.MAX_COMMAND, 4)
+        if not msg:
+            raise RuntimeError("the fork server died")
+        return json.loads(msg), fds
 
+    def fork(self, profile: dict, old: Child | None = None) -> Child:
+        """Pre-fork a child. Forking before reaping the old execution lets its processes tear
+        down their address spaces on other CPUs while the new page tables are copied."""
+        answer, fds = self._call({"op": "fork", "profile": profile})
+        if "error" in answer and old is not None:  # the pids limit is still full of the dying
+            self.reap(old)
+            answer, fds = self._call({"op": "fork", "profile": profile})
+        if "error" in answer:
+            raise RuntimeError(f"cannot fork a child: {answer['error']}")
+        return Child(answer["pid"], profile, fds)
 
-def next_child(profile: dict, bpf: bytes, cfg: dict, old: Child | None) -> Child:
-    """End every process of the last execution and pre-fork the next child.
+    def reap(self, child: Child) -> dict:
+        """Wait until every process of the (killed) execution is gone."""
+        if child.reaped is None:
+            child.reaped, _ = self._call({"op": "reap", "pid": child.pid})
+        return child.reaped
 
-    The fork comes before the reaping: the killed processes tear down their copies of the
-    address space (milliseconds) on other CPUs while this one copies the page tables.
-    """
-    kill_all_but_me()
-    if old is not None:
-        old.close()
-    try:
-        child = Child(profile, bpf, cfg)
-    except BlockingIOError:  # the pids limit is still full of the dying processes
-        reap_all()
-        child = Child(profile, bpf, cfg)
-    # Every process but the zygote and the new child is dying: reap until none is left.
-    while any(p.isdigit() and int(p) not in (1, child.pid) for p in os.listdir("/proc")):
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == child.pid:
-            child.early_status = status
-    return child
+    def replace(self, child: Child, profile: dict) -> Child:
+        """End an execution and pre-fork the next child."""
+        child.kill()
+        child.close()
+        new = self.fork(profile, old=child)
+        self.reap(child)
+        return new
 
 
 class Stream:
@@ -148,37 +136,40 @@ def _cpu_ns(pid: int) -> int:
     return own + children_ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
 
 
-def _result_frame(res: Stream) -> tuple[dict | None, bytes, str | None]:
-    """(header, body, error) of the child's result frame, if it is complete and well-formed."""
+def _result_frame(res: Stream) -> tuple[dict | None, bytes, bytes, str | None]:
+    """(parsed header, raw header, body, problem) of the child's result frame. The raw header
+    goes to the host as a blob: nesting it inside the reply's JSON would add to its depth."""
     raw = res.value()
     if res.dropped:
-        return None, b"", f"result exceeded {res.cap} bytes"
+        return None, b"", b"", f"result exceeded {res.cap} bytes"
     if len(raw) < protocol.PREFIX.size:
-        return None, b"", "result frame cut short" if raw else None
+        return None, b"", b"", "result frame cut short" if raw else None
     try:
         head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
         end = protocol.PREFIX.size + head_len
         if len(raw) < end + body_len:
-            return None, b"", "result frame cut short"
+            return None, b"", b"", "result frame cut short"
         if len(raw) > end + body_len:
-            return None, b"", "trailing bytes after the result frame"
-        return protocol.parse_header(raw[protocol.PREFIX.size:end]), raw[end:], None
+            return None, b"", b"", "trailing bytes after the result frame"
+        head = raw[protocol.PREFIX.size:end]
+        return protocol.parse_header(head), head, raw[end:], None
     except protocol.ProtocolError as exc:
-        return None, b"", str(exc)
+        return None, b"", b"", str(exc)
 
 
-def _frame_complete(res: Stream) -> bool:
+def _frame_length(res: Stream) -> int | None:
+    """Total length of the result frame once its prefix is in (None before, or if invalid)."""
     if res.kept < protocol.PREFIX.size or res.dropped:
-        return False
-    raw = res.value()
+        return None
+    prefix = b"".join(res.parts[:protocol.PREFIX.size])[:protocol.PREFIX.size]
     try:
-        head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
+        head_len, body_len = protocol.parse_prefix(prefix, res.cap)
     except protocol.ProtocolError:
-        return False
-    return res.kept >= protocol.PREFIX.size + head_len + body_len
+        return None
+    return protocol.PREFIX.size + head_len + body_len
 
 
-def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[bytes]]:
+def supervise(child: Child, server: ForkServer, request: bytes, header: dict) -> tuple[dict, list[bytes]]:
     """Run one request in the pre-forked child and build the reply.
 
     Fast path: the runner's result frame is the last thing it does before _exit, so once a
@@ -195,7 +186,6 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         os.set_blocking(fd, False)
 
     cpu0 = _cpu_ns(child.pid)  # the child's own setup, not the user's
-    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     t_end = None
     deadline = t0 + limits["timeout"]
@@ -215,6 +205,7 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
     poller.register(child.pidfd, select.POLLIN)
     open_fds = set(streams)
     timed_out = exited = finished = False
+    frame_length = None
     # Wait for both: all pipes at EOF *and* the main process gone (a child that closes its
     # pipes and spins must still meet the wall clock); or for a complete result frame.
     while open_fds or not exited:
@@ -226,7 +217,7 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         if not events:
             timed_out = True
             t_end = t_end or time.monotonic()
-            kill_all_but_me()
+            child.kill()
             continue
         for fd, _ in events:
             if fd == child.pidfd:
@@ -234,17 +225,19 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
                 exited = True
                 t_end = t_end or time.monotonic()
                 # The execution is over when its main process ends: nothing it left behind runs on.
-                kill_all_but_me()
+                child.kill()
                 continue
             _drain(fd, streams[fd], poller, open_fds)
         if not exited and not timed_out:
             if time.monotonic() >= deadline:
                 timed_out = True
                 t_end = t_end or time.monotonic()
-                kill_all_but_me()
-            elif _frame_complete(res):
-                finished = True
-                break
+                child.kill()
+            else:
+                frame_length = frame_length or _frame_length(res)
+                if frame_length is not None and res.kept >= frame_length:
+                    finished = True
+                    break
     wall = (t_end or time.monotonic()) - t0
 
     if finished:
@@ -252,23 +245,19 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         for fd in (child.out_r, child.err_r):
             if fd in open_fds:
                 _drain(fd, streams[fd], poller, open_fds)
-        result, body, problem = _result_frame(res)
+        result, head, body, problem = _result_frame(res)
         code = result.get("exit_code") if isinstance(result, dict) else None
         exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
         cpu_ns = _cpu_ns(child.pid) - cpu0
     else:
-        main_cpu = 0.0
-        if child.early_status is not None:
-            status = child.early_status
-        else:
-            _, status, own = os.wait4(child.pid, 0)
-            main_cpu = own.ru_utime + own.ru_stime  # what RLIMIT_CPU counted: setup included
-        reap_all()
-        exit_code = os.waitstatus_to_exitcode(status)
-        # Everything reaped since the hand-off: the child and every process it left behind.
-        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_ns = int((usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) * 1e9) - cpu0
-        result, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", None)
+        child.kill()
+        reaped = server.reap(child)
+        status = reaped["status"]
+        exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
+        main_cpu = reaped["main_cpu"]  # what RLIMIT_CPU counted: setup included
+        # Every process of the execution, the child's setup excluded.
+        cpu_ns = int(reaped["total_cpu"] * 1e9) - cpu0
+        result, head, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", b"", None)
     main_cpu_ms = 0.0 if finished else round(main_cpu * 1000, 3)
 
     reply = {
@@ -280,10 +269,10 @@ def supervise(child: Child, request: bytes, header: dict) -> tuple[dict, list[by
         "main_cpu_ms": main_cpu_ms,
         "stdout_dropped": out.dropped,
         "stderr_dropped": err.dropped,
-        "result": result,
+        "result": result is not None,
         "result_error": problem,
     }
-    blobs = [out.value(), err.value()] + ([body] if result is not None else [])
+    blobs = [out.value(), err.value()] + ([head, body] if result is not None else [])
     reply["blob_sizes"] = [len(b) for b in blobs]
     return reply, blobs
 
@@ -349,8 +338,6 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     os.close(devnull)
-    for fd in (proto_in, proto_out):
-        os.set_inheritable(fd, False)
 
     init, _ = protocol.read_frame(proto_in, max_body=0)
     t0 = time.monotonic()
@@ -359,13 +346,16 @@ def main() -> None:
     versions = _preload(init["preload"])
     gc.collect()
     gc.freeze()  # otherwise each child's first collection dirties every shared page
+    # From here on this process handles user data; the fork server is the clean copy.
+    server = ForkServer(*forkserver.start(bpf, init, close_in_child=[proto_in, proto_out]))
     protocol.write_all(proto_out, protocol.encode({
         "python": sys.version.split()[0],
         "modules": versions,
         "import_ms": round((time.monotonic() - t0) * 1000, 1),
     }))
+    libc = ctypes.CDLL(None)
 
-    child = next_child(init["profile"], bpf, init, None)
+    child = server.fork(init["profile"])
     while True:
         try:
             prefix = protocol.read_exact(proto_in, protocol.PREFIX.size)
@@ -378,15 +368,33 @@ def main() -> None:
         if header["profile"] != child.profile:
             # Mount sizes and rlimits are fixed before a child sees a request; a call with
             # other ones gets a child forked for them.
-            child = next_child(header["profile"], bpf, init, child)
-        reply, blobs = supervise(child, prefix + head + body, header)
-        del body
+            child = server.replace(child, header["profile"])
+        reply, blobs = supervise(child, server, prefix + head + body, header)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
-        # After the reply, off the caller's clock: end the execution's processes, then
-        # pay for the next child's fork and isolation before the next request arrives.
-        child = next_child(init["profile"], bpf, init, child)
+        del prefix, head, body, header, reply, blobs
+        # After the reply, off the caller's clock: end the execution, pre-fork the next child.
+        child = server.replace(child, init["profile"])
+        libc.malloc_trim(0)  # return this run's buffers, which the slot's memory limit counts
     kill_all_but_me()
     reap_all()
+
+
+def kill_all_but_me() -> None:
+    """pid 1 sending SIGKILL to -1 hits every other process in the jail's pid namespace."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def reap_all() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 if __name__ == "__main__":

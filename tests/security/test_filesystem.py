@@ -267,12 +267,14 @@ def test_hidepid_only_own_processes_visible(sb):
         zygote = errno_of(os.kill, 1, 0)
         os.kill(pid, 9); os.waitpid(pid, 0)
         evidence(visible=visible, me=os.getpid(), child=pid, ppid=os.getppid(), child_alive=child_alive,
-                 zygote=zygote)
+                 zygote=zygote, parent=errno_of(os.kill, os.getppid(), 0))
     """)
     expect(r, Outcome.OK)
     ev = one(r)
     assert ev["visible"] == [ev["me"]], ev
-    assert ev["child_alive"] is None and ev["zygote"] == EPERM and ev["ppid"] == 1, ev
+    # The parent (the fork server) exists, runs as another uid and is hidden too.
+    assert ev["child_alive"] is None and ev["zygote"] == EPERM and ev["parent"] == EPERM, ev
+    assert ev["ppid"] not in ev["visible"], ev
 
 
 def test_proc_self_root_is_the_jail_root(sb):

@@ -176,7 +176,10 @@ def test_background_process_does_not_survive(sb1):
         import os, signal, time
         r, w = os.pipe()
         if os.fork() == 0:
-            os.setsid()
+            try:
+                os.setsid()  # refused: nothing leaves the execution's process group
+            except PermissionError:
+                pass
             if os.fork() == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -168,7 +168,10 @@ def test_abstract_socket_left_listening_by_one_run_is_gone_in_the_next(sb1):
         srv.bind("\\0" + {name!r})
         srv.listen(8)
         if os.fork() == 0:
-            os.setsid()
+            try:
+                os.setsid()  # refused: nothing leaves the execution's process group
+            except PermissionError:
+                pass
             while True:
                 c, _ = srv.accept()
                 c.sendall(b"leaked-from-run-1")

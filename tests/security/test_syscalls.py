@@ -187,6 +187,30 @@ REFUSED = [
         ret, res = raw_syscall(444, 0, 0, 1)
         assert ret == -1
      """, errno.ENOSYS),
+    # Nothing may leave the execution's process group: the zygote ends it with one kill(-pgid).
+    ("setsid", """
+        import os
+        res = errno_of(os.setsid)
+     """, errno.EPERM),
+    ("setpgid", """
+        import os
+        res = errno_of(os.setpgid, 0, 0)
+     """, errno.EPERM),
+    # A program's own seccomp filter could fake a policy violation.
+    ("seccomp", """
+        ret, res = raw_syscall(317, 0, 0, 0)
+        assert ret == -1
+     """, errno.EPERM),
+    # inotify on the shared read-only binds: a side channel to the host and between slots.
+    ("inotify_init1", """
+        ret, res = raw_syscall(294, 0)
+        assert ret == -1
+     """, errno.EPERM),
+    # Real-time signals queue, and the queue counts against host root's quota.
+    ("kill_realtime_signal", """
+        import os, signal
+        res = errno_of(os.kill, os.getpid(), signal.SIGRTMIN)
+     """, errno.EPERM),
 ]
 
 
