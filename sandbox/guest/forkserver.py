@@ -50,6 +50,7 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict) -> tuple[int, list[int]]:
             for src, dst in ((req_r, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
                 os.dup2(src, dst)
             isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=cfg["uid"], gid=cfg["gid"], parent=parent)
+            runner.prepare()
             os.write(runner.RESULT_FD, b"R")
         except BaseException as exc:  # noqa: BLE001 - fail closed, whatever went wrong
             try:
