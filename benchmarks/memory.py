@@ -1,9 +1,10 @@
 """Workload 5: memory of warm slots, measured from outside with psutil (smaps_rollup).
 
 Per slot: the nsjail supervisor, the zygote (the jail's pid 1, host pid `slot.jail_pid`) and the
-zygote's children (the pre-forked, isolated child waiting for the next request). RSS counts
-shared pages in full in every process; PSS divides each shared page among the processes that map
-it (so PSS adds up across processes); USS is what only that process holds (what killing it frees).
+zygote's descendants (the fork server, and the pre-forked, isolated child waiting for the next
+request). RSS counts shared pages in full in every process; PSS divides each shared page among the
+processes that map it (so PSS adds up across processes); USS is what only that process holds (what
+killing it frees).
 
 "What an extra warm slot costs" is measured directly: the total PSS of every jail process before
 and after a one-slot pool is started next to the main pool. Shared library pages already resident
@@ -38,16 +39,20 @@ def proc_mem(pid: int) -> dict | None:
 
 def slot_memory(slot) -> dict:
     zyg = proc_mem(slot.jail_pid)
+    # The zygote's direct child is the fork server; the pre-forked child is the fork server's.
     try:
-        kids = [proc_mem(c.pid) for c in psutil.Process(slot.jail_pid).children(recursive=True)]
+        direct = {c.pid for c in psutil.Process(slot.jail_pid).children()}
+        found = [(c.pid, proc_mem(c.pid)) for c in psutil.Process(slot.jail_pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        kids = []
-    kids = [k for k in kids if k]
+        direct, found = set(), []
+    kids = [m for _, m in found if m]
+    roles = ["fork server" if pid in direct else "pre-forked child" for pid, m in found if m]
     try:
         cg = slot.cgroup.usage()
     except OSError:
         cg = None
     return {"slot": slot.index, "nsjail": proc_mem(slot.proc.pid), "zygote": zyg, "children": kids,
+            "child_roles": roles,
             "cgroup_bytes": cg, "import_ms": slot.ready.get("import_ms")}
 
 

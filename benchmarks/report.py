@@ -256,7 +256,7 @@ def markdown(results: dict) -> str:
                      "processes mapping it (it adds up); USS is memory only that process holds.\n")
         rows = []
         for s in mw["slots"]:
-            for label, m in [("nsjail", s["nsjail"]), ("zygote", s["zygote"])] + [("pre-forked child", c) for c in s["children"]]:
+            for label, m in [("nsjail", s["nsjail"]), ("zygote", s["zygote"])] + list(zip(s.get("child_roles") or ["pre-forked child"] * len(s["children"]), s["children"])):
                 if m:
                     rows.append([s["slot"], label, m["pid"], mib(m["rss"]), mib(m["pss"]), mib(m["uss"])])
             rows.append([s["slot"], "slot cgroup (memory charged)", "", mib(s["cgroup_bytes"]), "", ""])
