@@ -37,6 +37,19 @@ def state_dir() -> Path:
     return Path("/var/lib/sandbox") if os.geteuid() == 0 else Path.home() / ".local/share/sandbox"
 
 
+# Places inside the jail that get a tmpfs of their own: nothing bound from the host may live
+# below them, or the tmpfs hides it. (The jail binds images at their host paths.)
+JAIL_TMPFS = ("/tmp", "/work", "/dev", "/proc")
+
+
+def check_bindable(path: Path) -> None:
+    p = str(Path(path).resolve())
+    for top in JAIL_TMPFS:
+        if p == top or p.startswith(top + "/"):
+            raise ImageError(f"{p} is under {top}, which the jail mounts a tmpfs over; set SANDBOX_HOME "
+                             "to a directory elsewhere (default /var/lib/sandbox)")
+
+
 def definitions_dir() -> Path:
     return Path(os.environ.get("SANDBOX_IMAGES_DIR", PACKAGE_ROOT / "images"))
 
@@ -150,6 +163,7 @@ def build(name: str = "default", requirements: Path | None = None, python: str |
             f"{interpreter} lives under {facts['base_prefix']}, which the sandbox's unprivileged uid cannot read; "
             "install Debian's python3 (apt-get install python3 python3-venv) or pass --python PATH")
     root = state_dir()
+    check_bindable(root)
     root.mkdir(parents=True, exist_ok=True)
     for d in (root, root / "images"):
         d.mkdir(exist_ok=True)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import cgroups
-from .image import Image, state_dir
+from .image import Image, check_bindable, state_dir
 from .limits import JailSettings
 
 GUEST_SRC = Path(__file__).resolve().parent / "guest"
@@ -96,6 +96,7 @@ def environment(image: Image) -> dict[str, str]:
 
 def config(image: Image, settings: JailSettings) -> str:
     """nsjail's protobuf-text configuration for one slot."""
+    check_bindable(image.path)
     lines = [
         'name: "sandbox-slot"\n',
         "mode: ONCE\n",

@@ -9,15 +9,15 @@ cannot take it back first and starve the others.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
-import collections
 import threading
 import time
 from typing import Callable
 
-from .errors import QueueFullError, SandboxClosedError, SandboxUnavailableError
+from .errors import ImageError, QueueFullError, SandboxClosedError, SandboxUnavailableError
 from .slot import Slot
 
 log = logging.getLogger("sandbox.pool")
@@ -82,6 +82,8 @@ class Pool:
             except Exception as exc:  # noqa: BLE001 - report and retry, whatever broke
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("slot %d failed to start (attempt %d): %s", index, attempt + 1, self.last_error)
+                if isinstance(exc, ImageError):
+                    break  # a configuration problem: trying again changes nothing
                 time.sleep(delay)
                 delay *= 2
                 continue

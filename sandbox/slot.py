@@ -55,6 +55,9 @@ class Slot:
             self.jail_pid = self._jail_pid()
             self.cgroup = cgroups.SlotCgroup(self.jail_pid)
             self.baseline = self.cgroup.usage()
+        except SlotDied as exc:
+            self.kill()
+            raise SlotDied(f"{exc}; the jail's last words:\n{self._last_words()}") from None
         except BaseException:
             self.kill()
             raise
@@ -73,6 +76,11 @@ class Slot:
             line = raw.decode(errors="replace").rstrip()
             self._stderr_tail.append(line)
             log.debug("slot %d: %s", self.index, line)
+
+    def _last_words(self) -> str:
+        # nsjail's warnings and errors, and anything the zygote printed (e.g. a traceback).
+        lines = [ln for ln in self._stderr_tail if not ln.startswith("[D]") and not ln.startswith("[I]")]
+        return "\n".join(lines[-12:]) or "(nothing)"
 
     def diagnostics(self) -> str:
         return "\n".join(self._stderr_tail) or "(the jail printed nothing)"

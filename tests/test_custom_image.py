@@ -35,3 +35,14 @@ def test_bad_image_names_and_missing_images_are_clear_errors(tmp_path):
         image.load_any("never-built")
     with pytest.raises(ImageError, match="must be letters"):
         image.build("../evil", requirements=tmp_path / "x")
+
+
+def test_state_dir_the_jail_would_hide_is_refused_before_building(tmp_path, monkeypatch):
+    import pytest
+    from sandbox import ImageError
+    # /tmp inside the jail is a fresh tmpfs: an image kept under the host's /tmp would vanish.
+    monkeypatch.setenv("SANDBOX_HOME", str(tmp_path / "state"))
+    assert str(tmp_path).startswith("/tmp/")
+    with pytest.raises(ImageError, match="mounts a tmpfs over"):
+        image.build("default", log=lambda m: None)
+    assert not (tmp_path / "state").exists()
