@@ -193,7 +193,10 @@ def prepare() -> None:
 def serve() -> None:
     """Read the request from fd 0, run it, write the result to fd 3, and exit."""
     header, body = protocol.read_frame(REQUEST_FD, max_body=1 << 40)
-    os.close(REQUEST_FD)
+    # stdin is now at EOF, as for any program run with nothing piped in (subprocesses too).
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, REQUEST_FD)
+    os.close(devnull)
     workdir = os.getcwd()
     limits = header["limits"]
     filename = header["filename"]

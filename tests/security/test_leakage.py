@@ -252,8 +252,10 @@ def test_open_fds_do_not_survive_and_none_are_inherited(sb1):
     """)
     expect(r2, Outcome.OK)
     fds = {int(k): v for k, v in one(r2)["fds"].items()}
-    assert set(fds) == {1, 2, 3}, fds
-    assert all(v.startswith("pipe:") for v in fds.values()), fds
+    # stdin is /dev/null (the request pipe is gone); stdout, stderr and the result channel are
+    # the execution's own pipes; nothing else, and nothing from run 1.
+    assert set(fds) == {0, 1, 2, 3}, fds
+    assert fds[0] == "/dev/null" and all(fds[n].startswith("pipe:") for n in (1, 2, 3)), fds
 
 
 def test_random_streams_differ_between_runs(sb1):
