@@ -110,15 +110,17 @@ class AsyncSandbox:
 
     def __init__(self, slots: int | None = None, **kwargs: Any) -> None:
         self._args = (slots, kwargs)
+        self._max_queue = kwargs.get("max_queue", 1024)
         self._sync: Sandbox | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self) -> AsyncSandbox:
         slots, kwargs = self._args
         self._sync = await asyncio.to_thread(Sandbox, slots, **kwargs)
-        # One thread per possible in-flight call: slots running plus callers queued.
+        # One thread per call the pool admits (running plus queued, created only as needed), so
+        # a call beyond max_queue gets QueueFullError here too instead of waiting unseen.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._sync._pool.size * 4, thread_name_prefix="sandbox-async")
+            max_workers=self._sync._pool.size + self._max_queue + 1, thread_name_prefix="sandbox-async")
         return self
 
     async def run(self, code: str, files: Files | None = None, **kwargs: Any) -> Result:

@@ -64,3 +64,20 @@ def test_async_run_before_start_raises():
         await sb.close()  # closing a never-started sandbox is harmless
 
     asyncio.run(main())
+
+
+def test_async_calls_beyond_the_queue_bound_get_queue_full():
+    import asyncio
+
+    from sandbox import AsyncSandbox, Outcome, QueueFullError
+
+    async def main():
+        async with AsyncSandbox(slots=1, max_queue=1) as sb:
+            calls = [sb.run("import time; time.sleep(1)") for _ in range(4)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    full = [r for r in results if isinstance(r, QueueFullError)]
+    done = [r for r in results if not isinstance(r, BaseException)]
+    assert full and done, results  # the bound held, and admitted calls ran
+    assert all(r.outcome is Outcome.OK for r in done)
