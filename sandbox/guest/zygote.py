@@ -158,14 +158,18 @@ def _result_frame(res: Stream) -> tuple[dict | None, bytes, bytes, str | None]:
 
 
 def _frame_length(res: Stream) -> int | None:
-    """Total length of the result frame once its prefix is in (None before, or if invalid)."""
+    """Total length of the result frame once its prefix is in: None before, -1 if invalid."""
     if res.kept < protocol.PREFIX.size or res.dropped:
         return None
-    prefix = b"".join(res.parts[:protocol.PREFIX.size])[:protocol.PREFIX.size]
+    prefix = b""
+    for part in res.parts:
+        prefix += part[:protocol.PREFIX.size - len(prefix)]
+        if len(prefix) == protocol.PREFIX.size:
+            break
     try:
         head_len, body_len = protocol.parse_prefix(prefix, res.cap)
     except protocol.ProtocolError:
-        return None
+        return -1  # the slow path reports it once the child has exited
     return protocol.PREFIX.size + head_len + body_len
 
 
@@ -234,8 +238,9 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict) ->
                 t_end = t_end or time.monotonic()
                 child.kill()
             else:
-                frame_length = frame_length or _frame_length(res)
-                if frame_length is not None and res.kept >= frame_length:
+                if frame_length is None:
+                    frame_length = _frame_length(res)
+                if frame_length is not None and 0 < frame_length <= res.kept:
                     finished = True
                     break
     wall = (t_end or time.monotonic()) - t0
