@@ -61,24 +61,7 @@ class Context:
 
     def start_pool(self) -> None:
         """Start the pool under test, timing Sandbox() and the first result (workload 7 reuses it)."""
-        from sandbox import Sandbox
-
-        t0 = time.perf_counter()
-        self.sb = Sandbox(slots=self.slots)
-        t1 = time.perf_counter()
-        r = self.sb.run("print(1)")
-        t2 = time.perf_counter()
-        slots = list(self.sb._pool._live.values())
-        self.pool_start = {
-            "slots": self.sb._pool.size,
-            "construct_s": round(t1 - t0, 4),
-            "first_result_s": round(t2 - t0, 4),
-            "first_run_ms": round((t2 - t1) * 1000, 3),
-            "first_outcome": r.outcome.value,
-            "zygote_import_ms": [s.ready.get("import_ms") for s in slots],
-            "slot_start_s": [round(s.start_seconds, 4) for s in slots],
-            "main_pool": True,
-        }
+        self.sb, self.pool_start = start_pool_timed(self.slots, main_pool=True)
 
     # -- baselines ------------------------------------------------------------------------------
 
@@ -174,4 +157,30 @@ def runner_block(ctx: Context, key: str, samples: list[dict]) -> dict:
         "errors": errors,
         "summary_ms": summarize(s["ms"] for s in ok),
         "samples": samples,
+    }
+
+
+def start_pool_timed(slots: int | None, main_pool: bool):
+    """Start a Sandbox and run print(1); return it with the timings of both (workload 7)."""
+    from sandbox import Sandbox
+
+    t0 = time.perf_counter()
+    sb = Sandbox(slots=slots)
+    try:
+        t1 = time.perf_counter()
+        r = sb.run("print(1)")
+        t2 = time.perf_counter()
+    except BaseException:
+        sb.close()
+        raise
+    live = list(sb._pool._live.values())
+    return sb, {
+        "slots": sb._pool.size,
+        "construct_s": round(t1 - t0, 4),
+        "first_result_s": round(t2 - t0, 4),
+        "first_run_ms": round((t2 - t1) * 1000, 3),
+        "first_outcome": r.outcome.value,
+        "zygote_import_ms": [s.ready.get("import_ms") for s in live],
+        "slot_start_s": [round(s.start_seconds, 4) for s in live],
+        "main_pool": main_pool,
     }

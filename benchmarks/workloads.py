@@ -10,7 +10,7 @@ import random
 import threading
 import time
 
-from .harness import Context, interleave, rotate, runner_block
+from .harness import Context, interleave, rotate, runner_block, start_pool_timed
 from .stats import median, ratio, summarize
 
 # -- 1. print(1) latency on an idle pool -------------------------------------------------------------
@@ -182,34 +182,16 @@ def saturation(ctx: Context) -> dict:
 
 
 def startup(ctx: Context) -> dict:
-    from sandbox import Sandbox
-
     sizes = sorted({1, ctx.sb._pool.size})
     samples = [ctx.pool_start] if ctx.pool_start else []
     with ctx.progress("pool start", ctx.plan.startup_reps * len(sizes)) as bar:
         for rep in range(ctx.plan.startup_reps):
             for n in (sizes if rep % 2 == 0 else sizes[::-1]):
-                t0 = time.perf_counter()
-                sb = Sandbox(slots=n)
-                try:
-                    t1 = time.perf_counter()
-                    r = sb.run("print(1)")
-                    t2 = time.perf_counter()
-                    live = list(sb._pool._live.values())
-                    samples.append({
-                        "slots": n,
-                        "construct_s": round(t1 - t0, 4),
-                        "first_result_s": round(t2 - t0, 4),
-                        "first_run_ms": round((t2 - t1) * 1000, 3),
-                        "first_outcome": r.outcome.value,
-                        "zygote_import_ms": [s.ready.get("import_ms") for s in live],
-                        "slot_start_s": [round(s.start_seconds, 4) for s in live],
-                        "main_pool": False,
-                    })
-                finally:
-                    t3 = time.perf_counter()
-                    sb.close()
-                    samples[-1]["close_s"] = round(time.perf_counter() - t3, 4)
+                sb, sample = start_pool_timed(n, main_pool=False)
+                t3 = time.perf_counter()
+                sb.close()
+                sample["close_s"] = round(time.perf_counter() - t3, 4)
+                samples.append(sample)
                 bar.advance()
     by_size = {}
     for n in sorted({s["slots"] for s in samples}):
