@@ -38,6 +38,7 @@ class Slot:
         self.runs = 0
         self.alive = False
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._pending = bytearray()  # read ahead from the jail's output
         t0 = time.monotonic()
         self.proc, self._config_path = jail.spawn(image, settings)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -57,7 +58,7 @@ class Slot:
             self.baseline = self.cgroup.usage()
         except SlotDied as exc:
             self.kill()
-            raise SlotDied(f"{exc}; the jail's last words:\n{self._last_words()}") from None
+            raise SlotDied(f"{exc}; the jail's last words:\n{self.diagnostics()}") from None
         except BaseException:
             self.kill()
             raise
@@ -77,13 +78,10 @@ class Slot:
             self._stderr_tail.append(line)
             log.debug("slot %d: %s", self.index, line)
 
-    def _last_words(self) -> str:
-        # nsjail's warnings and errors, and anything the zygote printed (e.g. a traceback).
-        lines = [ln for ln in self._stderr_tail if not ln.startswith("[D]") and not ln.startswith("[I]")]
-        return "\n".join(lines[-12:]) or "(nothing)"
-
     def diagnostics(self) -> str:
-        return "\n".join(self._stderr_tail) or "(the jail printed nothing)"
+        """The jail's last words: nsjail's warnings and errors, and anything the zygote printed."""
+        lines = [ln for ln in self._stderr_tail if not ln.startswith(("[D]", "[I]"))]
+        return "\n".join(lines[-12:]) or "(the jail printed nothing)"
 
     def _jail_pid(self) -> int:
         """nsjail names the slot's cgroup after its child: the zygote's host pid."""
@@ -117,15 +115,17 @@ class Slot:
                 raise SlotDied("the jail closed its input") from None
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
-        chunks, got = [], 0
-        while got < n:
+        """n bytes of the jail's output. Reads ahead (at most 64 KiB past what was asked), so a
+        small reply costs one poll and one read instead of one per part of the frame."""
+        while len(self._pending) < n:
             self._wait(self._out, select.POLLIN, deadline)
-            chunk = os.read(self._out, min(n - got, 1 << 20))
+            chunk = os.read(self._out, max(n - len(self._pending), 1 << 16))
             if not chunk:
                 raise SlotDied("the jail closed its output")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+            self._pending += chunk
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        return data
 
     def _read_frame(self, deadline: float, max_body: int) -> tuple[dict, bytes]:
         try:
@@ -137,6 +137,8 @@ class Slot:
             raise SlotDied(f"protocol error from the jail: {exc}") from None
         except TimeoutError:
             raise SlotDied("the jail did not answer in time") from None
+        if self._pending:  # the zygote sends exactly one frame per request
+            raise SlotDied("the jail sent bytes after its reply")
         return header, body
 
     # -- executions -------------------------------------------------------------------------
