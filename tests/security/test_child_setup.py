@@ -38,3 +38,50 @@ def test_execution_is_its_own_process_group_with_only_its_pipes_open(sb):
     assert ev["pgrp"] == ev["pid"], ev
     # stdin (at EOF), stdout, stderr, the result channel, and the fd the listing itself opened.
     assert ev["fds"] == [0, 1, 2, 3, 4] and ev["stdin"] == "/dev/null", ev
+
+
+def test_pre_forked_child_dies_with_its_fork_server():
+    # Expected: the isolated child waiting for a request is killed by the kernel the moment its
+    # parent (the fork server) dies: PR_SET_PDEATHSIG, set after the uid change that would clear
+    # it. Without it the child would be reparented to the zygote and wait on, unsupervised.
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from sandbox import Sandbox
+
+    with Sandbox(slots=1) as sb:
+        assert sb.run("print(1)").outcome is Outcome.OK  # a fresh child is pre-forked after this
+        slot = next(iter(sb._pool._live.values()))
+        server = psutil.Process(slot.jail_pid).children()[0]
+
+        def waiting_child():
+            # The isolated child: already switched to the user's host uid, alive, not a zombie.
+            for c in server.children():
+                try:
+                    if c.uids().real == 101000 and c.status() != psutil.STATUS_ZOMBIE:
+                        return c
+                except psutil.NoSuchProcess:
+                    pass
+            return None
+
+        time.sleep(1)  # the last run's processes are reaped by now; only the next child waits
+        child = waiting_child()
+        assert child is not None, "no isolated child was waiting"
+        time.sleep(0.5)
+        assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE, "the waiting child died by itself"
+        os.kill(server.pid, signal.SIGKILL)
+
+        def dead() -> bool:
+            # Killed, it is a zombie of the zygote (which reaps only at shutdown) or gone.
+            try:
+                return child.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        deadline = time.monotonic() + 5
+        while not dead() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dead(), f"pre-forked child {child.pid} outlived its fork server"
