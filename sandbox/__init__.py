@@ -9,10 +9,11 @@ from .client import AsyncSandbox, Sandbox
 from .errors import (ImageError, InvalidInputError, QueueFullError, SandboxClosedError, SandboxError,
                      SandboxUnavailableError)
 from .limits import Limits
+from .pool import PoolStats
 from .results import ExecError, File, Image, Outcome, Result, Usage
 
 __all__ = [
-    "AsyncSandbox", "Sandbox", "Limits", "Result", "Outcome", "ExecError", "Image", "File", "Usage",
+    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "ExecError", "Image", "File", "Usage",
     "SandboxError", "InvalidInputError", "QueueFullError", "SandboxUnavailableError", "SandboxClosedError",
     "ImageError",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 from . import cgroups, doctor, image as images, limits as policy, wire
 from .errors import InvalidInputError, SandboxClosedError
 from .limits import JailSettings, Limits
-from .pool import Pool
+from .pool import Pool, PoolStats
 from .results import Result
 from .slot import Slot, SlotDied
 
@@ -50,11 +50,13 @@ class Sandbox:
         self._pool.start()
         self.start_seconds = time.monotonic() - t0
 
-    def run(self, code: str, files: Files | None = None, *, timeout: float | None = None,
-            limits: Limits | Mapping[str, Any] | None = None, filename: str = "main.py") -> Result:
-        """Run `code` with `files` placed in its working directory; never raises for what the code does."""
+    def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+            timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+            filename: str = "main.py") -> Result:
+        """Run `code` with `files` placed in its working directory and `stdin` as its standard
+        input; never raises for what the code does."""
         lim = self._limits_for(timeout, limits)
-        request = wire.encode_request(code, files, lim, filename)  # InvalidInputError before anything runs
+        request = wire.encode_request(code, files, lim, filename, stdin)  # InvalidInputError before anything runs
         slot = self._pool.acquire()
         t0 = time.monotonic()
         try:
@@ -88,8 +90,14 @@ class Sandbox:
         """The image's manifest: Python version, package versions, preloaded modules."""
         return dict(self.image.manifest)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PoolStats:
+        """How many slots exist, are running, idle or starting, and how many calls wait."""
         return self._pool.stats()
+
+    @property
+    def capacity(self) -> int:
+        """How many runs can execute at once (the number of slots)."""
+        return self._pool.size
 
     def close(self) -> None:
         """Stop every jail. Leaves no process, mount or cgroup behind."""
@@ -120,19 +128,32 @@ class AsyncSandbox:
         # One thread per call the pool admits (running plus queued, created only as needed), so
         # a call beyond max_queue gets QueueFullError here too instead of waiting unseen.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._sync._pool.size + self._max_queue + 1, thread_name_prefix="sandbox-async")
+            max_workers=self._sync.capacity + self._max_queue + 1, thread_name_prefix="sandbox-async")
         return self
 
-    async def run(self, code: str, files: Files | None = None, **kwargs: Any) -> Result:
+    async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+                  timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+                  filename: str = "main.py") -> Result:
+        """Sandbox.run(), awaited: same arguments, same Result."""
+        sync = self._started()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: sync.run(
+            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename))
+
+    def _started(self) -> Sandbox:
         if self._sync is None:
             raise SandboxClosedError("AsyncSandbox is not started: use `async with AsyncSandbox() as sb`")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self._sync.run(code, files, **kwargs))
+        return self._sync
 
     def image_info(self) -> dict[str, Any]:
-        if self._sync is None:
-            raise SandboxClosedError("AsyncSandbox is not started")
-        return self._sync.image_info()
+        return self._started().image_info()
+
+    def stats(self) -> PoolStats:
+        return self._started().stats()
+
+    @property
+    def capacity(self) -> int:
+        return self._started().capacity
 
     async def close(self) -> None:
         if self._sync is not None:

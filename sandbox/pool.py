@@ -15,6 +15,7 @@ import os
 import select
 import threading
 import time
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 from .errors import ImageError, QueueFullError, SandboxClosedError, SandboxUnavailableError
@@ -23,6 +24,23 @@ from .slot import Slot
 log = logging.getLogger("sandbox.pool")
 
 START_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the pool, for health checks, metrics and schedulers."""
+
+    size: int           # slots the pool keeps
+    live: int           # slots running (idle or busy)
+    idle: int           # slots ready for a call now
+    busy: int           # slots running a call
+    starting: int       # slots being started or replaced
+    waiting: int        # calls queued for a slot
+    replacements: int   # slots replaced since start (deaths and recycles)
+    runs: int           # runs served by the live slots
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class _Waiter:
@@ -247,7 +265,8 @@ class Pool:
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 
-    def stats(self) -> dict:
+    def stats(self) -> PoolStats:
         with self._lock:
-            return {"size": self.size, "live": len(self._live), "idle": len(self._idle), "starting": self._starting,
-                    "waiting": len(self._waiters), "replacements": self.replacements}
+            return PoolStats(size=self.size, live=len(self._live), idle=len(self._idle), busy=len(self._busy),
+                             starting=self._starting, waiting=len(self._waiters), replacements=self.replacements,
+                             runs=sum(s.runs for s in self._live.values()))

@@ -49,7 +49,9 @@ def check_path(name: object, what: str = "input file name") -> str:
     return name
 
 
-def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str) -> bytes:
+def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
+                   stdin: bytes | str | None = None) -> bytes:
+    """The request frame: header, then each input file's bytes, then stdin's."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
     if len(code.encode()) > limits.max_code_bytes:
@@ -79,9 +81,16 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
             raise InvalidInputError(f"input files exceed max_input_bytes={limits.max_input_bytes}")
         entries.append({"name": name, "size": len(data)})
         blobs.append(data)
-    header = {"code": code, "filename": filename, "files": entries, "limits": limits.guest(),
-              "profile": limits.profile()}
-    return protocol.encode(header, blobs)
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    if stdin is not None and not isinstance(stdin, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"stdin must be bytes or str, not {type(stdin).__name__}")
+    stdin = bytes(stdin or b"")
+    if total + len(stdin) > limits.max_input_bytes:
+        raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
+    header = {"code": code, "filename": filename, "files": entries, "stdin": len(stdin),
+              "limits": limits.guest(), "profile": limits.profile()}
+    return protocol.encode(header, blobs + [stdin])
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:

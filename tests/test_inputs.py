@@ -15,7 +15,7 @@ from _helpers import make_png, run_ok
 
 
 def _runs(sb) -> int:
-    return sum(s.runs for s in sb._pool._live.values())
+    return sb.stats().runs
 
 
 def test_many_kinds_of_input_files_are_placed_in_the_working_directory(sb):
@@ -213,3 +213,28 @@ for p in found:
     assert found == files
     assert {f.path: f.data for f in r.files} == {"out/" + k: v for k, v in files.items()}
     assert r.outcome is Outcome.OK
+
+
+# -- standard input -----------------------------------------------------------------------------
+
+def test_stdin_text_reaches_input_and_sys_stdin(sb):
+    r = run_ok(sb, "import sys\na = input(); b = sys.stdin.read()\nprint(a.upper(), repr(b))", stdin="first\nrest\nmore\n")
+    assert r.stdout == "FIRST 'rest\\nmore\\n'\n"
+
+
+def test_stdin_bytes_are_inherited_by_subprocesses(sb):
+    code = "import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'import sys; print(len(sys.stdin.buffer.read()))'], capture_output=True, text=True).stdout.strip())"
+    r = run_ok(sb, code, stdin=bytes(range(256)) * 1000)
+    assert r.stdout == "256000\n"
+
+
+def test_no_stdin_reads_as_empty(sb):
+    r = run_ok(sb, "import sys\nprint(repr(sys.stdin.read()))\ntry:\n    input()\nexcept EOFError:\n    print('eof')")
+    assert r.stdout == "''\neof\n"
+
+
+def test_stdin_counts_against_the_input_cap(sb):
+    with pytest.raises(InvalidInputError, match="stdin"):
+        sb.run("pass", stdin=b"x" * 2000, limits={"max_input_bytes": 1000})
+    with pytest.raises(InvalidInputError, match="stdin must be bytes or str"):
+        sb.run("pass", stdin=123)

@@ -43,8 +43,8 @@ def _alive(procs) -> list[psutil.Process]:
 
 def test_stats_shape(sb):
     s = sb.stats()
-    assert {"size", "live", "idle", "replacements"} <= set(s)
-    assert s["size"] == 2
+    assert s.size == 2 and s.live == 2 and s.idle + s.busy == 2
+    assert {"size", "live", "idle", "busy", "waiting", "replacements", "runs"} <= set(s.to_dict())
 
 
 def test_concurrent_runs_from_many_threads(sb):
@@ -73,10 +73,10 @@ def test_queue_bound_raises_queue_full():
 
         a = threading.Thread(target=call, args=("a", "import time\ntime.sleep(4)\nprint('a')"))
         a.start()
-        assert wait_until(lambda: box.stats()["idle"] == 0 and "a" not in results, 30)
+        assert wait_until(lambda: box.stats().idle == 0 and "a" not in results, 30)
         b = threading.Thread(target=call, args=("b", "print('b')"))
         b.start()
-        assert wait_until(lambda: box.stats()["waiting"] == 1, 30)
+        assert wait_until(lambda: box.stats().waiting == 1, 30)
         with pytest.raises(QueueFullError):
             box.run("print('c')")
         a.join()
@@ -95,7 +95,7 @@ def solo():
 
 def test_killed_idle_jail_is_replaced(solo):
     run_ok(solo, "print('warm')")
-    before = solo.stats()["replacements"]
+    before = solo.stats().replacements
     slot = solo._pool._live[0]
     old_pid, old_jail = slot.proc.pid, slot.jail_pid
     old_procs = _tree(old_pid)
@@ -104,7 +104,7 @@ def test_killed_idle_jail_is_replaced(solo):
 
     os.killpg(slot.proc.pid, signal.SIGKILL)
 
-    assert wait_until(lambda: solo.stats()["replacements"] > before and solo.stats()["idle"] == 1, 120)
+    assert wait_until(lambda: solo.stats().replacements > before and solo.stats().idle == 1, 120)
     assert solo._pool._live[0].proc.pid != old_pid
     for i in range(3):
         assert run_ok(solo, f"print({i} * 2)").stdout == f"{i * 2}\n"
@@ -117,7 +117,7 @@ def test_killed_idle_jail_is_replaced(solo):
 
 def test_jail_killed_during_a_run_gives_sandbox_error_then_recovers(solo):
     run_ok(solo, "print('warm')")
-    before = solo.stats()["replacements"]
+    before = solo.stats().replacements
     slot = solo._pool._live[0]
     result = {}
 
@@ -126,7 +126,7 @@ def test_jail_killed_during_a_run_gives_sandbox_error_then_recovers(solo):
 
     t = threading.Thread(target=call, daemon=True)
     t.start()
-    assert wait_until(lambda: solo.stats()["idle"] == 0, 30)
+    assert wait_until(lambda: solo.stats().idle == 0, 30)
     time.sleep(0.3)  # let the request reach the jail (either way the run must fail cleanly)
     os.killpg(slot.proc.pid, signal.SIGKILL)
     # The death is detected at once: the run must not sit out its own 40 s wall clock.
@@ -138,7 +138,7 @@ def test_jail_killed_during_a_run_gives_sandbox_error_then_recovers(solo):
     assert r.to_dict()["outcome"] == "sandbox_error"
     # The next run is served by a fresh jail.
     assert run_ok(solo, "print('recovered')").stdout == "recovered\n"
-    assert solo.stats()["replacements"] > before
+    assert solo.stats().replacements > before
     assert solo._pool._live[0] is not slot
 
 
@@ -151,13 +151,13 @@ def test_jail_killed_during_a_run_does_not_disturb_other_slots():
 
         t1 = threading.Thread(target=call, args=("victim", "import time\ntime.sleep(120)"), daemon=True)
         t1.start()
-        assert wait_until(lambda: box.stats()["idle"] == 1, 30)
+        assert wait_until(lambda: box.stats().idle == 1, 30)
         busy = [s for s in box._pool._live.values() if s not in box._pool._idle]
         assert len(busy) == 1
         t2 = threading.Thread(target=call, args=("bystander", "import time\ntime.sleep(1.5)\nprint('fine')"),
                               daemon=True)
         t2.start()
-        assert wait_until(lambda: box.stats()["idle"] == 0, 30)
+        assert wait_until(lambda: box.stats().idle == 0, 30)
         os.killpg(busy[0].proc.pid, signal.SIGKILL)
         t1.join(30)
         t2.join(30)
@@ -170,13 +170,13 @@ def test_recycle_after_replaces_jails_and_runs_stay_ok():
     with Sandbox(slots=1, recycle_after=2) as box:
         pids, procs = [], []
         for i in range(5):
-            assert wait_until(lambda: box.stats()["idle"] == 1, 120)
+            assert wait_until(lambda: box.stats().idle == 1, 120)
             slot = box._pool._live[0]
             if slot.proc.pid not in pids:
                 procs += _tree(slot.proc.pid)
             pids.append(slot.proc.pid)
             assert run_ok(box, f"print({i})").stdout == f"{i}\n"
-        assert box.stats()["replacements"] >= 2
+        assert box.stats().replacements >= 2
         # Runs 1-2, 3-4 and 5 were served by three different jails.
         assert pids[0] == pids[1] and pids[2] == pids[3] and len({pids[0], pids[2], pids[4]}) == 3
         retired = [p for p in procs if p.pid in (pids[0], pids[2])]
@@ -200,9 +200,9 @@ def test_close_leaves_no_process_and_no_cgroup():
         dirs = [d for s in slots for d in cgroup_dirs(s.jail_pid)]
         assert dirs and all(d.is_dir() for d in dirs)
         # One jail dies before the close; its replacement and its remains must go too.
-        before = box.stats()["replacements"]
+        before = box.stats().replacements
         os.killpg(slots[0].proc.pid, signal.SIGKILL)
-        assert wait_until(lambda: box.stats()["replacements"] > before and box.stats()["idle"] == 2, 120)
+        assert wait_until(lambda: box.stats().replacements > before and box.stats().idle == 2, 120)
         new = [s for s in box._pool._live.values() if s not in slots]
         assert len(new) == 1
         everything += _tree(new[0].proc.pid)

@@ -190,13 +190,27 @@ def prepare() -> None:
     protocol.encode({"error": None, "exit_code": 0, "images": [], "files": []}, [])
 
 
+def _set_stdin(data: bytes) -> None:
+    """fd 0 becomes the request's stdin (an unnamed file in /tmp), or /dev/null without one:
+    the request pipe is at EOF either way, and subprocesses inherit the same stdin."""
+    if data:
+        fd = os.open("/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+        protocol.write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    else:
+        fd = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(fd, REQUEST_FD)
+    os.close(fd)
+    sys.stdin = sys.__stdin__ = open(REQUEST_FD, "r", encoding="utf-8", errors="surrogateescape", closefd=False)
+
+
 def serve() -> None:
     """Read the request from fd 0, run it, write the result to fd 3, and exit."""
     header, body = protocol.read_frame(REQUEST_FD, max_body=1 << 40)
-    # stdin is now at EOF, as for any program run with nothing piped in (subprocesses too).
-    devnull = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(devnull, REQUEST_FD)
-    os.close(devnull)
+    sizes = [f["size"] for f in header["files"]]
+    blobs = protocol.split_blobs(body, sizes + [header["stdin"]])
+    del body
+    _set_stdin(blobs.pop())
     workdir = os.getcwd()
     limits = header["limits"]
     filename = header["filename"]
@@ -205,10 +219,10 @@ def serve() -> None:
 
     error, exit_code = None, 0
     try:
-        inputs = _place_inputs(header["files"], protocol.split_blobs(body, [f["size"] for f in header["files"]]))
+        inputs = _place_inputs(header["files"], blobs)
     except (OSError, ValueError) as exc:
         inputs, error, exit_code = {}, _describe(exc, None, filename), 1
-    del body
+    del blobs
 
     if error is None:
         code = header["code"]
