@@ -33,7 +33,8 @@ class SlotDied(Exception):
 
 
 class Slot:
-    def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits) -> None:
+    def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
+                 preload: bool = True) -> None:
         self.index = index
         self.runs = 0
         self.alive = False
@@ -48,13 +49,17 @@ class Slot:
         self.pidfd = os.pidfd_open(self.proc.pid)
         threading.Thread(target=self._drain_stderr, name=f"sandbox-slot{index}-stderr", daemon=True).start()
         try:
-            init = {"policy": policy, "preload": image.preload, "uid": jail.USER_UID, "gid": jail.USER_GID,
-                    "workdir": jail.WORKDIR, "profile": defaults.profile()}
+            init = {"policy": policy, "preload": image.preload if preload else [], "uid": jail.USER_UID,
+                    "gid": jail.USER_GID, "workdir": jail.WORKDIR, "profile": defaults.profile(),
+                    "spares": {"lean": settings.spares_lean, "full": settings.spares_full}}
             deadline = time.monotonic() + STARTUP_TIMEOUT
             self._write(protocol.encode(init), deadline)
             self.ready, _ = self._read_frame(deadline, max_body=0)
             self.jail_pid = self._jail_pid()
             self.cgroup = cgroups.SlotCgroup(self.jail_pid)
+            self.cgroup.set_cpu(settings.cpus, settings.cpu_period_ms)
+            overhead = self.ready.get("pids_overhead")
+            self.pids_overhead = overhead if isinstance(overhead, int) and 0 < overhead < 64 else 3
             self.baseline = self.cgroup.usage()
         except SlotDied as exc:
             self.kill()
@@ -145,8 +150,8 @@ class Slot:
 
     def execute(self, request: bytes, limits: Limits) -> tuple[dict, bytes, int, int]:
         """Send one request; return (reply header, reply body, peak memory bytes, OOM kills)."""
-        # The zygote, the fork server and the next pre-forked child are always in the cgroup.
-        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + 3)
+        # The zygote, the fork servers and their waiting children are always in the cgroup.
+        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + self.pids_overhead)
         start = self.cgroup.begin()
         deadline = time.monotonic() + limits.timeout_seconds + REPLY_GRACE
         self._write(request, deadline)

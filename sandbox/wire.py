@@ -12,6 +12,7 @@ import mimetypes
 import re
 import signal
 import struct
+import sys
 from collections.abc import Mapping
 
 from .errors import InvalidInputError
@@ -20,6 +21,9 @@ from .limits import Limits
 from .results import ExecError, File, Image, Outcome, Result, Usage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# `import a.b, c as d` and `from a.b import c`, anywhere on a line of their own (indented too).
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+import\b|import[ \t]+([\w. \t,]+))", re.M)
+_STDLIB = frozenset(sys.stdlib_module_names) - {"tkinter", "turtle", "idlelib"}
 _IMAGE_NAME = re.compile(r"figure_[0-9]{1,6}\.png")
 MAX_PATH = 4096
 MAX_COMPONENT = 255
@@ -47,6 +51,19 @@ def check_path(name: object, what: str = "input file name") -> str:
     if any(ord(c) < 32 for c in name):
         raise InvalidInputError(f"{what} {name!r} contains a control character")
     return name
+
+
+def flavor(code: str) -> str:
+    """Which fork server a program goes to: "lean" when every module it imports is in the
+    standard library, else "full" (the warm scientific stack). A guess from the import lines
+    only: a wrong one costs time, never correctness (a lean child imports what it needs)."""
+    for match in _IMPORT.finditer(code):
+        names = [match.group(1)] if match.group(1) else match.group(2).split(",")
+        for name in names:
+            top = name.split()[0].split(".")[0] if name.split() else ""
+            if top not in _STDLIB:
+                return "full"
+    return "lean"
 
 
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
@@ -89,7 +106,7 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
     if total + len(stdin) > limits.max_input_bytes:
         raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
     header = {"code": code, "filename": filename, "files": entries, "stdin": len(stdin),
-              "limits": limits.guest(), "profile": limits.profile()}
+              "limits": limits.guest(), "profile": limits.profile(), "flavor": flavor(code)}
     return protocol.encode(header, blobs + [stdin])
 
 
