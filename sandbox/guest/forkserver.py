@@ -36,6 +36,7 @@ import os
 import select
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 
 from . import isolation, runner
@@ -96,11 +97,19 @@ class _Reaping:
 
     pid: int
     status: int | None = None
-    main_cpu: float = 0.0
+    main_cpu: float = 0.0    # the main process's CPU as RLIMIT_CPU counts it (see _prof_seconds)
     total_cpu: float = 0.0   # every process of the group, as wait4 reports each
+    prof: float | None = None
 
     def collect(self) -> bool:
         """Reap what has exited (never blocks); True once the whole group is gone."""
+        if self.prof is None:
+            try:
+                exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                exited = None
+            if exited is not None:
+                self.prof = _prof_seconds(self.pid)
         while True:
             try:
                 got, status, usage = os.wait4(-self.pid, os.WNOHANG)
@@ -124,11 +133,23 @@ class _Reaping:
         cpu = usage.ru_utime + usage.ru_stime
         self.total_cpu += cpu
         if got == self.pid:
-            self.status, self.main_cpu = status, cpu
+            self.status = status
+            self.main_cpu = self.prof if self.prof is not None else cpu
 
     def answer(self) -> dict:
         return {"op": REAP, "pid": self.pid, "status": self.status, "main_cpu": self.main_cpu,
                 "total_cpu": self.total_cpu}
+
+
+def _prof_seconds(pid: int) -> float | None:
+    """The CPU time RLIMIT_CPU compares with its limit: the tick-sampled user + system time
+    (the kernel's PROF clock). wait4's rusage is rescaled to the scheduler's exact runtime,
+    which on a busy machine can be a fifth lower, so a process killed for its CPU limit would
+    look as if it had used less. Readable while the exited process is not yet reaped."""
+    try:
+        return time.clock_gettime((~pid) << 3)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_PROF)
+    except OSError:
+        return None
 
 
 def serve(sock: socket.socket, bpf: bytes, cfg: dict) -> None:
