@@ -112,6 +112,7 @@ class JailSettings:
     cpu_period_ms: int = 10        # CFS period of the slot's CPU bandwidth (see cgroups.SlotCgroup.set_cpu)
     outside_uid: int = 100000
     user_outside_uid: int = 101000
+    user_uids: int = 64            # uids mapped from user_outside_uid: every live child has its own
     spares_lean: int = 2           # isolated children each fork server keeps waiting
     spares_full: int = 2
 

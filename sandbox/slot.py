@@ -51,7 +51,7 @@ class Slot:
         try:
             init = {"policy": policy, "preload": image.preload if preload else [], "uid": jail.USER_UID,
                     "gid": jail.USER_GID, "workdir": jail.WORKDIR, "profile": defaults.profile(),
-                    "spares": {"lean": settings.spares_lean, "full": settings.spares_full}}
+                    "uids": settings.user_uids, "spares": {"lean": settings.spares_lean, "full": settings.spares_full}}
             deadline = time.monotonic() + STARTUP_TIMEOUT
             self._write(protocol.encode(init), deadline)
             self.ready, _ = self._read_frame(deadline, max_body=0)

@@ -49,8 +49,8 @@ FD_SIZE = array.array("i").itemsize
 
 # -- the fork server's side -------------------------------------------------------------------
 
-def fork_child(profile: dict, bpf: bytes, cfg: dict) -> tuple[int, list[int]]:
-    """Fork one child that isolates itself and then serves one request.
+def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int) -> tuple[int, list[int]]:
+    """Fork one child that isolates itself (as `uid`) and then serves one request.
 
     Returns its pid and the parent's ends of its pipes: request (write), stdout, stderr and
     result (read). The child reports b"R" on the result pipe once isolated, or b"E" and the
@@ -74,7 +74,7 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict) -> tuple[int, list[int]]:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for src, dst in ((req_r, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
                 os.dup2(src, dst)
-            isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=cfg["uid"], gid=cfg["gid"], parent=parent)
+            isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=uid, gid=uid, parent=parent)
             runner.prepare()
             os.write(runner.RESULT_FD, b"R")
         except BaseException as exc:  # noqa: BLE001 - fail closed, whatever went wrong
@@ -152,7 +152,29 @@ def _prof_seconds(pid: int) -> float | None:
         return None
 
 
-def serve(sock: socket.socket, bpf: bytes, cfg: dict) -> None:
+class _Uids:
+    """Every live child runs as a uid no other live process of the jail has: an execution can
+    then neither signal the spares waiting beside it (nor a session's processes) nor see them
+    in /proc (hidepid). A uid is free again only once its whole process group is reaped."""
+
+    def __init__(self, uids: range) -> None:
+        self.free = collections.deque(uids)
+        self.owner: dict[int, int] = {}  # child pid -> uid
+
+    def take(self) -> int:
+        if not self.free:
+            raise OSError("no free uid: every mapped uid belongs to a live child")
+        return self.free.popleft()
+
+    def give(self, pid: int, uid: int) -> None:
+        self.owner[pid] = uid
+
+    def release(self, pid: int) -> None:
+        if pid in self.owner:
+            self.free.append(self.owner.pop(pid))
+
+
+def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
     """The fork server's loop; returns when the zygote closes the socket."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -165,6 +187,7 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict) -> None:
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     reaping: dict[int, _Reaping] = {}
+    owners = _Uids(uids)
     while True:
         poller.poll()
         try:
@@ -179,14 +202,16 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict) -> None:
                 break
             if not raw:
                 return
-            _command(sock, raw, bpf, cfg, reaping)
+            _command(sock, raw, bpf, cfg, reaping, owners)
         for pid, job in list(reaping.items()):
             if job.collect():
                 del reaping[pid]
+                owners.release(pid)
                 _send(sock, job.answer())
 
 
-def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: dict[int, _Reaping]) -> None:
+def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: dict[int, _Reaping],
+             owners: _Uids) -> None:
     try:
         cmd = json.loads(raw)
         op = cmd["op"]
@@ -195,10 +220,16 @@ def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: di
         return
     if op == FORK:
         try:
-            pid, fds = fork_child(cmd["profile"], bpf, cfg)
+            uid = owners.take()
+            try:
+                pid, fds = fork_child(cmd["profile"], bpf, cfg, uid)
+            except OSError:
+                owners.free.appendleft(uid)
+                raise
         except OSError as exc:  # e.g. EAGAIN: the pids limit is still full of the dying
             _send(sock, {"op": FORK, "error": str(exc)})
             return
+        owners.give(pid, uid)
         try:
             _send(sock, {"op": FORK, "pid": pid}, fds)
         finally:
@@ -273,8 +304,9 @@ class ForkServer:
     blocked: bool = False                         # a fork failed: retry once something is reaped
 
     @classmethod
-    def start(cls, name: str, bpf: bytes, cfg: dict, close_in_child: list[int], spares: int) -> ForkServer:
-        """Fork a fork server from the (warming) zygote."""
+    def start(cls, name: str, bpf: bytes, cfg: dict, close_in_child: list[int], spares: int,
+              uids: range) -> ForkServer:
+        """Fork a fork server from the (warming) zygote; its children run as `uids`."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
@@ -282,7 +314,7 @@ class ForkServer:
                 ours.close()
                 for fd in close_in_child:  # the host protocol is the zygote's alone
                     os.close(fd)
-                serve(theirs, bpf, cfg)
+                serve(theirs, bpf, cfg, uids)
             finally:
                 os._exit(0)
         theirs.close()

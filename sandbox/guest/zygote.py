@@ -262,6 +262,10 @@ def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer
     servers by flavor ("lean", and "full" unless the preload list is empty) and the versions
     of the preloaded modules."""
     spares = init.get("spares", {})
+    # Disjoint uid ranges: no child of one server may share a uid with a child of the other.
+    first, count = init["uid"], init.get("uids", 1)
+    lean_uids = range(first, first + (count // 2 if init["preload"] else count))
+    full_uids = range(lean_uids.stop, first + count)
     preload.prepare_matplotlib()
     preload.install_hook()
     bpf = seccomp.compile_policy(init["policy"])
@@ -270,12 +274,12 @@ def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer
     preload.lean()
     gc.collect()
     gc.freeze()  # otherwise each child's first collection dirties every shared page
-    servers["lean"] = ForkServer.start("lean", bpf, init, close_in_child, spares.get("lean", 2))
+    servers["lean"] = ForkServer.start("lean", bpf, init, close_in_child, spares.get("lean", 2), lean_uids)
     if init["preload"]:
         versions = preload.full(init["preload"])
         gc.collect()
         gc.freeze()
-        servers["full"] = ForkServer.start("full", bpf, init, close_in_child, spares.get("full", 2))
+        servers["full"] = ForkServer.start("full", bpf, init, close_in_child, spares.get("full", 2), full_uids)
     # From here on this process handles user data; the fork servers are the clean copies.
     return servers, versions
 
