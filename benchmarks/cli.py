@@ -15,30 +15,34 @@ import time
 import traceback
 from pathlib import Path
 
-WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"]
+WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup", "oneshot"]
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
+    "backtoback": "print(1) from one caller with no pause, vs a fresh interpreter per program",
     "chart": "CSV -> pandas groupby -> matplotlib PNG",
     "humaneval": "164 HumanEval programs at each concurrency",
-    "saturation": "print(1) from 16 client threads",
+    "saturation": "x = sum(range(100)); print(1) from 16 client threads",
     "memory": "PSS/USS per slot and the cost of one more slot",
     "setup": "per-step cost of a child's isolation",
     "startup": "Sandbox() to the first result",
+    "oneshot": "`sandbox run` as a whole command vs python3 -c / the image's interpreter",
 }
 
 
 def _functions():
-    from . import humaneval, memory, setup_breakdown, workloads
+    from . import humaneval, load, memory, setup_breakdown, workloads
 
     return {
         "latency": workloads.latency,
+        "backtoback": load.back_to_back,
         "chart": workloads.chart,
         "humaneval": humaneval.humaneval,
         "saturation": workloads.saturation,
         "memory": memory.memory,
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
+        "oneshot": load.one_shot,
     }
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import time
 from collections.abc import Mapping
@@ -123,9 +121,12 @@ class AsyncSandbox:
         self._args = (slots, kwargs)
         self._max_queue = kwargs.get("max_queue", 1024)
         self._sync: Sandbox | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: Any = None  # a ThreadPoolExecutor once started
 
     async def start(self) -> AsyncSandbox:
+        import asyncio  # here, not at the top: a one-shot `sandbox run` should not pay for it
+        import concurrent.futures
+
         slots, kwargs = self._args
         self._sync = await asyncio.to_thread(Sandbox, slots, **kwargs)
         # One thread per call the pool admits (running plus queued, created only as needed), so
@@ -138,6 +139,8 @@ class AsyncSandbox:
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                   filename: str = "main.py") -> Result:
         """Sandbox.run(), awaited: same arguments, same Result."""
+        import asyncio
+
         sync = self._started()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: sync.run(
@@ -159,6 +162,8 @@ class AsyncSandbox:
         return self._started().capacity
 
     async def close(self) -> None:
+        import asyncio
+
         if self._sync is not None:
             await asyncio.to_thread(self._sync.close)
             self._sync = None

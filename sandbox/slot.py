@@ -15,8 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 from . import cgroups, jail
 from .guest import protocol
 from .image import Image
@@ -51,7 +49,7 @@ class Slot:
         try:
             init = {"policy": policy, "preload": image.preload if preload else [], "uid": jail.USER_UID,
                     "gid": jail.USER_GID, "workdir": jail.WORKDIR, "profile": defaults.profile(),
-                    "uids": settings.user_uids, "spares": {"lean": settings.spares_lean, "full": settings.spares_full}}
+                    "uids": settings.user_uids, "spares": {"lean": settings.spares_lean if preload else 1, "full": settings.spares_full}}
             deadline = time.monotonic() + STARTUP_TIMEOUT
             self._write(protocol.encode(init), deadline)
             self.ready, _ = self._read_frame(deadline, max_body=0)
@@ -90,10 +88,16 @@ class Slot:
 
     def _jail_pid(self) -> int:
         """nsjail names the slot's cgroup after its child: the zygote's host pid."""
-        children = psutil.Process(self.proc.pid).children()
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:  # a kernel without CONFIG_PROC_CHILDREN
+            import psutil
+
+            children = [str(c.pid) for c in psutil.Process(pid).children()]
         if len(children) != 1:
             raise SlotDied(f"expected one jailed process under nsjail, found {len(children)}")
-        return children[0].pid
+        return int(children[0])
 
     def _wait(self, fd: int, event: int, deadline: float) -> None:
         """Wait until fd is ready; a jail that dies meanwhile ends the wait at once."""
