@@ -249,8 +249,9 @@ def main() -> None:
         "python": sys.version.split()[0],
         "modules": versions,
         "import_ms": round((time.monotonic() - t0) * 1000, 1),
-        # Processes the slot holds besides an execution's: this zygote, the servers, the spares.
-        "pids_overhead": 1 + sum(1 + s.spares for s in servers.values()),
+        # Processes the slot holds besides an execution's: this zygote, the servers, the spares
+        # but the one the execution itself is (it may create max_processes more).
+        "pids_overhead": sum(1 + s.spares for s in servers.values()),
     }))
     serve(proto_in, proto_out, servers, profile)
     kill_all_but_me()
@@ -318,6 +319,7 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         child = server.take(header["profile"])
         for s in servers.values():
             s.settle()
+            s.refill(profile)  # a fork refused while the dying filled the pids limit: again now
         reply, blobs = supervise(child, server, prefix + head + body, header)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs
