@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import cgroups, jail
 from .guest import protocol
@@ -136,7 +137,7 @@ class Slot:
         del self._pending[:n]
         return data
 
-    def _read_frame(self, deadline: float, max_body: int) -> tuple[dict, bytes]:
+    def _read_frame(self, deadline: float, max_body: int, last: bool = True) -> tuple[dict, bytes]:
         try:
             prefix = self._read_exact(protocol.PREFIX.size, deadline)
             head_len, body_len = protocol.parse_prefix(prefix, max_body)
@@ -146,21 +147,35 @@ class Slot:
             raise SlotDied(f"protocol error from the jail: {exc}") from None
         except TimeoutError:
             raise SlotDied("the jail did not answer in time") from None
-        if self._pending:  # the zygote sends exactly one frame per request
+        if last and self._pending:  # the zygote sends exactly one reply per request
             raise SlotDied("the jail sent bytes after its reply")
         return header, body
 
     # -- executions -------------------------------------------------------------------------
 
-    def execute(self, request: bytes, limits: Limits) -> tuple[dict, bytes, int, int]:
-        """Send one request; return (reply header, reply body, peak memory bytes, OOM kills)."""
+    def execute(self, request: bytes, limits: Limits,
+                on_output: Callable[[str, bytes], None] | None = None) -> tuple[dict, bytes, int, int]:
+        """Send one request; return (reply header, reply body, peak memory bytes, OOM kills).
+        With `on_output` (a request that asked for live output), each chunk the program writes
+        arrives there first, within the same caps as the reply's copy."""
         # The zygote, the fork servers and their waiting children are always in the cgroup.
         self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + self.pids_overhead)
         start = self.cgroup.begin()
         deadline = time.monotonic() + limits.timeout_seconds + REPLY_GRACE
         self._write(request, deadline)
         cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
-        header, body = self._read_frame(deadline, cap)
+        room = {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes}
+        while True:
+            header, body = self._read_frame(deadline, cap, last=False)
+            if header.get("status") != "output":
+                break
+            stream = header.get("stream")
+            if on_output is None or stream not in room or len(body) > room[stream]:
+                raise SlotDied("the jail sent output it was not asked for, or beyond the caps")
+            room[stream] -= len(body)
+            on_output(stream, body)
+        if self._pending:
+            raise SlotDied("the jail sent bytes after its reply")
         peak, kills = self.cgroup.end(start)
         self.runs += 1
         return header, body, peak, kills

@@ -13,7 +13,8 @@ request.
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
   host -> init    {policy, preload, uid, gid, workdir, profile, spares}
   zygote -> ready {python, modules, import_ms, pids_overhead}
-  host -> request {code, filename, files, stdin, limits, profile, flavor}   (+ input blobs)
+  host -> request {code, filename, files, stdin, limits, profile, flavor, stream}   (+ input blobs)
+  zygote -> output {status: "output", stream}    (+ the chunk)   only with "stream": live output, 0..n
   zygote -> reply {status, ...}                                            (+ stdout, stderr, result body)
 """
 
@@ -26,6 +27,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
@@ -34,10 +36,12 @@ CHUNK = 1 << 16
 
 
 class Stream:
-    """Drains one pipe, keeping at most `cap` bytes and counting the rest."""
+    """Drains one pipe, keeping at most `cap` bytes and counting the rest. With `relay`, what is
+    kept is also sent to the host as it arrives (live output), under the same cap."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, relay: Callable[[bytes], None] | None = None) -> None:
         self.cap = cap
+        self.relay = relay
         self.parts: list[bytes] = []
         self.kept = 0
         self.dropped = 0
@@ -47,6 +51,8 @@ class Stream:
         if room > 0:
             self.parts.append(data[:room])
             self.kept += min(room, len(data))
+            if self.relay is not None:
+                self.relay(data[:room])
         self.dropped += max(0, len(data) - max(room, 0))
 
     def value(self) -> bytes:
@@ -104,7 +110,8 @@ def _frame_length(res: Stream) -> int | None:
     return protocol.PREFIX.size + head_len + body_len
 
 
-def supervise(child: Child, server: ForkServer, request: bytes, header: dict) -> tuple[dict, list[bytes]]:
+def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
+              relay: Callable[[str, bytes], None] | None = None) -> tuple[dict, list[bytes]]:
     """Run one request in the pre-forked child and build the reply.
 
     Fast path: the runner's result frame is the last thing it does before _exit, so once a
@@ -130,7 +137,9 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict) ->
     os.close(child.req_w)
     child.req_w = -1
 
-    out, err = Stream(limits["max_stdout_bytes"]), Stream(limits["max_stderr_bytes"])
+    live = relay if header.get("stream") else None
+    out = Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data)))
+    err = Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data)))
     res = Stream(limits["max_result_bytes"])
     streams = {child.out_r: out, child.err_r: err, child.res_r: res}
     poller = select.poll()
@@ -294,6 +303,11 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
     by_fd = {s.fileno(): s for s in servers.values()}
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
+
+    def relay(stream: str, data: bytes) -> None:
+        """Live output: one frame per chunk read, ahead of the reply (the host keeps reading)."""
+        protocol.write_all(proto_out, protocol.encode({"status": "output", "stream": stream}, [data]))
+
     while True:
         for server in servers.values():
             server.refill(profile)
@@ -320,7 +334,7 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         for s in servers.values():
             s.settle()
             s.refill(profile)  # a fork refused while the dying filled the pids limit: again now
-        reply, blobs = supervise(child, server, prefix + head + body, header)
+        reply, blobs = supervise(child, server, prefix + head + body, header, relay)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs
         # After the reply, off the caller's clock: end the execution, reap it in the background.
