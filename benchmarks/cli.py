@@ -15,7 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
-WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"]
+WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup", "fidelity"]
+OPT_IN = {"fidelity"}
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
@@ -25,11 +26,12 @@ DESCRIPTIONS = {
     "memory": "PSS/USS per slot and the cost of one more slot",
     "setup": "per-step cost of a child's isolation",
     "startup": "Sandbox() to the first result",
+    "fidelity": "library example galleries, sandbox vs the image's interpreter (long; --quick: a fixed sample)",
 }
 
 
 def _functions():
-    from . import humaneval, memory, setup_breakdown, workloads
+    from . import fidelity, humaneval, memory, setup_breakdown, workloads
 
     return {
         "latency": workloads.latency,
@@ -39,6 +41,7 @@ def _functions():
         "memory": memory.memory,
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
+        "fidelity": fidelity.fidelity,
     }
 
 
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = [w for w in WORKLOADS if not args.workload or w in args.workload]
+    # fidelity runs whole example galleries (an hour or more): only when asked for by name.
+    selected = [w for w in WORKLOADS if (w in args.workload if args.workload else w not in OPT_IN)]
     plan = Plan.quick() if args.quick else Plan()
     t_start = time.perf_counter()
 

@@ -185,3 +185,21 @@ for nr in (237, 238, 256, 279):   # mbind, set_mempolicy, migrate_pages, move_pa
 print(out)
 """))
     assert r.stdout == "[(-1, 'ENOSYS'), (-1, 'ENOSYS'), (-1, 'ENOSYS'), (-1, 'ENOSYS')]\n"
+
+
+def test_gallery_sample_runs_the_same_in_the_sandbox_and_the_image_interpreter(sb):
+    # The CI slice of `sandbox bench --workload fidelity`: a fixed sample of seaborn's gallery
+    # (from its sdist, via pip), run in the sandbox and by the image's interpreter side by side.
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)  # benchmarks/ is a top-level folder of the repo
+    from benchmarks import fidelity
+
+    res = fidelity.run(sb, quick=True, timeout=90, log=lambda m: None)
+    (g,) = res["galleries"]
+    assert g["examples"] == len(fidelity.SAMPLE["seaborn"]), res["markdown"]
+    assert g["passed_both"] == g["examples"], res["markdown"]
+    assert g["policy_kills"] == [] and g["figures_sandbox"] == g["figures_host"] > 0, res["markdown"]
