@@ -102,8 +102,11 @@ class GalleryReport:
 
 
 def sdist(package: str, version: str, cache: Path, log=print) -> Path:
-    """The package's sdist, downloaded once with pip into `cache`."""
+    """The package's sdist, downloaded once with pip into `cache` (or an unpacked copy of it
+    placed there as `<package>-<version>/`)."""
     cache.mkdir(parents=True, exist_ok=True)
+    if (cache / f"{package}-{version}" / "PKG-INFO").is_file():
+        return cache / f"{package}-{version}"
     stem = package.replace("-", "_")
     for f in cache.glob("*.tar.gz"):
         if f.name.lower() in (f"{stem}-{version}.tar.gz", f"{package}-{version}.tar.gz"):
@@ -117,6 +120,12 @@ def sdist(package: str, version: str, cache: Path, log=print) -> Path:
 def examples(archive: Path, where: str) -> list[tuple[str, str]]:
     """(relative name, source) of every example script in the sdist's gallery folder."""
     out = []
+    if archive.is_dir():
+        for f in sorted((archive / where).rglob("*.py")):
+            name = str(f.relative_to(archive / where))
+            if not os.path.basename(name).startswith("_") and name not in ("run_all.py", "conf.py"):
+                out.append((name, f.read_text(errors="replace")))
+        return out
     with tarfile.open(archive) as tar:
         for m in tar.getmembers():
             rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
@@ -211,7 +220,7 @@ def summarize(gallery: str, version: str, done: list[Example]) -> GalleryReport:
 
 
 def run_gallery(sb: Sandbox, image, gallery: str, scripts: list[tuple[str, str]], timeout: float,
-                workers: int = 1, log=print) -> list[Example]:
+                workers: int = 1, log=print, progress: Path | None = None) -> list[Example]:
     """Run every script on both sides (the two sides of one example at the same time)."""
     done: list[Example] = []
 
@@ -227,6 +236,9 @@ def run_gallery(sb: Sandbox, image, gallery: str, scripts: list[tuple[str, str]]
     with cf.ThreadPoolExecutor(workers) as pool:
         for i, ex in enumerate(pool.map(one, scripts), 1):
             done.append(ex)
+            if progress is not None:  # a long run's partial results survive an interruption
+                with open(progress, "a") as f:
+                    f.write(json.dumps(asdict(ex)) + "\n")
             log(f"fidelity: {gallery} {i}/{len(scripts)} {ex.name}: {ex.verdict} "
                 f"(sandbox {ex.sandbox.outcome} {ex.sandbox.seconds}s, host {ex.host.outcome} {ex.host.seconds}s)")
     return done
@@ -267,7 +279,12 @@ def run(sb: Sandbox, *, quick: bool, timeout: float | None = None, out: Path | N
             scripts = [s for s in scripts if s[0] in SAMPLE[gallery]]
         if not scripts:
             log(f"fidelity: the {gallery} {version} sdist has no {GALLERIES[gallery]} gallery")
-        done = run_gallery(sb, image, gallery, scripts, timeout, log=log)
+        progress = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            progress = out / f"fidelity-{gallery}.jsonl"
+            progress.unlink(missing_ok=True)
+        done = run_gallery(sb, image, gallery, scripts, timeout, log=log, progress=progress)
         everything += done
         reports.append(summarize(gallery, version, done))
     md = markdown(reports, timeout)
