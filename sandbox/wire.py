@@ -222,6 +222,8 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
 
     outcome = derive_outcome(header, error, oom_kills, limits)
     text_err = stderr.decode("utf-8", errors="replace")
+    if outcome is Outcome.POLICY_VIOLATION:
+        error = policy_error(text_err)
     if notes:
         text_err += "".join(f"\n[sandbox] {n}" for n in dict.fromkeys(notes))
     return Result(
@@ -236,6 +238,30 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
         files=files,
         usage=Usage(wall_ms=float(header["wall_ms"]), cpu_ms=float(header["cpu_ms"]), peak_memory_bytes=peak),
     )
+
+
+# Written to stderr by the dying process's SIGSYS handler (guest/seccomp.py).
+_REFUSED = re.compile(r"\[sandbox\] policy violation: refused system call ([a-z0-9_]{1,40}) \(number ([0-9]{1,4})\)")
+
+
+def policy_error(stderr: str) -> ExecError:
+    """The error of a policy_violation, naming the refused syscall as the process reported it.
+
+    The outcome itself comes from the wait status (only the filter can deliver SIGSYS); the
+    name comes from the process's own last words, so a program can hide or misstate it (block
+    SIGSYS, close stderr, print a look-alike line), never change the outcome. The last report
+    wins: a line printed earlier by the program cannot cover the real one.
+    """
+    found = _REFUSED.findall(stderr)
+    if found:
+        name, nr = found[-1]
+        message = (f"the program called the system call {name} (number {nr}), which the sandbox "
+                   "does not allow; the process was ended")
+    else:
+        message = ("the program made a system call the sandbox does not allow; the process was ended "
+                   "(the call's name was not reported: SIGSYS was blocked, stderr was closed, or it "
+                   "was a foreign-architecture call)")
+    return ExecError(type="PolicyViolation", message=message, line=None, traceback="")
 
 
 def derive_outcome(header: dict, error: ExecError | None, oom_kills: int, limits: Limits) -> Outcome:
