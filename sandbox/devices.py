@@ -7,12 +7,8 @@ a covert channel of about 1.4 kbit/s measured here (tests/security/README.md, "F
 Nodes made per jail (host root's mknod, in the jail's run directory) are the same devices with
 inodes of their own, so locks on them stay inside the jail.
 
-jail.py uses it as:
-
-    nodes = devices.private_nodes(run_dir / "dev")   # at spawn, next to the config file
-    lines += [devices.nsjail_mounts(nodes)]          # instead of the three host binds
-    ...
-    devices.remove(run_dir / "dev")                  # when the slot is closed
+jail.spawn() makes them in the jail's run directory and binds them; the slot removes the
+directory when the jail ends.
 """
 
 from __future__ import annotations

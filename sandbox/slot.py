@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import cgroups, jail
+from . import cgroups, devices, jail
 from .guest import protocol
 from .image import Image
 from .limits import JailSettings, Limits
@@ -40,7 +40,7 @@ class Slot:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._pending = bytearray()  # read ahead from the jail's output
         t0 = time.monotonic()
-        self.proc, self._config_path = jail.spawn(image, settings)
+        self.proc, self._run_dir = jail.spawn(image, settings)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
@@ -67,7 +67,7 @@ class Slot:
             self.kill()
             raise
         finally:
-            self._config_path.unlink(missing_ok=True)
+            (self._run_dir / "nsjail.cfg").unlink(missing_ok=True)
         self.start_seconds = time.monotonic() - t0
         self.alive = True
         log.debug("slot %d ready in %.2f s (zygote imports %.0f ms, baseline %d MiB)", index,
@@ -215,6 +215,7 @@ class Slot:
             os.close(self.pidfd)
         except OSError:
             pass
+        devices.remove(self._run_dir)  # the jail's device nodes
         cgroup = getattr(self, "cgroup", None)
         if cgroup is not None:
             # A killed nsjail cannot remove its cgroups; the host does, once the jail's

@@ -9,7 +9,6 @@ lock: the channel exists. With devices.private_nodes() bound instead, it does no
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -33,16 +32,10 @@ PROBE = ("import fcntl, os, struct\n"
 
 
 def _config(private: Path | None) -> str:
-    """A slot's jail config, with the host's device binds swapped for private nodes if given."""
-    cfg = jail.config(load_any("default"), JailSettings.from_policy())
-    if private is not None:
-        nodes = devices.private_nodes(private)
-        for name in devices.NODES:
-            bind = re.compile(rf'mount {{ src: "/dev/{name}" dst: "/dev/{name}" [^}}]*}}\n')
-            assert bind.search(cfg), f"jail.config() no longer binds /dev/{name} as expected"
-            cfg = bind.sub("", cfg)
-        cfg += devices.nsjail_mounts(nodes)
-    return cfg
+    """A slot's jail config, with the host's device nodes bound instead of private ones if None."""
+    nodes = devices.private_nodes(private) if private is not None else \
+        {f"/dev/{name}": Path(f"/dev/{name}") for name in devices.NODES}
+    return jail.config(load_any("default"), JailSettings.from_policy(), nodes)
 
 
 def _start(cfg: str, code: str) -> subprocess.Popen:
@@ -87,3 +80,20 @@ def test_private_device_nodes_keep_locks_inside_the_jail():
     with tempfile.TemporaryDirectory(dir=state_dir()) as d:
         os.chmod(d, 0o755)
         assert _race(Path(d) / "a", Path(d) / "b") == "FREE"
+
+
+def test_the_engines_jails_have_their_own_device_nodes(sb):
+    # Expected: ok; inside a slot's jail /dev/null, /dev/zero and /dev/full are the same devices
+    # as the host's but other inodes (devices.private_nodes, bound by jail.spawn), so the lock
+    # channel above is closed in the engine itself, not only in this test's jails.
+    code = ("import os, json\n"
+            "print(json.dumps({n: [os.stat('/dev/' + n).st_ino, os.major(os.stat('/dev/' + n).st_rdev),"
+            " os.minor(os.stat('/dev/' + n).st_rdev)] for n in ('null', 'zero', 'full')}))")
+    r = sb.run(code)
+    assert r.outcome.value == "ok", (r.outcome, r.stderr)
+    import json
+    seen = json.loads(r.stdout)
+    for name, (ino, major, minor) in seen.items():
+        host = os.stat(f"/dev/{name}")
+        assert (major, minor) == (os.major(host.st_rdev), os.minor(host.st_rdev)), (name, seen)
+        assert ino != host.st_ino, f"/dev/{name} in the jail is the host's inode: locks on it cross jails"
