@@ -114,7 +114,7 @@ class JailSettings:
     user_outside_uid: int = 101000
     user_uids: int = 64            # uids mapped from user_outside_uid: every live child has its own
     spares_lean: int = 2           # isolated children each fork server keeps waiting
-    spares_full: int = 2
+    spares_full: int = 1
 
     @classmethod
     def from_policy(cls, path: Path | None = None) -> JailSettings:

@@ -289,7 +289,7 @@ def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer
         versions = preload.full(init["preload"])
         gc.collect()
         gc.freeze()
-        servers["full"] = ForkServer.start("full", bpf, init, close_in_child, spares.get("full", 2), full_uids)
+        servers["full"] = ForkServer.start("full", bpf, init, close_in_child, spares.get("full", 1), full_uids)
     # From here on this process handles user data; the fork servers are the clean copies.
     return servers, versions
 
