@@ -37,7 +37,7 @@ from guest import isolation as L, seccomp, preload
 ns = time.perf_counter_ns
 
 preload.prepare_matplotlib()
-t = ns(); preload.full(params["preload"]); import_ms = (ns() - t) / 1e6
+t = ns(); preload.full(params["preload"]) if params["preload"] else preload.lean(); import_ms = (ns() - t) / 1e6
 t = ns(); bpf = seccomp.compile_policy(params["policy"]); compile_ms = (ns() - t) / 1e6
 gc.collect()
 gc.freeze()
@@ -147,19 +147,28 @@ def _durations(sample: dict) -> dict[str, float] | None:
 
 
 def setup(ctx: Context) -> dict:
+    """The breakdown for a child of the full fork server (a zygote-sized process), with the
+    same for a child of the lean one (standard library only) under "lean"."""
+    with ctx.progress("setup breakdown", 2) as bar:
+        full = _breakdown(ctx, ctx.image.preload)
+        bar.advance()
+        full["lean"] = _breakdown(ctx, [])
+        bar.advance()
+    return full
+
+
+def _breakdown(ctx: Context, preload: list[str]) -> dict:
     from sandbox import jail
     from sandbox.limits import Limits, seccomp_policy
 
     r = ctx.runner("nsjail-cold-site")
-    params = {"n": ctx.plan.setup_n, "preload": ctx.image.preload, "policy": seccomp_policy(),
+    params = {"n": ctx.plan.setup_n, "preload": preload, "policy": seccomp_policy(),
               "profile": Limits.from_policy().profile(), "uid": jail.USER_UID, "gid": jail.USER_GID,
               "workdir": jail.WORKDIR}
     cmd = [r._nsjail, "--config", r._cfg, "--quiet", "--", str(ctx.image.python), "-I", "-c", PROBE,
            json.dumps(params)]
-    with ctx.progress("setup breakdown", 1) as bar:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=900,
-                           env={"PATH": "/usr/bin:/bin"})
-        bar.advance()
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=900,
+                       env={"PATH": "/usr/bin:/bin"})
     if p.returncode != 0:
         raise RuntimeError(f"setup probe failed (exit {p.returncode}): {p.stderr.decode(errors='replace')[-1500:]}")
     raw = json.loads(p.stdout.decode().strip().splitlines()[-1])
