@@ -67,10 +67,26 @@ def test_seed_libraries_are_preloaded_before_user_code(sb):
     code = ("import sys\n"
             f"present = {{n: n in sys.modules for n in {names!r}}}\n"
             "import json\n"
-            "print(json.dumps(present))\n")
+            "print(json.dumps(present))\n"
+            "import numpy  # the import line sends the program to the full fork server\n")
     present = json.loads(run_ok(sb, code).stdout)
     missing = [n for n, ok in present.items() if not ok]
     assert not missing, f"not preloaded by the zygote: {missing}"
+
+
+def test_stdlib_programs_run_in_a_lean_child_that_still_imports_anything(sb):
+    # A program whose import lines name only the standard library runs in a child of the lean
+    # fork server: the scientific stack is not in its memory. A wrong guess costs time, never
+    # correctness: imported dynamically, numpy, pandas and pyplot work there, figures included.
+    code = ("import sys, json\n"
+            "lean = 'numpy' not in sys.modules and 'pandas' not in sys.modules\n"
+            "np = __import__('numpy'); pd = __import__('pandas')\n"
+            "plt = __import__('importlib').import_module('matplotlib.pyplot')\n"
+            "plt.plot(np.arange(4)); plt.show()\n"
+            "print(json.dumps({'lean': lean, 'sum': int(pd.Series(np.arange(4)).sum())}))\n")
+    r = run_ok(sb, code)
+    assert json.loads(r.stdout) == {"lean": True, "sum": 6}
+    assert len(r.images) == 1 and r.images[0].data.startswith(b"\x89PNG")
 
 
 def test_seed_libraries_work(sb):
