@@ -46,9 +46,11 @@ def test_quick_mode_exits_cleanly(quick_run):
 def test_every_runner_produced_results(quick_run):
     _, _, results = quick_run
     w = results["workloads"]
-    assert set(w) == {"latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"}
+    assert set(w) == {"latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
+                      "oneshot"}
     expected = {
         "latency": {"sandbox", "warm-exec", "jupyter-warm", "subprocess", "nsjail-cold"},
+        "backtoback": {"sandbox", "subprocess"},
         "chart": {"sandbox", "jupyter-warm", "warm-exec", "fresh-import", "nsjail-cold"},
         "saturation": {"sandbox", "subprocess", "nsjail-cold"},
     }
@@ -62,6 +64,9 @@ def test_every_runner_produced_results(quick_run):
     assert w["memory"]["slots"] and all(s["zygote"]["pss"] > 0 for s in w["memory"]["slots"])
     assert w["memory"]["extra_slot"]["marginal_pss"] is not None
     assert w["setup"]["n"] > 0 and not w["setup"]["errors"]
+    assert w["setup"]["lean"]["n"] > 0 and not w["setup"]["lean"]["errors"]
+    for command, block in w["oneshot"]["runners"].items():
+        assert block["ok"] > 0 and block["failed"] == 0, (command, block["errors"])
     assert all(s["first_outcome"] == "ok" for s in w["startup"]["samples"])
 
 
@@ -79,7 +84,8 @@ def test_humaneval_passed_164_of_164_everywhere(quick_run):
 def test_report_and_charts_written(quick_run):
     _, out, _ = quick_run
     md = (out / "report.md").read_text()
-    for heading in ("print(1)", "HumanEval", "Saturation", "Memory", "setup", "Pool start", "Targets"):
+    for heading in ("print(1)", "back to back", "HumanEval", "Saturation", "Memory", "setup", "Pool start",
+                    "One-shot", "Targets"):
         assert heading in md
     for png in ("latency_cdf.png", "throughput.png", "breakdown.png", "chart_sandbox.png"):
         data = (out / png).read_bytes()
