@@ -105,3 +105,13 @@ class Result:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    def to_gemini_parts(self, code: str, id: str | None = None) -> list[dict[str, Any]]:
+        """Gemini's REST parts for this run of `code` (see sandbox.compat.gemini)."""
+        from .compat.gemini import to_gemini_parts
+        return to_gemini_parts(self, code, id)
+
+    def to_openai_item(self, code: str, id: str | None = None) -> dict[str, Any]:
+        """An OpenAI Responses `code_interpreter_call` item (see sandbox.compat.openai)."""
+        from .compat.openai import to_openai_item
+        return to_openai_item(self, code, id)
