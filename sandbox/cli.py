@@ -191,6 +191,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--image", default="default")
     d.set_defaults(func=cmd_doctor)
 
+    from .agent.cli import add_parser as add_ask  # `sandbox ask`: the model loop (sandbox/agent/)
+    add_ask(sub)
+
     sub.add_parser("bench", help="benchmarks against baselines (see benchmarks/README.md)", add_help=False)
     return p
 
