@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from .. import __version__
 from ..client import AsyncSandbox
 from . import errors, health, image, runs
+from .bodycap import BodyCap
 from .metrics import MeteredSandbox, Metrics
 from .metrics import router as metrics_router
 from .settings import Settings
@@ -48,13 +49,14 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
                 await stack.enter_async_context(hook(app))
             yield
 
-    app = FastAPI(title="sandbox", version=__version__, lifespan=lifespan, max_body_size=settings.max_body_bytes,
+    app = FastAPI(title="sandbox", version=__version__, lifespan=lifespan,
                   description="Run untrusted Python in warm, isolated jails: stdout, stderr, errors, figures, files.")
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.retry_after = settings.retry_after_seconds
     app.state.sandbox = None
     app.state.lifespan_hooks = []
+    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
     errors.install(app)
     for router in (health.router, image.router, runs.router, metrics_router, *peer_routers()):
         app.include_router(router)
