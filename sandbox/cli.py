@@ -191,6 +191,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--image", default="default")
     d.set_defaults(func=cmd_doctor)
 
+    sv = sub.add_parser("serve", help="the engine as an HTTP service and MCP server (needs the server extra)")
+    from .server import serve as _serve
+    _serve.add_arguments(sv)
+    sv.set_defaults(func=_serve.cmd_serve)
+
     from .agent.cli import add_parser as add_ask  # `sandbox ask`: the model loop (sandbox/agent/)
     add_ask(sub)
 
