@@ -36,11 +36,7 @@ system:                      ## Debian packages the host side needs (skipped whe
 $(STAMP): pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-<<<<<<< HEAD
-	$(BIN)/pip install -q -e '.[test,bench,agent,compat]'
-=======
-	$(BIN)/pip install -q -e '.[test,bench,server]'
->>>>>>> server
+	$(BIN)/pip install -q -e '.[test,bench,server,agent,compat]'
 	touch $(STAMP)
 
 clean:
