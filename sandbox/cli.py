@@ -195,6 +195,10 @@ def parser() -> argparse.ArgumentParser:
     from .server import serve as _serve
     _serve.add_arguments(sv)
     sv.set_defaults(func=_serve.cmd_serve)
+    mc = sub.add_parser("mcp", help="an MCP server on stdio with a run_python tool (needs the server extra)")
+    mc.add_argument("--slots", type=int, default=1, help="jails in the pool (default 1)")
+    mc.add_argument("--image", default="default", help="image to run in (default: default)")
+    mc.set_defaults(func=lambda a: __import__("sandbox.server.mcp_server", fromlist=["cmd_mcp"]).cmd_mcp(a))
 
     from .agent.cli import add_parser as add_ask  # `sandbox ask`: the model loop (sandbox/agent/)
     add_ask(sub)

@@ -9,7 +9,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from .. import __version__
+from .. import image as images
 from ..client import AsyncSandbox
+from ..limits import Limits
 from . import errors, health, image, runs
 from .bodycap import BodyCap
 from .metrics import MeteredSandbox, Metrics
@@ -60,4 +62,11 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     errors.install(app)
     for router in (health.router, image.router, runs.router, metrics_router, *peer_routers()):
         app.include_router(router)
+    if settings.mcp:
+        from .mcp_server import Mounted
+
+        manifest = sandbox.image_info() if sandbox is not None else images.load_any(settings.image).manifest
+        mcp = Mounted(app, manifest, Limits.from_policy())
+        app.state.lifespan_hooks.append(mcp.lifespan)
+        app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     return app

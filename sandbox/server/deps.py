@@ -56,13 +56,18 @@ def check_key(settings: Settings, given: str | None) -> str | None:
     return None if match is None else owner_of(match)
 
 
-def _authorize(request: Request, given: str | None) -> str:
+def authorize(request: Request, given: str | None) -> str:
+    """The owner id for key `given`, or ApiError 401. Without configured keys the server answers only
+    loopback callers that name a loopback host (a page on another site that rebinds its DNS name to
+    127.0.0.1 still sends its own Host header, and gets 403)."""
     settings = get_settings(request)
     if not settings.auth_required:
-        # No key configured: the server only listens on loopback; refuse anything else that gets through.
         client = request.client.host if request.client else ""
-        if client and not is_loopback(client):
-            raise ApiError(403, "forbidden", "this server has no API key configured and answers only loopback")
+        host = request.headers.get("host", "")
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if (client and not is_loopback(client)) or not is_loopback(hostname):
+            raise ApiError(403, "forbidden", "this server has no API key configured and answers only loopback "
+                           "clients addressing it as localhost, 127.0.0.1 or [::1]")
         return LOCAL_OWNER
     owner = check_key(settings, given)
     if owner is None:
@@ -74,12 +79,12 @@ def _authorize(request: Request, given: str | None) -> str:
 def require_key(request: Request,
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """Bearer-key auth: the caller's owner id, or 401."""
-    return _authorize(request, None if credentials is None else credentials.credentials)
+    return authorize(request, None if credentials is None else credentials.credentials)
 
 
 def require_path_key(request: Request, api_key: Annotated[str, Path(description="an API key")]) -> str:
     """Auth for routes under `/k/{api_key}/...`, for clients that cannot send an Authorization header."""
-    return _authorize(request, api_key)
+    return authorize(request, api_key)
 
 
 SandboxDep = Annotated[AsyncSandbox, Depends(get_sandbox)]
