@@ -51,3 +51,15 @@ def run_report(result: Result) -> str:
     if summary:
         text += summary + ("\n" if not summary.endswith("\n") else "")
     return text
+
+
+def stderr_with_summary(result: Result) -> str:
+    """stderr as a terminal shows it: what the program wrote, then the traceback or the reason the
+    run was stopped (for peers whose format has no separate error field)."""
+    summary = outcome_summary(result)
+    text = result.stderr
+    if summary:
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += summary if summary.endswith("\n") else summary + "\n"
+    return text

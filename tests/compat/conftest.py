@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from live_server import LiveServer
 from sandbox import Outcome
 from sandbox.wire import sandbox_error
 
@@ -42,3 +43,10 @@ def outcomes(sb):
         got[outcome] = (code, r)
     got[Outcome.SANDBOX_ERROR] = ("print(1)", sandbox_error("the jail failed during the run; retry", wall_ms=3.0))
     return got
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The real HTTP server with two API keys and one slot, for the peer clients."""
+    with LiveServer(slots=1) as s:
+        yield s

@@ -1,0 +1,88 @@
+"""E2B's code interpreter: `POST /e2b/execute` (NDJSON stream) and `/e2b/contexts`, see
+sandbox.compat.e2b. The E2B SDK sends no auth header to this API: point its `sandbox_url` at
+`http://HOST/k/KEY/e2b` (the key in the path); `/e2b/...` itself takes the bearer header.
+
+A context keeps the files its runs write (each run gets them back as inputs); variables and
+imports do not carry over between runs until the engine has stateful sessions.
+"""
+
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path
+from fastapi.responses import JSONResponse, Response
+
+from ...compat import e2b
+from ...compat.request import PeerRequestError
+from ...errors import InvalidInputError
+from ..deps import SandboxDep, require_key, require_path_key
+from ..errors import ApiError
+from .store import PeerStore, get_store
+
+KIND = "e2b"
+TAGS = ["peer: E2B code interpreter"]
+StoreDep = Annotated[PeerStore, Depends(get_store)]
+
+
+def _routes(router: APIRouter, owner_dep) -> None:
+    Owner = Annotated[str, Depends(owner_dep)]
+
+    @router.post("/execute", summary="E2B: run a cell; newline-delimited JSON events",
+                 responses={200: {"content": {"application/x-ndjson": {}}}})
+    async def execute(payload: Annotated[dict[str, Any], Body(examples=[{"code": "x = 2\nx * 21"}])],
+                      sb: SandboxDep, owner: Owner, store: StoreDep) -> Response:
+        try:
+            req, context_id = e2b.from_e2b(payload)
+        except PeerRequestError as exc:
+            raise ApiError(400, "invalid_input", str(exc)) from None
+        space = None
+        if context_id not in (None, "", "default", "python"):
+            space = store.get(owner, KIND, context_id)
+            if space is None:
+                raise ApiError(404, "not_found", f"no context {context_id!r}")
+        try:
+            result = await sb.run(req.code, space.by_name() if space else None)
+        except InvalidInputError as exc:
+            raise ApiError(400, "invalid_input", str(exc)) from None
+        count = 1
+        if space is not None:
+            space.runs += 1
+            count = space.runs
+            for name, data in e2b.written_files(result).items():
+                space.put(name, data)
+            store.fit(space)
+        return Response(e2b.ndjson(e2b.to_e2b_events(result, count)), media_type="application/x-ndjson")
+
+    @router.post("/contexts", summary="E2B: create a context (keeps files between runs)")
+    async def create_context(owner: Owner, store: StoreDep,
+                             payload: Annotated[dict[str, Any] | None, Body()] = None) -> JSONResponse:
+        language = (payload or {}).get("language") or "python"
+        if language not in ("python", "python3"):
+            raise ApiError(400, "invalid_input", f"language {language!r} is not supported: Python only")
+        cid, _ = store.create(owner, KIND)
+        return JSONResponse(e2b.context_document(cid))
+
+    @router.get("/contexts", summary="E2B: list contexts")
+    async def list_contexts(owner: Owner, store: StoreDep) -> JSONResponse:
+        return JSONResponse([e2b.context_document(cid) for cid, _ in store.list(owner, KIND)])
+
+    @router.delete("/contexts/{context_id}", status_code=204, summary="E2B: remove a context")
+    async def remove_context(context_id: Annotated[str, Path()], owner: Owner, store: StoreDep) -> Response:
+        if not store.delete(owner, KIND, context_id):
+            raise ApiError(404, "not_found", f"no context {context_id!r}")
+        return Response(status_code=204)
+
+    @router.post("/contexts/{context_id}/restart", status_code=204, summary="E2B: restart a context (drops its files)")
+    async def restart_context(context_id: Annotated[str, Path()], owner: Owner, store: StoreDep) -> Response:
+        space = store.get(owner, KIND, context_id)
+        if space is None:
+            raise ApiError(404, "not_found", f"no context {context_id!r}")
+        space.files.clear()
+        space.runs = 0
+        return Response(status_code=204)
+
+
+router = APIRouter(prefix="/e2b", tags=TAGS)
+path_router = APIRouter(prefix="/k/{api_key}/e2b", tags=TAGS)
+_routes(router, require_key)
+_routes(path_router, require_path_key)
