@@ -6,11 +6,18 @@ response `{session_id, stdout, stderr, files: [{id, name, path}]}` where `files`
 wrote (and its figures, as PNG files), stored under the new session id for `/download`.
 Only `lang: "py"` runs; `args` (command-line arguments) are refused: the engine has no argv.
 `stderr` carries the program's stderr, then the traceback or the reason the run was stopped.
+
+LibreChat tells its model that files live in `/mnt/data`; here they are in the run's working
+directory, so `/mnt/data` in the code's string literals is mapped to it (`/mnt/data/x.csv` ->
+`x.csv`), leaving everything else, line numbers included, as it was.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
+import re
+import tokenize
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +26,30 @@ from .request import PeerRequestError
 from .text import stderr_with_summary
 
 LANGUAGES = ("py", "python")
+DATA_DIR = "/mnt/data"
+_DATA_PATH = re.compile(r"/mnt/data(/+|(?=[^\w.-])|$)")
+
+
+def map_data_dir(code: str) -> str:
+    """`code` with LibreChat's `/mnt/data` in string literals pointing at the working directory.
+    Code that does not tokenize is returned unchanged (the run reports its syntax error)."""
+    if DATA_DIR not in code:
+        return code
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
+                  if t.type == tokenize.STRING and DATA_DIR in t.string]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return code
+    lines = code.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    for tok in reversed(tokens):
+        a = starts[tok.start[0] - 1] + tok.start[1]
+        b = starts[tok.end[0] - 1] + tok.end[1]
+        new = _DATA_PATH.sub(lambda m: "" if m.group(1) else ".", tok.string)
+        code = code[:a] + new + code[b:]
+    return code
 
 
 @dataclass(frozen=True)
@@ -54,7 +85,7 @@ def from_librechat_exec(payload: Any) -> ExecRequest:
         if not all(isinstance(v, str) and v for v in (session, f.get("id"), f.get("name"))):
             raise PeerRequestError(f"files[{i}] needs string id, name and session_id (or storage_session_id)")
         refs.append(FileRef(session, f["id"], f["name"]))
-    return ExecRequest(code=code, files=refs)
+    return ExecRequest(code=map_data_dir(code), files=refs)
 
 
 def output_files(result: Result) -> list[tuple[str, bytes]]:
