@@ -119,6 +119,10 @@ class GeminiBackend:
     def reply(self, system: str, prompt: str, steps: list[Step]) -> Reply:
         response = self.client.models.generate_content(model=self.model, contents=self.contents(prompt, steps),
                                                        config=self.config(system))
+        return self.parse(response)
+
+    def parse(self, response: Any) -> Reply:
+        """A `GenerateContentResponse` as a Reply: its text, and its run_python call if any."""
         content = response.candidates[0].content if response.candidates else None
         parts = (content.parts if content is not None else None) or []
         text = "".join(p.text for p in parts if p.text and not p.thought)
