@@ -77,7 +77,7 @@ def serve(settings: Settings, sock: socket.socket, log_level: str = "info") -> N
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            print(f"sandbox: serving on {url} ({auth}); playground {url}/, MCP {url}/mcp, docs {url}/docs",
+            print(f"sandbox: serving on {url} ({auth}); playground {url}/, MCP {url}/mcp, OpenAPI {url}/openapi.json",
                   file=sys.stderr, flush=True)
         await task
 
