@@ -8,14 +8,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv libseccomp2 libstdc++6
 
-.PHONY: run test bench image doctor system npm-deps clean
+.PHONY: run test bench image doctor system chromium npm-deps clean
 
 run: $(STAMP) image          ## build everything and run the example (prints, draws a chart, writes a file)
 	$(BIN)/sandbox doctor
 	$(BIN)/sandbox run examples/analysis.py --file examples/sales.csv --out results
 	@echo "chart and files written to results/"
 
-test: $(STAMP) image npm-deps ## the whole test suite, against real jails
+test: $(STAMP) image chromium npm-deps ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP) image        ## full benchmark run; results in bench-results/
@@ -31,6 +31,12 @@ system:                      ## Debian packages the host side needs (skipped whe
 	@if command -v dpkg >/dev/null && ! dpkg -s $(DEBS) >/dev/null 2>&1; then \
 		echo "installing Debian packages: $(DEBS)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
+	fi
+
+chromium:                    ## Debian's Chromium for the playground's browser test (skipped when present)
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian's chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
 LIBRECHAT_CLIENT := tests/compat/librechat

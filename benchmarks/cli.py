@@ -15,7 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
-WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"]
+WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup", "http"]
+OPT_IN = {"http"}  # runs only when named with --workload (needs the server extra)
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
@@ -25,11 +26,13 @@ DESCRIPTIONS = {
     "memory": "PSS/USS per slot and the cost of one more slot",
     "setup": "per-step cost of a child's isolation",
     "startup": "Sandbox() to the first result",
+    "http": "sandbox serve: HTTP overhead over run() and /v1/execute throughput under 32 clients (opt-in)",
 }
 
 
 def _functions():
     from . import humaneval, memory, setup_breakdown, workloads
+    from .http import http
 
     return {
         "latency": workloads.latency,
@@ -39,6 +42,7 @@ def _functions():
         "memory": memory.memory,
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
+        "http": http,
     }
 
 
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = [w for w in WORKLOADS if not args.workload or w in args.workload]
+    selected = [w for w in WORKLOADS if (not args.workload and w not in OPT_IN) or w in (args.workload or [])]
     plan = Plan.quick() if args.quick else Plan()
     t_start = time.perf_counter()
 
@@ -141,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     report.write_json(results, results_path)
     md = report.markdown(results)
+    if "http" in results["workloads"]:
+        from .http import markdown as http_markdown
+
+        md += "\n" + http_markdown(results["workloads"]["http"])
     (out / "report.md").write_text(md)
     made = [results_path, out / "report.md"]
     if not args.no_charts:

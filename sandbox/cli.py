@@ -85,11 +85,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
-    if not args.json and sys.stderr.isatty():
+    url = args.url or os.environ.get("SANDBOX_URL")
+    if not args.json and sys.stderr.isatty() and not url:
         _say("starting a jail (the first start imports the scientific stack: a few seconds)")
     try:
-        with Sandbox(slots=1, image=args.image, limits=limits) as sb:
-            result = sb.run(code, files, filename=filename)
+        if url:  # one HTTP round trip to a running `sandbox serve` (key from SANDBOX_API_KEY)
+            from .remote import RemoteSandbox
+            with RemoteSandbox(url) as remote:
+                result = remote.run(code, files, filename=filename, limits=overrides or None)
+        else:
+            with Sandbox(slots=1, image=args.image, limits=limits) as sb:
+                result = sb.run(code, files, filename=filename)
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
@@ -172,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--memory-mb", type=int, help="memory limit in MiB")
     r.add_argument("--cpu-seconds", type=int, help="CPU time limit in seconds")
     r.add_argument("--image", default="default", help="image to run in (default: default)")
+    r.add_argument("--url", help="send the run to a `sandbox serve` at this URL (default: $SANDBOX_URL; "
+                                 "key from $SANDBOX_API_KEY)")
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build or inspect images")

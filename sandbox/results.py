@@ -103,6 +103,21 @@ class Result:
                       "peak_memory_bytes": self.usage.peak_memory_bytes},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """The inverse of to_dict() (for a result that crossed the network); KeyError/ValueError if malformed."""
+        e, u = d["error"], d["usage"]
+        return cls(
+            outcome=Outcome(d["outcome"]), stdout=d["stdout"], stderr=d["stderr"],
+            stdout_truncated=bool(d["stdout_truncated"]), stderr_truncated=bool(d["stderr_truncated"]),
+            error=None if e is None else ExecError(e["type"], e["message"], e["line"], e["traceback"]),
+            exit_code=d["exit_code"],
+            images=[Image(i["name"], i["mime_type"], i["width"], i["height"], base64.b64decode(i["data_base64"]))
+                    for i in d["images"]],
+            files=[File(f["path"], f["mime_type"], f["size"], base64.b64decode(f["data_base64"])) for f in d["files"]],
+            usage=Usage(u["wall_ms"], u["cpu_ms"], u["peak_memory_bytes"]),
+        )
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 

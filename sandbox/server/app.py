@@ -12,7 +12,7 @@ from .. import __version__
 from .. import image as images
 from ..client import AsyncSandbox
 from ..limits import Limits
-from . import errors, health, image, runs
+from . import errors, health, image, playground, runs
 from .bodycap import BodyCap
 from .metrics import MeteredSandbox, Metrics
 from .metrics import router as metrics_router
@@ -60,8 +60,9 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.lifespan_hooks = []
     app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for router in (health.router, image.router, runs.router, metrics_router, *peer_routers()):
+    for router in (playground.router, health.router, image.router, runs.router, metrics_router, *peer_routers()):
         app.include_router(router)
+    app.mount("/static", playground.assets, name="static")
     if settings.mcp:
         from .mcp_server import Mounted
 

@@ -10,7 +10,7 @@ import re
 import socket
 import sys
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SandboxError
 from .settings import Settings
 
 _PATH_KEY = re.compile(r"/k/[^/?]+")
@@ -65,21 +65,48 @@ def serve(settings: Settings, sock: socket.socket, log_level: str = "info") -> N
     from .app import create_app
 
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    # uvicorn's own cancel (a 500 and a traceback per request) is only a backstop: after the grace
+    # period, `reap` closes the sandbox, which kills the runs still in flight, so each gets its result.
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
                             lifespan="on", server_header=False)
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.access").addFilter(RedactKeys())
     auth = f"{len(settings.api_keys)} API key(s)" if settings.auth_required else "no API key (loopback only)"
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
+    def busy() -> int:
+        sb = app.state.sandbox
+        try:
+            return sb.stats().busy if sb is not None else 0
+        except SandboxError:  # closed meanwhile
+            return 0
+
+    async def reap() -> None:
+        loop = asyncio.get_running_loop()
+        while not server.should_exit:
+            await asyncio.sleep(0.1)
+        if busy():
+            print(f"sandbox: shutting down: {busy()} run(s) in flight get {settings.shutdown_grace_seconds:g} s to finish",
+                  file=sys.stderr, flush=True)
+        deadline = loop.time() + settings.shutdown_grace_seconds
+        while busy() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if busy():
+            print(f"sandbox: killing {busy()} run(s) still in flight", file=sys.stderr, flush=True)
+            await app.state.sandbox.close()
+
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            print(f"sandbox: serving on {url} ({auth}); playground {url}/, MCP {url}/mcp, docs {url}/docs",
+            print(f"sandbox: serving on {url} ({auth}); playground {url}/, MCP {url}/mcp, OpenAPI {url}/openapi.json",
                   file=sys.stderr, flush=True)
-        await task
+        reaper = asyncio.create_task(reap())
+        try:
+            await task
+        finally:
+            reaper.cancel()
 
     asyncio.run(main())
 

@@ -28,11 +28,16 @@ def test_rejects_a_short_key(tmp_path):
 
 
 def test_loopback_without_keys_serves_local_callers(tmp_path):
-    s = Server(tmp_path, "--slots", "1", "--no-mcp", keys=())
+    s = Server(tmp_path, "--slots", "1", keys=())
     try:
         assert "no API key (loopback only)" in s.output()
         r = httpx.post(s.url + "/v1/execute", json={"code": "print('open')"}, timeout=60)
         assert r.status_code == 200 and r.json()["stdout"] == "open\n"
+        # A page whose DNS name was rebound to 127.0.0.1 still sends its own Host: refused.
+        rebound = httpx.post(s.url + "/v1/execute", json={"code": "print(1)"}, headers={"Host": "evil.example:80"})
+        assert rebound.status_code == 403 and rebound.json()["error"]["type"] == "forbidden"
+        mcp = httpx.post(s.url + "/mcp", json={}, headers={"Host": "evil.example"})
+        assert mcp.status_code == 403
     finally:
         assert s.stop() in (0, -signal.SIGTERM)
 
