@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--max-regenerations", type=int, default=5, help="regenerations after failed runs (default 5)")
     a.add_argument("--timeout", type=float, default=30.0, help="seconds per run (default 30)")
     a.add_argument("--image", default="default", help="sandbox image (default: default)")
+    a.add_argument("--url", help="run the code on a `sandbox serve` at this URL instead of a local pool "
+                                 "(default: $SANDBOX_URL; key from SANDBOX_API_KEY)")
     a.set_defaults(func=cmd_ask)
 
 
@@ -81,7 +83,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     try:
         files = _read_inputs(args.file)
         backend = _backend(args)
-        with Sandbox(slots=1, image=args.image) as sb:
+        url = args.url or os.environ.get("SANDBOX_URL")
+        if url:
+            from ..remote import RemoteSandbox  # the server extra's client
+            sandbox = RemoteSandbox(url)
+        else:
+            _say("starting a jail (the first start imports the scientific stack: a few seconds)")
+            sandbox = Sandbox(slots=1, image=args.image)
+        with sandbox as sb:
             agent = Agent(sb, backend, timeout=args.timeout, max_regenerations=args.max_regenerations,
                           progress=_say)
             transcript = agent.ask(args.question, files)

@@ -152,6 +152,7 @@ class Agent:
         steps: list[Step] = []
         failures = 0
         while True:
+            self._progress(f"asking the model ({len(steps) + 1})")
             reply = self.backend.reply(system, prompt, steps)
             if reply.text:
                 transcript.parts.append({"text": reply.text})

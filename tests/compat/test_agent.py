@@ -175,3 +175,15 @@ def test_sandbox_ask_cli_errors_are_clear(tmp_path: Path):
     out = subprocess.run([sys.executable, "-m", "sandbox.cli", "ask", "q", "--model", "http://127.0.0.1:9/v1",
                           "--model-name", "m"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 3 and "the model failed" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sandbox_ask_runs_on_a_server_with_url(server):
+    import os
+
+    from live_server import KEY
+    with ScriptedModel([call("import sympy\nprint(sympy.prime(10))"), answer("29")]) as model:
+        out = subprocess.run([sys.executable, "-m", "sandbox.cli", "ask", "10th prime?", "--model", model.url,
+                              "--url", server.url], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, SANDBOX_API_KEY=KEY))
+    assert out.returncode == 0, out.stderr
+    assert "output:\n29" in out.stdout and "starting a jail" not in out.stderr
