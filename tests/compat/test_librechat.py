@@ -104,3 +104,16 @@ def test_bad_uploads_are_clear_errors(server, body, status):
     with http(server) as c:
         r = c.post("/upload", **body)
     assert r.status_code == status and r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("pd.read_csv('/mnt/data/sales.csv')", "pd.read_csv('sales.csv')"),
+    ('plt.savefig("/mnt/data/out/chart.png")', 'plt.savefig("out/chart.png")'),
+    ("os.listdir('/mnt/data')", "os.listdir('.')"),
+    ("f'/mnt/data/{name}'", "f'{name}'"),
+    ("x = '/mnt/database'\n# /mnt/data/in-a-comment", "x = '/mnt/database'\n# /mnt/data/in-a-comment"),
+    ("print('unterminated", "print('unterminated"),
+])
+def test_mnt_data_in_string_literals_maps_to_the_working_directory(code, expected):
+    from sandbox.compat.librechat import map_data_dir
+    assert map_data_dir(code) == expected

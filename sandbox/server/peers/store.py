@@ -109,8 +109,8 @@ class PeerStore:
             del self._spaces[key]
 
 
-def get_store(request: Request) -> PeerStore:
-    """The app's one PeerStore (made on first use)."""
+async def get_store(request: Request) -> PeerStore:
+    """The app's one PeerStore, made on first use (async: runs on the event loop, so never twice)."""
     store = getattr(request.app.state, "peer_store", None)
     if store is None:
         store = request.app.state.peer_store = PeerStore()
