@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ..compat.gemini import executable_code_part, result_parts
 from ..compat.text import run_report
+from ..errors import InvalidInputError
 from ..results import Outcome, Result
 
 DEFAULT_TIMEOUT = 30.0
@@ -161,14 +162,18 @@ class Agent:
                 return transcript
             if len(transcript.runs) >= self.max_runs:
                 return self._give_up(transcript, f"it asked for more than {self.max_runs} runs")
-            result = None
-            if reply.error is not None:
-                report = f"outcome: error\nthe tool call was not run: {reply.error}\n"
-                transcript.runs.append((reply.code or "", None))
-            else:
+            result, refused = None, reply.error
+            if refused is None:
                 code = reply.code or ""
                 self._progress(f"running code ({len(transcript.runs) + 1})")
-                result = self.sandbox.run(code, workspace, timeout=self.timeout)
+                try:
+                    result = self.sandbox.run(code, workspace, timeout=self.timeout)
+                except InvalidInputError as exc:  # e.g. code over the size limit: the model can fix it
+                    refused = f"the sandbox refused it: {exc}"
+            if result is None:
+                report = f"outcome: error\nthe tool call was not run: {refused}\n"
+                transcript.runs.append((reply.code or "", None))
+            else:
                 transcript.runs.append((code, result))
                 transcript.parts.append(executable_code_part(code, reply.call_id))
                 transcript.parts.extend(result_parts(result, reply.call_id))

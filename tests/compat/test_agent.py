@@ -86,12 +86,13 @@ def test_a_success_resets_the_regeneration_count(sb):
 
 def test_unusable_tool_calls_are_refused_and_counted(sb):
     script = [call("", arguments="{not json"), call("", name="shell", arguments='{"cmd": "ls"}'),
-              call("print('ok')"), answer("fine")]
+              call("#" * (5 << 20)), call("print('ok')"), answer("fine")]
     with ScriptedModel(script) as model:
         t = Agent(sb, OpenAIChatBackend(model.url)).ask("go")
     assert "not valid JSON" in model.tool_messages(1)[0]
     assert "no tool named 'shell'" in model.tool_messages(2)[1]
-    assert t.answer == "fine" and [r is None for _, r in t.runs] == [True, True, False]
+    assert "the sandbox refused it: code is larger than max_code_bytes" in model.tool_messages(3)[2]
+    assert t.answer == "fine" and [r is None for _, r in t.runs] == [True, True, True, False]
     validated(t)
 
 
