@@ -129,6 +129,10 @@ class GeminiBackend:
         call = next((p.function_call for p in parts if p.function_call is not None), None)
         if call is None:
             return Reply(text=text, raw=content)
+        # One run per turn: replay only the first call, so each call in the history has its response.
+        first = next(p for p in parts if p.function_call is not None)
+        content = self.types.Content(role=content.role or "model",
+                                     parts=[p for p in parts if p.function_call is None or p is first])
         if call.name != TOOL_NAME:
             return Reply(text, None, call.id, f"there is no tool named {call.name!r}; use {TOOL_NAME}", content)
         code, error = _code_from_arguments(call.args or {})

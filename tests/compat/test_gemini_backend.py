@@ -38,6 +38,12 @@ def test_a_function_call_becomes_a_run_and_text_a_final_answer():
     assert (r.text, r.code, r.call_id, r.error) == ("Computing.", "print(1)", "c1", None)
     assert b.parse(final) == Reply(text="It is 1.", raw=final.candidates[0].content)
     assert "no tool named 'shell'" in b.parse(wrong).error
+    two = types.GenerateContentResponse.model_validate({"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "run_python", "args": {"code": "1"}}, "thoughtSignature": "c2ln"},
+        {"functionCall": {"name": "run_python", "args": {"code": "2"}}}]}}]})
+    r = b.parse(two)
+    assert r.code == "1" and [p.function_call.args["code"] for p in r.raw.parts] == ["1"]
+    assert r.raw.parts[0].thought_signature == b"sig"  # kept: Gemini wants it back with the call
 
 
 def test_results_and_figures_go_back_in_the_function_response(outcomes):
