@@ -106,12 +106,34 @@ class Transcript:
         return json.dumps(self.to_gemini_response(), **kwargs)
 
 
+PREVIEW_LINES, PREVIEW_CHARS = 5, 600
+
+
+def _preview(data: bytes) -> str | None:
+    """The first lines of a text file (so the model sees a CSV's header), or None for binary data."""
+    head = data[:PREVIEW_CHARS * 4]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the slice
+            return None
+        text = head[:exc.start].decode("utf-8")
+    if "\0" in text:
+        return None
+    return "\n".join(text.splitlines()[:PREVIEW_LINES])[:PREVIEW_CHARS]
+
+
 def system_prompt(files: Mapping[str, bytes], timeout: float) -> str:
     text = ("You answer questions by writing Python and running it with the run_python tool when computing, "
             "analysing data or plotting helps. Read each result; if the code failed, fix it and run it again. "
             "When you have the answer, reply with plain text and no tool call.\n" + tool_description(timeout))
     if files:
-        text += "\nFiles in the working directory: " + ", ".join(f"{n} ({len(d)} bytes)" for n, d in files.items())
+        text += "\nFiles in the working directory:"
+        for name, data in files.items():
+            text += f"\n- {name} ({len(data)} bytes)"
+            preview = _preview(data)
+            if preview:
+                text += ", first lines:\n" + "\n".join("    " + ln for ln in preview.splitlines())
     return text
 
 

@@ -116,7 +116,8 @@ def test_input_files_are_in_the_working_directory_and_outputs_carry_over(sb):
               answer("7")]
     with ScriptedModel(script) as model:
         t = Agent(sb, OpenAIChatBackend(model.url)).ask("total?", files={"sales.csv": csv})
-    assert "sales.csv (" in model.requests[0]["messages"][0]["content"]  # the model is told the files
+    system = model.requests[0]["messages"][0]["content"]
+    assert "- sales.csv (26 bytes), first lines:\n    city,total\n    Paris,3" in system  # told the files
     assert t.runs[0][1].stdout == "7\n"
     assert "files written: copy.csv" in model.tool_messages(1)[0]
     assert t.runs[1][1].stdout == "3\n"  # a later run sees what an earlier one wrote
