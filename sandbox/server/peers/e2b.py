@@ -6,7 +6,8 @@ A context keeps the files its runs write (each run gets them back as inputs); va
 imports do not carry over between runs until the engine has stateful sessions.
 """
 
-
+# No `from __future__ import annotations` here: the per-router `Owner` alias is local to _routes()
+# and FastAPI must resolve it when it reads the handlers' signatures.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path
