@@ -8,10 +8,11 @@ imports do not carry over between runs until the engine has stateful sessions.
 
 # No `from __future__ import annotations` here: the per-router `Owner` alias is local to _routes()
 # and FastAPI must resolve it when it reads the handlers' signatures.
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...compat import e2b
 from ...compat.request import PeerRequestError
@@ -25,15 +26,32 @@ TAGS = ["peer: E2B code interpreter"]
 StoreDep = Annotated[PeerStore, Depends(get_store)]
 
 
+class E2BExecute(BaseModel):
+    """E2B's execution request (documented here; sandbox.compat.e2b reads it)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"code": "x = 2\nx * 21"}]})
+
+    code: str = Field(description="the cell; the value of its last expression comes back as the main result")
+    context_id: str | None = Field(default=None, description="a context from POST /contexts (keeps files)")
+    language: str | None = Field(default=None, description="Python only")
+    env_vars: dict[str, str] | None = Field(default=None, description="refused when not empty: the environment is fixed")
+
+
+class E2BContext(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    language: str | None = Field(default=None, description="Python only")
+    cwd: str | None = Field(default=None, description="ignored: runs start in the sandbox's working directory")
+
+
 def _routes(router: APIRouter, owner_dep) -> None:
     Owner = Annotated[str, Depends(owner_dep)]
 
     @router.post("/execute", summary="E2B: run a cell; newline-delimited JSON events",
                  responses={200: {"content": {"application/x-ndjson": {}}}})
-    async def execute(payload: Annotated[dict[str, Any], Body(examples=[{"code": "x = 2\nx * 21"}])],
-                      sb: SandboxDep, owner: Owner, store: StoreDep) -> Response:
+    async def execute(body: E2BExecute, sb: SandboxDep, owner: Owner, store: StoreDep) -> Response:
         try:
-            req, context_id = e2b.from_e2b(payload)
+            req, context_id = e2b.from_e2b(body.model_dump())
         except PeerRequestError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
         space = None
@@ -55,9 +73,8 @@ def _routes(router: APIRouter, owner_dep) -> None:
         return Response(e2b.ndjson(e2b.to_e2b_events(result, count)), media_type="application/x-ndjson")
 
     @router.post("/contexts", summary="E2B: create a context (keeps files between runs)")
-    async def create_context(owner: Owner, store: StoreDep,
-                             payload: Annotated[dict[str, Any] | None, Body()] = None) -> JSONResponse:
-        language = (payload or {}).get("language") or "python"
+    async def create_context(owner: Owner, store: StoreDep, body: E2BContext | None = None) -> JSONResponse:
+        language = (body.language if body is not None else None) or "python"
         if language not in ("python", "python3"):
             raise ApiError(400, "invalid_input", f"language {language!r} is not supported: Python only")
         cid, _ = store.create(owner, KIND)

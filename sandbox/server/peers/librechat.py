@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...compat import librechat as lc
 from ...compat.request import PeerRequestError
@@ -32,11 +33,22 @@ def _refused(message: str) -> JSONResponse:
     return JSONResponse({"session_id": "", "stdout": "", "stderr": message + "\n", "files": []})
 
 
+class LibreChatExec(BaseModel):
+    """LibreChat's execution request (documented here; sandbox.compat.librechat reads it)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"lang": "py", "code": "print(1)"}]})
+
+    lang: str = Field(description="\"py\" only; other languages get a stderr saying so")
+    code: str
+    args: list[str] | None = Field(default=None, description="refused when not empty: no argv")
+    files: list[dict[str, Any]] | None = Field(
+        default=None, description="inputs: [{id, name, session_id or storage_session_id}] from /upload or an earlier /exec")
+
+
 @router.post("/exec", summary="LibreChat: run code (Python only)")
-async def execute(payload: Annotated[dict[str, Any], Body(examples=[{"lang": "py", "code": "print(1)"}])],
-                  sb: SandboxDep, owner: HeaderOwnerDep, store: StoreDep) -> JSONResponse:
+async def execute(body: LibreChatExec, sb: SandboxDep, owner: HeaderOwnerDep, store: StoreDep) -> JSONResponse:
     try:
-        req = lc.from_librechat_exec(payload)
+        req = lc.from_librechat_exec(body.model_dump())
     except PeerRequestError as exc:
         return _refused(str(exc))
     inputs: dict[str, bytes] = {}

@@ -3,10 +3,9 @@ header: without `Authorization: Bearer`, use `/k/{api_key}/run_code` (endpoint `
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...compat import sandboxfusion as sf
 from ...compat.request import PeerRequestError
@@ -18,11 +17,25 @@ router = APIRouter(tags=TAGS, dependencies=[Depends(require_key)])
 path_router = APIRouter(prefix="/k/{api_key}", tags=TAGS, dependencies=[Depends(require_path_key)])
 
 
-async def run_code(payload: Annotated[dict[str, Any], Body(examples=[{"code": "print(1)", "language": "python"}])],
-                   sb: SandboxDep) -> JSONResponse:
+class SandboxFusionRunCode(BaseModel):
+    """SandboxFusion's request (documented here; sandbox.compat.sandboxfusion reads it)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"code": "print(1)", "language": "python"}]})
+
+    code: str = Field(description="the code to run")
+    language: str = Field(description="only \"python\" runs here; other languages get a SandboxError saying so")
+    stdin: str | None = Field(default=None, description="text given as standard input")
+    run_timeout: float = Field(default=10, description="wall clock limit in seconds")
+    compile_timeout: float = Field(default=10, description="ignored: nothing is compiled")
+    memory_limit_MB: int = Field(default=-1, description="memory limit in MiB; -1 for the server's default")
+    files: dict[str, str | None] = Field(default_factory=dict, description="path -> base64 content")
+    fetch_files: list[str] = Field(default_factory=list, description="paths whose content to return")
+
+
+async def run_code(body: SandboxFusionRunCode, sb: SandboxDep) -> JSONResponse:
     """Run Python the SandboxFusion way; every run is a 200 with its `status`."""
     try:
-        req, fetch = sf.from_sandboxfusion(payload)
+        req, fetch = sf.from_sandboxfusion(body.model_dump())
         result = await sb.run(req.code, req.files, stdin=req.stdin, timeout=req.timeout, limits=req.limits or None)
     except (PeerRequestError, InvalidInputError) as exc:
         return JSONResponse(sf.refusal(str(exc)))
