@@ -115,3 +115,19 @@ def test_last_expression_rewrite_keeps_line_numbers(code, expected):
 @pytest.mark.parametrize("code", ["import os", "for i in range(3):\n    i", "def f(:", ""])
 def test_cells_without_a_final_expression_are_unchanged(code):
     assert e2b.keep_last_expression(code) == code
+
+
+def test_the_async_sdk_parses_the_same_stream(server):
+    import asyncio
+
+    from e2b_code_interpreter import AsyncSandbox as AsyncE2BSandbox
+
+    async def go():
+        sbx = await AsyncE2BSandbox.create(debug=True, sandbox_url=f"{server.url}/k/{KEY}/e2b")
+        lines = []
+        ex = await sbx.run_code("print('a')\nimport sys; print('b', file=sys.stderr)\n[1, 2]",
+                                on_stderr=lambda m: lines.append(m.line))
+        return ex, lines
+
+    ex, lines = asyncio.run(go())
+    assert ex.text == "[1, 2]" and ex.logs.stdout == ["a\n"] and ex.logs.stderr == ["b\n"] == lines
