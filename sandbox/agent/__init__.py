@@ -2,8 +2,8 @@
 reads the result, until it answers. See `loop` for the rules and `backends` for the models."""
 
 from .backends import GeminiBackend, OpenAIChatBackend
-from .loop import (DEFAULT_MAX_REGENERATIONS, DEFAULT_TIMEOUT, Agent, Backend, Reply, Step, Transcript,
+from .loop import (DEFAULT_MAX_REGENERATIONS, DEFAULT_TIMEOUT, Agent, Backend, Prompt, Reply, Step, Transcript,
                    tool_description)
 
-__all__ = ["Agent", "Backend", "Reply", "Step", "Transcript", "OpenAIChatBackend", "GeminiBackend",
+__all__ = ["Agent", "Backend", "Prompt", "Reply", "Step", "Transcript", "OpenAIChatBackend", "GeminiBackend",
            "tool_description", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REGENERATIONS"]

@@ -8,7 +8,7 @@ import base64
 import json
 from typing import Any
 
-from .loop import TOOL_NAME, TOOL_PARAMETERS, Reply, Step, tool_description
+from .loop import TOOL_NAME, TOOL_PARAMETERS, Prompt, Reply, Step, tool_description
 
 
 def _code_from_arguments(arguments: Any) -> tuple[str | None, str | None]:
@@ -46,8 +46,13 @@ class OpenAIChatBackend:
         return [{"type": "function", "function": {"name": TOOL_NAME, "description": tool_description(),
                                                   "parameters": TOOL_PARAMETERS}}]
 
-    def messages(self, system: str, prompt: str, steps: list[Step]) -> list[dict[str, Any]]:
-        msgs: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    def messages(self, system: str, prompt: Prompt, steps: list[Step]) -> list[dict[str, Any]]:
+        question: Any = prompt.text
+        if self.accepts_images and prompt.images:
+            question = [{"type": "text", "text": prompt.text}] + [
+                {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}}
+                for _, mime, data in prompt.images]
+        msgs: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": question}]
         for step in steps:
             msgs.append(step.reply.raw)
             msgs.append({"role": "tool", "tool_call_id": step.reply.call_id, "content": step.report})
@@ -59,7 +64,7 @@ class OpenAIChatBackend:
                     for i in step.result.images]})
         return msgs
 
-    def reply(self, system: str, prompt: str, steps: list[Step]) -> Reply:
+    def reply(self, system: str, prompt: Prompt, steps: list[Step]) -> Reply:
         kwargs: dict[str, Any] = {}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
@@ -104,9 +109,11 @@ class GeminiBackend:
             system_instruction=system, tools=[t.Tool(function_declarations=[decl])],
             automatic_function_calling=t.AutomaticFunctionCallingConfig(disable=True))
 
-    def contents(self, prompt: str, steps: list[Step]) -> list[Any]:
+    def contents(self, prompt: Prompt, steps: list[Step]) -> list[Any]:
         t = self.types
-        contents: list[Any] = [t.Content(role="user", parts=[t.Part(text=prompt)])]
+        parts = [t.Part(text=prompt.text)] + [t.Part(inline_data=t.Blob(mime_type=mime, data=data))
+                                              for _, mime, data in prompt.images]
+        contents: list[Any] = [t.Content(role="user", parts=parts)]
         for step in steps:
             contents.append(step.reply.raw)  # the model's own content, thought signatures included
             images = [t.FunctionResponsePart(inline_data=t.FunctionResponseBlob(mime_type=i.mime_type, data=i.data))
@@ -116,7 +123,7 @@ class GeminiBackend:
             contents.append(t.Content(role="user", parts=[t.Part(function_response=response)]))
         return contents
 
-    def reply(self, system: str, prompt: str, steps: list[Step]) -> Reply:
+    def reply(self, system: str, prompt: Prompt, steps: list[Step]) -> Reply:
         response = self.client.models.generate_content(model=self.model, contents=self.contents(prompt, steps),
                                                        config=self.config(system))
         return self.parse(response)

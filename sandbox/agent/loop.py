@@ -53,6 +53,29 @@ class RunsCode(Protocol):
     def run(self, code: str, files: Mapping[str, bytes] | None = None, *, timeout: float | None = None) -> Result: ...
 
 
+IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif",
+               b"RIFF": "image/webp"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The question, and the input images a model that accepts images is shown with it."""
+
+    text: str
+    images: tuple[tuple[str, str, bytes], ...] = ()  # (name, mime type, bytes)
+
+    @classmethod
+    def of(cls, text: str, files: Mapping[str, bytes]) -> Prompt:
+        images = []
+        for name, data in files.items():
+            mime = next((m for sig, m in IMAGE_TYPES.items() if data.startswith(sig)), None)
+            if mime == "image/webp" and data[8:12] != b"WEBP":
+                mime = None
+            if mime is not None:
+                images.append((name, mime, data))
+        return cls(text, tuple(images))
+
+
 @dataclass(frozen=True)
 class Reply:
     """One model turn: text, and the code it asks to run (None: this is the final answer).
@@ -80,7 +103,7 @@ class Backend(Protocol):
 
     accepts_images: bool
 
-    def reply(self, system: str, prompt: str, steps: list[Step]) -> Reply: ...
+    def reply(self, system: str, prompt: Prompt, steps: list[Step]) -> Reply: ...
 
 
 @dataclass
@@ -172,11 +195,12 @@ class Agent:
         workspace = dict(files or {})
         system = system_prompt(workspace, self.timeout)
         transcript = Transcript(prompt)
+        question = Prompt.of(prompt, workspace)
         steps: list[Step] = []
         failures = 0
         while True:
             self._progress(f"asking the model ({len(steps) + 1})")
-            reply = self.backend.reply(system, prompt, steps)
+            reply = self.backend.reply(system, question, steps)
             if reply.text:
                 transcript.parts.append({"text": reply.text})
             if reply.code is None and reply.error is None:

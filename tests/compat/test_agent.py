@@ -189,3 +189,21 @@ def test_sandbox_ask_runs_on_a_server_with_url(server):
                              env=dict(os.environ, SANDBOX_API_KEY=KEY))
     assert out.returncode == 0, out.stderr
     assert "output:\n29" in out.stdout and "starting a jail" not in out.stderr
+
+
+def test_input_images_are_shown_to_a_model_that_accepts_images(sb):
+    from _helpers import make_png
+
+    png = make_png(8, 6)
+    files = {"photo.png": png, "notes.txt": b"hello\n"}
+    for accepts in (True, False):
+        with ScriptedModel([call("from PIL import Image\nprint(Image.open('photo.png').size)"), answer("8x6")]) as model:
+            t = Agent(sb, OpenAIChatBackend(model.url, accepts_images=accepts)).ask("how big?", files=files)
+        assert t.runs[0][1].stdout == "(8, 6)\n"
+        question = model.requests[0]["messages"][1]["content"]
+        if accepts:
+            assert question[0] == {"type": "text", "text": "how big?"}
+            assert [c["image_url"]["url"] for c in question[1:]] == [
+                "data:image/png;base64," + base64.b64encode(png).decode()]
+        else:
+            assert question == "how big?"

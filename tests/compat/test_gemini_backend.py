@@ -8,7 +8,7 @@ import warnings
 from google.genai import types
 
 from sandbox import Outcome
-from sandbox.agent import GeminiBackend, Reply, Step
+from sandbox.agent import GeminiBackend, Prompt, Reply, Step
 from sandbox.agent.loop import feedback
 
 
@@ -52,7 +52,8 @@ def test_results_and_figures_go_back_in_the_function_response(outcomes):
     raw = types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(
         id="c1", name="run_python", args={"code": code}))])
     step = Step(Reply("", code, "c1", None, raw), result, feedback(result, True), True)
-    contents = b.contents("plot it", [step])
+    contents = b.contents(Prompt("plot it", (("in.png", "image/png", result.images[0].data),)), [step])
+    assert contents[0].parts[1].inline_data.mime_type == "image/png"  # input images go with the question
     assert [c.role for c in contents] == ["user", "model", "user"]
     response = contents[2].parts[0].function_response
     assert response.id == "c1" and response.name == "run_python"
