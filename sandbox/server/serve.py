@@ -108,7 +108,8 @@ def serve(settings: Settings, sock: socket.socket, log_level: str = "info") -> N
         finally:
             reaper.cancel()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed
+        runner.run(main())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
