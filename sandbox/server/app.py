@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.retry_after = settings.retry_after_seconds
+    app.state.ceiling = Limits.from_policy()  # per-call limits may tighten these, never loosen them
     app.state.sandbox = None
     app.state.lifespan_hooks = []
     app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
         from .mcp_server import Mounted
 
         manifest = sandbox.image_info() if sandbox is not None else images.load_any(settings.image).manifest
-        mcp = Mounted(app, manifest, Limits.from_policy())
+        mcp = Mounted(app, manifest, app.state.ceiling)
         app.state.lifespan_hooks.append(mcp.lifespan)
         app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     return app
