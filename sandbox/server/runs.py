@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
