@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from .. import __version__
 from .. import image as images
 from ..client import AsyncSandbox
+from ..errors import SandboxClosedError
 from ..limits import Limits
 from . import errors, health, image, playground, runs
 from .bodycap import BodyCap
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.retry_after = settings.retry_after_seconds
+    app.state.ceiling = Limits.from_policy()  # per-call limits may tighten these, never loosen them
     app.state.sandbox = None
     app.state.lifespan_hooks = []
     app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
@@ -66,8 +68,11 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     if settings.mcp:
         from .mcp_server import Mounted
 
-        manifest = sandbox.image_info() if sandbox is not None else images.load_any(settings.image).manifest
-        mcp = Mounted(app, manifest, Limits.from_policy())
+        try:
+            manifest = sandbox.image_info() if sandbox is not None else images.load_any(settings.image).manifest
+        except SandboxClosedError:  # a sandbox given but not started yet: its image is settings.image
+            manifest = images.load_any(settings.image).manifest
+        mcp = Mounted(app, manifest, app.state.ceiling)
         app.state.lifespan_hooks.append(mcp.lifespan)
         app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     return app

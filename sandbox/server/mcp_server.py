@@ -88,7 +88,7 @@ def tool_error(message: str) -> CallToolResult:
 def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[Engine]], manifest: dict[str, Any],
           limits: Limits) -> MCPServer[Engine]:
     """The MCP server with its tools; `lifespan` provides the sandbox."""
-    server: MCPServer[Engine] = MCPServer("sandbox", version=__version__, lifespan=lifespan,
+    server: MCPServer[Engine] = MCPServer("sandbox", version=__version__, lifespan=lifespan, log_level="WARNING",
                                           instructions="Run Python in an isolated sandbox with the scientific stack.")
     max_timeout = float(limits.timeout_seconds)
 

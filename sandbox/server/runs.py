@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from fastapi import APIRouter, Depends
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..limits import Limits
 from .deps import SandboxDep, require_key
 from .errors import ApiError
 
@@ -60,6 +62,18 @@ def decode_files(files: dict[str, str]) -> dict[str, bytes]:
     return out
 
 
+def check_ceiling(ceiling: Limits, timeout: float | None, limits: dict[str, int | float] | None) -> None:
+    """A caller over the network may tighten limits, never loosen them past the server's policy
+    (policies/default.toml): 422 otherwise. Unknown names are left for the engine to refuse."""
+    asked = dict(limits or {})
+    if timeout is not None:
+        asked["timeout_seconds"] = timeout
+    for name, value in asked.items():
+        top = getattr(ceiling, name, None)
+        if top is not None and isinstance(value, (int, float)) and value > top:
+            raise ApiError(422, "invalid_input", f"limit {name} may be at most {top:g} on this server, not {value:g}")
+
+
 router = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(require_key)])
 
 RESULT_EXAMPLE = {"outcome": "ok", "stdout": "2\n", "stderr": "", "stdout_truncated": False, "stderr_truncated": False,
@@ -72,7 +86,8 @@ RESULT_EXAMPLE = {"outcome": "ok", "stdout": "2\n", "stderr": "", "stdout_trunca
                         401: {"description": "no or wrong API key"}, 413: {"description": "body over the cap"},
                         422: {"description": "invalid request"}, 429: {"description": "queue full; see Retry-After"},
                         503: {"description": "engine unavailable"}})
-async def execute(body: ExecuteRequest, sb: SandboxDep) -> Response:
+async def execute(body: ExecuteRequest, sb: SandboxDep, request: Request) -> Response:
+    check_ceiling(request.app.state.ceiling, body.timeout, body.limits)
     files = decode_files(body.files)
     result = await sb.run(body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits,
                           filename=body.filename)

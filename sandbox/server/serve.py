@@ -9,6 +9,7 @@ import logging
 import re
 import socket
 import sys
+from typing import Any
 
 from ..errors import InvalidInputError, SandboxError
 from .settings import Settings
@@ -57,14 +58,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, sock: socket.socket, log_level: str = "info") -> None:
+def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "info") -> None:
     """Run the app on `sock` until SIGINT/SIGTERM; runs still in flight after the grace period are killed."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    from .app import create_app
-
-    app = create_app(settings)
     # uvicorn's own cancel (a 500 and a traceback per request) is only a backstop: after the grace
     # period, `reap` closes the sandbox, which kills the runs still in flight, so each gets its result.
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
@@ -108,10 +106,14 @@ def serve(settings: Settings, sock: socket.socket, log_level: str = "info") -> N
         finally:
             reaper.cancel()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed
+        runner.run(main())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .. import doctor
+    from .app import create_app
+
     try:
         settings = settings_from(args)
         sock = bind(settings.host, settings.port)
@@ -121,5 +123,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2
-    serve(settings, sock, args.log_level)
+    try:
+        doctor.require_safe_host()  # the engine checks again at start; failing here gives a clear message
+        app = create_app(settings)
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        sock.close()
+        return 3
+    serve(app, settings, sock, args.log_level)
     return 0

@@ -71,6 +71,8 @@ def test_invalid_requests_are_422_with_an_error_document(client):
         {"code": "print(1)", "limits": {"no_such_limit": 1}},
         {"code": "print(1)", "unknown_field": 1},
         {"code": "print(1)", "filename": "../main.py"},
+        {"code": "print(1)", "timeout": 3600},                           # over the server's policy
+        {"code": "print(1)", "limits": {"memory_bytes": 64 << 30}},
     ]
     for body in cases:
         r = client.post("/v1/execute", json=body)

@@ -53,3 +53,10 @@ def test_keys_from_the_environment(tmp_path):
         assert "env-key" not in s.output()
     finally:
         s.stop()
+
+
+def test_an_engine_that_cannot_start_is_a_clear_message():
+    p = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--image", "no-such-image"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3
+    assert "image 'no-such-image' is not built" in p.stderr and "Traceback" not in p.stderr
