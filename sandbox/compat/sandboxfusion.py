@@ -4,7 +4,8 @@
 Request `{code, language, stdin, run_timeout, compile_timeout, memory_limit_MB, files, fetch_files}`;
 response `{status, message, compile_result: null, run_result: {status, execution_time, return_code,
 stdout, stderr}, files}`. Only `language: "python"` runs; any other language is refused with a
-message saying so. `compile_timeout` has nothing to compile and is ignored.
+message saying so. `compile_timeout` has nothing to compile and is ignored; `run_timeout` and `memory_limit_MB` are
+capped at the server's policy (30 s and 1 GiB by default).
 
 | ours                                              | status       | run_result.status  |
 |---------------------------------------------------|--------------|--------------------|
@@ -31,8 +32,11 @@ _RUN_STATUS = {Outcome.TIMEOUT: "TimeLimitExceeded", Outcome.CPU_LIMIT: "TimeLim
                Outcome.SANDBOX_ERROR: "Error"}
 
 
-def from_sandboxfusion(payload: Any) -> tuple[RunRequest, list[str]]:
-    """The run a `/run_code` body asks for, and the paths it wants back (`fetch_files`)."""
+def from_sandboxfusion(payload: Any, max_timeout: float | None = None,
+                       max_memory_bytes: int | None = None) -> tuple[RunRequest, list[str]]:
+    """The run a `/run_code` body asks for, and the paths it wants back (`fetch_files`).
+    `run_timeout` and `memory_limit_MB` are capped at the given ceilings (the server's policy):
+    a caller may tighten the limits, never loosen them."""
     if not isinstance(payload, dict):
         raise PeerRequestError("the body must be a JSON object")
     code, language = payload.get("code"), payload.get("language")
@@ -52,7 +56,7 @@ def from_sandboxfusion(payload: Any) -> tuple[RunRequest, list[str]]:
     if not isinstance(memory, int) or isinstance(memory, bool):
         raise PeerRequestError("memory_limit_MB must be an integer (-1: the server's default)")
     if memory > 0:
-        limits["memory_bytes"] = memory << 20
+        limits["memory_bytes"] = memory << 20 if max_memory_bytes is None else min(memory << 20, max_memory_bytes)
     files_in = payload.get("files") or {}
     if not isinstance(files_in, dict):
         raise PeerRequestError("files must be an object of path -> base64 content")
@@ -60,7 +64,8 @@ def from_sandboxfusion(payload: Any) -> tuple[RunRequest, list[str]]:
     fetch = payload.get("fetch_files") or []
     if not isinstance(fetch, list) or not all(isinstance(p, str) for p in fetch):
         raise PeerRequestError("fetch_files must be a list of paths")
-    return RunRequest(code=code, files=files, stdin=stdin, timeout=float(timeout), limits=limits), fetch
+    timeout = float(timeout) if max_timeout is None else min(float(timeout), max_timeout)
+    return RunRequest(code=code, files=files, stdin=stdin, timeout=timeout, limits=limits), fetch
 
 
 def to_sandboxfusion(result: Result, fetch_files: list[str] = (), inputs: dict[str, bytes] | None = None) -> dict[str, Any]:

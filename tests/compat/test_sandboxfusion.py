@@ -93,3 +93,13 @@ def test_every_outcome_parses_with_the_clients_model(outcomes, outcome):
     assert resp.status.value == expected
     limit = outcome in (Outcome.TIMEOUT, Outcome.CPU_LIMIT)
     assert (resp.run_result.status.value == "TimeLimitExceeded") == limit
+
+
+def test_limits_may_tighten_the_policy_never_loosen_it(server):
+    resp = run_code(RunCodeRequest(code="import time\ntime.sleep(45)", language="python", run_timeout=3600),
+                    endpoint=endpoint(server), max_attempts=1)
+    assert resp.run_result.status.value == "TimeLimitExceeded"
+    assert resp.run_result.execution_time < 45  # the policy's 30 s ended it, not the 3600 asked for
+    req, _ = sf.from_sandboxfusion({"code": "", "language": "python", "run_timeout": 3600, "memory_limit_MB": 1 << 20},
+                                   max_timeout=30.0, max_memory_bytes=1 << 30)
+    assert req.timeout == 30.0 and req.limits == {"memory_bytes": 1 << 30}

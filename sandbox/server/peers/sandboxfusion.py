@@ -3,7 +3,7 @@ header: without `Authorization: Bearer`, use `/k/{api_key}/run_code` (endpoint `
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,17 +25,19 @@ class SandboxFusionRunCode(BaseModel):
     code: str = Field(description="the code to run")
     language: str = Field(description="only \"python\" runs here; other languages get a SandboxError saying so")
     stdin: str | None = Field(default=None, description="text given as standard input")
-    run_timeout: float = Field(default=10, description="wall clock limit in seconds")
+    run_timeout: float = Field(default=10, description="wall clock limit in seconds (capped at the server's policy)")
     compile_timeout: float = Field(default=10, description="ignored: nothing is compiled")
-    memory_limit_MB: int = Field(default=-1, description="memory limit in MiB; -1 for the server's default")
+    memory_limit_MB: int = Field(default=-1, description="memory limit in MiB (capped at the server's policy); -1 for its default")
     files: dict[str, str | None] = Field(default_factory=dict, description="path -> base64 content")
     fetch_files: list[str] = Field(default_factory=list, description="paths whose content to return")
 
 
-async def run_code(body: SandboxFusionRunCode, sb: SandboxDep) -> JSONResponse:
+async def run_code(body: SandboxFusionRunCode, sb: SandboxDep, request: Request) -> JSONResponse:
     """Run Python the SandboxFusion way; every run is a 200 with its `status`."""
+    ceiling = getattr(request.app.state, "ceiling", None)  # the policy's limits: a caller may only tighten them
     try:
-        req, fetch = sf.from_sandboxfusion(body.model_dump())
+        req, fetch = sf.from_sandboxfusion(body.model_dump(), getattr(ceiling, "timeout_seconds", None),
+                                           getattr(ceiling, "memory_bytes", None))
         result = await sb.run(req.code, req.files, stdin=req.stdin, timeout=req.timeout, limits=req.limits or None)
     except (PeerRequestError, InvalidInputError) as exc:
         return JSONResponse(sf.refusal(str(exc)))
