@@ -7,8 +7,9 @@ Request `{code, context_id?, language?, env_vars?}`. The stream, one JSON object
 `{"type": "error", "name", "value", "traceback"}` when the run failed, then
 `{"type": "number_of_executions", "execution_count"}` and `{"type": "end_of_execution"}`.
 
-The engine returns a run's output when it ends, so stdout and stderr come as one event each, not
-line by line. A run stopped by a limit is an `error` event named after the limit (`TimeoutError`,
+stdout and stderr events are sent as the program writes (the engine's live output, as chunks the
+program flushes: a pipe is block-buffered, so `print(..., flush=True)` shows at once), then the
+results and the end. A run stopped by a limit is an `error` event named after the limit (`TimeoutError`,
 `CPUTimeLimitExceeded`, `MemoryLimitExceeded`, `PolicyViolation`, `Crashed`, `SandboxError`).
 """
 
@@ -86,14 +87,25 @@ def _event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, **fields}
 
 
-def to_e2b_events(result: Result, execution_count: int = 1, timestamp: str | None = None) -> list[dict[str, Any]]:
-    """The events of one execution, in stream order."""
-    ts = timestamp or datetime.datetime.now(datetime.timezone.utc).isoformat()
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def output_event(stream: str, text: str, timestamp: str | None = None) -> dict[str, Any]:
+    """A live `stdout` or `stderr` event."""
+    return _event(stream, text=text, timestamp=timestamp or _now())
+
+
+def to_e2b_events(result: Result, execution_count: int = 1, timestamp: str | None = None,
+                  logs: bool = True) -> list[dict[str, Any]]:
+    """The events of one execution, in stream order; `logs=False` leaves out stdout and stderr
+    (already sent live)."""
+    ts = timestamp or _now()
     events: list[dict[str, Any]] = []
-    if result.stdout:
-        events.append(_event("stdout", text=result.stdout, timestamp=ts))
-    if result.stderr:
-        events.append(_event("stderr", text=result.stderr, timestamp=ts))
+    if logs and result.stdout:
+        events.append(output_event("stdout", result.stdout, ts))
+    if logs and result.stderr:
+        events.append(output_event("stderr", result.stderr, ts))
     for image in result.images:
         events.append(_event("result", png=b64(image.data), text=f"<Figure size {image.width}x{image.height}>",
                              is_main_result=False))

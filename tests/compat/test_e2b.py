@@ -27,7 +27,7 @@ def test_run_code_value_of_the_last_expression_and_logs(server):
     ex = sbx.run_code("print('hello')\nx = 2\nx * 21", on_stdout=lambda m: seen.append(m.line))
     assert ex.error is None
     assert ex.text == "42"                       # the main result, as a notebook shows Out[n]
-    assert ex.logs.stdout == ["hello\n"] and seen == ["hello\n"]
+    assert "".join(ex.logs.stdout) == "hello\n" and seen == ex.logs.stdout
     assert ex.execution_count == 1
 
 
@@ -130,4 +130,23 @@ def test_the_async_sdk_parses_the_same_stream(server):
         return ex, lines
 
     ex, lines = asyncio.run(go())
-    assert ex.text == "[1, 2]" and ex.logs.stdout == ["a\n"] and ex.logs.stderr == ["b\n"] == lines
+    assert ex.text == "[1, 2]" and "".join(ex.logs.stdout) == "a\n" and "".join(ex.logs.stderr) == "b\n"
+    assert lines == ex.logs.stderr
+
+
+def test_output_streams_while_the_cell_runs(server):
+    import time
+
+    sbx = connect(server)
+    seen = []
+    code = ("import sys, time\nprint('first', flush=True)\ntime.sleep(6)\n"
+            "print('second', flush=True)\nprint('oops', file=sys.stderr, flush=True)")
+    ex = sbx.run_code(code, on_stdout=lambda m: seen.append((m.line, time.monotonic())),
+                      on_stderr=lambda m: seen.append((m.line, time.monotonic())))
+    assert "".join(text for text, _ in seen) == "first\nsecond\noops\n"  # chunks as the program wrote them
+    def when(word: str) -> float:
+        return next(t for text, t in seen if word in text)
+
+    # 'first' reached the client while the cell was still sleeping, not when the run ended.
+    assert when("second") - when("first") > 3
+    assert "".join(ex.logs.stdout) == "first\nsecond\n" and "".join(ex.logs.stderr) == "oops\n"

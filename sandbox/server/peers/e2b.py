@@ -8,15 +8,17 @@ imports do not carry over between runs until the engine has stateful sessions.
 
 # No `from __future__ import annotations` here: the per-router `Owner` alias is local to _routes()
 # and FastAPI must resolve it when it reads the handlers' signatures.
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...compat import e2b
 from ...compat.request import PeerRequestError
 from ...errors import InvalidInputError
+from ...results import Output
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
 from .store import PeerStore, get_store
@@ -59,18 +61,32 @@ def _routes(router: APIRouter, owner_dep) -> None:
             space = store.get(owner, KIND, context_id)
             if space is None:
                 raise ApiError(404, "not_found", f"no context {context_id!r}")
+        events = sb.stream(req.code, space.by_name() if space else None)
         try:
-            result = await sb.run(req.code, space.by_name() if space else None)
+            first = await anext(events)  # a refused run (bad input, full queue) fails here, before the 200
         except InvalidInputError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
-        count = 1
-        if space is not None:
-            space.runs += 1
-            count = space.runs
-            for name, data in e2b.written_files(result).items():
-                space.put(name, data)
-            store.fit(space)
-        return Response(e2b.ndjson(e2b.to_e2b_events(result, count)), media_type="application/x-ndjson")
+
+        async def lines() -> AsyncIterator[bytes]:
+            event = first
+            while isinstance(event, Output):
+                yield e2b.ndjson([e2b.output_event(event.stream, event.text)])
+                event = await anext(events)
+            count = 1
+            if space is not None:
+                space.runs += 1
+                count = space.runs
+                for name, data in e2b.written_files(event).items():
+                    space.put(name, data)
+                try:
+                    store.fit(space)
+                except ApiError as exc:  # the stream has begun: say it as an event, not a status
+                    space.files.clear()
+                    yield e2b.ndjson([{"type": "error", "name": "ContextFull", "value": exc.message,
+                                       "traceback": ""}])
+            yield e2b.ndjson(e2b.to_e2b_events(event, count, logs=False))
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @router.post("/contexts", summary="E2B: create a context (keeps files between runs)")
     async def create_context(owner: Owner, store: StoreDep, body: E2BContext | None = None) -> JSONResponse:
