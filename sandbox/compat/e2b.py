@@ -7,9 +7,8 @@ Request `{code, context_id?, language?, env_vars?}`. The stream, one JSON object
 `{"type": "error", "name", "value", "traceback"}` when the run failed, then
 `{"type": "number_of_executions", "execution_count"}` and `{"type": "end_of_execution"}`.
 
-stdout and stderr events are sent as the program writes (the engine's live output, as chunks the
-program flushes: a pipe is block-buffered, so `print(..., flush=True)` shows at once), then the
-results and the end. A run stopped by a limit is an `error` event named after the limit (`TimeoutError`,
+stdout and stderr events are sent as the program writes (the engine's live output, chunk by chunk),
+then the results and the end. A run stopped by a limit is an `error` event named after the limit (`TimeoutError`,
 `CPUTimeLimitExceeded`, `MemoryLimitExceeded`, `PolicyViolation`, `Crashed`, `SandboxError`).
 """
 
