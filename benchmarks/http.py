@@ -70,8 +70,19 @@ class RawClient:
         return json.loads(r.read())
 
 
-def overhead(sb: Any, url: str, key: str, n: int, warmup: int, gap: float = 0.02, progress=None) -> dict:
+def overhead(sb: Any, url: str, key: str, n: int, warmup: int, server_pid: int, gap: float = 0.02,
+             progress=None) -> dict:
+    """Wall time per call, and CPU per call of this process plus the server's own process (the jails
+    excluded): the CPU figure does not depend on what else the machine is doing."""
+    import psutil
+
     from sandbox.remote import RemoteSandbox
+
+    server = psutil.Process(server_pid)
+
+    def cpu() -> float:
+        t = server.cpu_times()
+        return time.process_time() + t.user + t.system
 
     remote = RemoteSandbox(url, api_key=key)
     raw = RawClient(url, key)
@@ -82,17 +93,21 @@ def overhead(sb: Any, url: str, key: str, n: int, warmup: int, gap: float = 0.02
     }
     keys = list(calls)
     samples: dict[str, list[float]] = {k: [] for k in keys}
+    cpu_ms: dict[str, list[float]] = {k: [] for k in keys}
     failures: dict[str, int] = {k: 0 for k in keys}
     for i in range(warmup + n):
         for k in keys[i % 3:] + keys[:i % 3]:
             time.sleep(gap)  # both pools idle, the next child pre-forked
+            c0 = cpu()
             t0 = time.perf_counter()
             out = calls[k]()
             ms = (time.perf_counter() - t0) * 1000
+            c1 = cpu()
             if out != "1\n":
                 failures[k] += 1
             elif i >= warmup:
                 samples[k].append(ms)
+                cpu_ms[k].append((c1 - c0) * 1000)
         if progress:
             progress()
     remote.close()
@@ -101,6 +116,7 @@ def overhead(sb: Any, url: str, key: str, n: int, warmup: int, gap: float = 0.02
     return {
         "description": f"print(1), one call at a time, idle pools, {n} samples per runner in rotating order",
         "summary_ms": summary,
+        "cpu_ms": {k: summarize(v) for k, v in cpu_ms.items()},
         "failures": failures,
         "over_in_process_ms": {k: {q: round(summary[k][q] - base[q], 4) for q in ("p50", "p95", "p99")}
                                for k in keys[1:]},
@@ -108,17 +124,18 @@ def overhead(sb: Any, url: str, key: str, n: int, warmup: int, gap: float = 0.02
     }
 
 
-def _pool_phase(sb: Any, runs: int) -> tuple[list[float], float, int]:
+def _pool_phase(sb: Any, runs: int, seconds: float) -> tuple[list[float], float, int]:
     lat: list[float] = []
     bad = 0
     left = [runs]
     lock = threading.Lock()
+    stop = time.perf_counter() + seconds
 
     def worker() -> None:
         nonlocal bad
         while True:
             with lock:
-                if left[0] == 0:
+                if left[0] == 0 or time.perf_counter() > stop:
                     return
                 left[0] -= 1
             t0 = time.perf_counter()
@@ -137,7 +154,7 @@ def _pool_phase(sb: Any, runs: int) -> tuple[list[float], float, int]:
     return lat, time.perf_counter() - t0, bad
 
 
-def _http_phase(url: str, key: str, runs: int) -> tuple[list[float], float, int]:
+def _http_phase(url: str, key: str, runs: int, seconds: float) -> tuple[list[float], float, int]:
     import httpx
 
     async def main() -> tuple[list[float], float, int]:
@@ -149,7 +166,7 @@ def _http_phase(url: str, key: str, runs: int) -> tuple[list[float], float, int]
                                      timeout=120) as client:
             async def worker() -> None:
                 nonlocal left, bad
-                while left > 0:
+                while left > 0 and time.perf_counter() < stop:
                     left -= 1
                     t0 = time.perf_counter()
                     r = await client.post("/v1/execute", json={"code": CODE})
@@ -158,26 +175,27 @@ def _http_phase(url: str, key: str, runs: int) -> tuple[list[float], float, int]
 
             await client.get("/v1/health")
             t0 = time.perf_counter()
+            stop = t0 + seconds
             await asyncio.gather(*(worker() for _ in range(CLIENTS)))
             return lat, time.perf_counter() - t0, bad
 
     return asyncio.run(main())
 
 
-def throughput(sb: Any, url: str, key: str, runs: int, rounds: int, progress=None) -> dict:
+def throughput(sb: Any, url: str, key: str, runs: int, rounds: int, seconds: float, progress=None) -> dict:
     phases = []
     data = {"pool": ([], 0.0, 0), "http": ([], 0.0, 0)}
     for rnd in range(rounds):
         for k in (["pool", "http"] if rnd % 2 == 0 else ["http", "pool"]):
-            lat, wall, bad = _pool_phase(sb, runs) if k == "pool" else _http_phase(url, key, runs)
+            lat, wall, bad = _pool_phase(sb, runs, seconds) if k == "pool" else _http_phase(url, key, runs, seconds)
             prev = data[k]
             data[k] = (prev[0] + lat, prev[1] + wall, prev[2] + bad)
             phases.append({"runner": k, "round": rnd, "runs": len(lat), "wall_s": round(wall, 3),
                            "runs_per_s": round(len(lat) / wall, 1)})
             if progress:
                 progress()
-    out: dict[str, Any] = {"description": f"print(1) from {CLIENTS} concurrent clients; {rounds} round(s) of {runs} "
-                                          "runs per runner, alternating order", "phases": phases}
+    out: dict[str, Any] = {"description": f"print(1) from {CLIENTS} concurrent clients; {rounds} round(s) of at most "
+                                          f"{runs} runs or {seconds:g} s per runner, alternating order", "phases": phases}
     for k, (lat, wall, bad) in data.items():
         out[k] = {"runs": len(lat), "failed": bad, "runs_per_s": round(len(lat) / wall, 1) if wall else None,
                   "latency_ms": summarize(lat)}
@@ -188,14 +206,14 @@ def throughput(sb: Any, url: str, key: str, runs: int, rounds: int, progress=Non
 
 def measure(sb: Any, *, quick: bool, log=print) -> dict:
     slots = sb.capacity
-    n, warmup = (20, 3) if quick else (500, 20)
-    runs, rounds = (96, 1) if quick else (1500, 2)
+    n, warmup = (20, 3) if quick else (400, 20)
+    runs, rounds, seconds = (96, 1, 10.0) if quick else (1500, 4, 15.0)
     t0 = time.perf_counter()
-    with served(slots) as (url, key, _):
+    with served(slots) as (url, key, proc):
         log(f"http: overhead, {n} samples x 3 runners")
-        over = overhead(sb, url, key, n, warmup)
-        log(f"http: throughput, {CLIENTS} clients, {rounds} x {runs} runs per runner")
-        thr = throughput(sb, url, key, runs, rounds)
+        over = overhead(sb, url, key, n, warmup, proc.pid)
+        log(f"http: throughput, {CLIENTS} clients, {rounds} rounds of at most {runs} runs or {seconds:g} s per runner")
+        thr = throughput(sb, url, key, runs, rounds, seconds)
     return {"slots": slots, "clients": CLIENTS, "overhead": over, "throughput": thr,
             "elapsed_s": round(time.perf_counter() - t0, 1)}
 
@@ -208,11 +226,12 @@ def http(ctx: Any) -> dict:
 def markdown(res: dict) -> str:
     o, t = res["overhead"], res["throughput"]
     lines = [f"**HTTP overhead** (`print(1)`, idle pools of {res['slots']} slots; ms)", "",
-             "| runner | n | p50 | p95 | p99 | p50 over in-process |", "|---|---:|---:|---:|---:|---:|"]
+             "| runner | n | p50 | p95 | p99 | p50 over in-process | CPU p50 (client + server process) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for k, s in o["summary_ms"].items():
         extra = o["over_in_process_ms"].get(k, {}).get("p50")
         lines.append(f"| {k} | {s['n']} | {s['p50']:.3f} | {s['p95']:.3f} | {s['p99']:.3f} | "
-                     f"{'–' if extra is None else f'{extra:+.3f}'} |")
+                     f"{'–' if extra is None else f'{extra:+.3f}'} | {o['cpu_ms'][k].get('p50', 0):.3f} |")
     lines += ["", f"**Throughput** (`print(1)`, {res['clients']} concurrent clients)", "",
               "| runner | runs | runs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     for k, label in (("pool", "pool: Sandbox.run() from 32 threads"), ("http", "POST /v1/execute, 32 clients")):

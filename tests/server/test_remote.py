@@ -68,3 +68,15 @@ def test_cli_run_url(server, tmp_path):
     p = subprocess.run([sys.executable, "-m", "sandbox", "run", "-c", "print(1)"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode == 3 and "API key is not valid" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_threads_share_a_client_and_idle_connections_closed_by_the_server_are_replaced(server):
+    import concurrent.futures
+    import time
+
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda i: sb.run(f"print({i} * 2)").stdout, range(8)))
+        assert outs == [f"{i * 2}\n" for i in range(8)]
+        time.sleep(6)  # past uvicorn's 5 s keep-alive: the server has closed the idle connections
+        assert sb.run("print('again')").stdout == "again\n"
