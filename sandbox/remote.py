@@ -52,6 +52,8 @@ class _Connections:
     def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, str, bytes]:
         for attempt in (0, 1):
             try:
+                if attempt:
+                    raise queue.Empty  # the retry always gets a new connection
                 conn, reused = self.idle.get_nowait(), True
             except queue.Empty:
                 conn, reused = self.cls(self.host, self.port, timeout=self.connect_timeout), False
@@ -65,8 +67,9 @@ class _Connections:
                 data = r.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
-                if reused and attempt == 0:
-                    continue  # the server closed an idle keep-alive connection: once more on a new one
+                if reused:  # the server closed idle keep-alive connections: drop them, retry on a new one
+                    self.close()
+                    continue
                 raise ConnectionError(str(exc) or type(exc).__name__) from None
             except BaseException:
                 conn.close()
