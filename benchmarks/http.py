@@ -1,11 +1,12 @@
 """Workload `http`: what the HTTP service costs over the in-process engine (issue #8).
 
 1. Overhead: `print(1)` on an idle pool, in-process `Sandbox.run()` against the same call through
-   `RemoteSandbox.run()` (httpx, keep-alive) and a bare keep-alive `http.client` POST, sample by sample
+   `RemoteSandbox.run()` (keep-alive) and a bare keep-alive `http.client` POST, sample by sample
    in rotating order. Target: HTTP p50 at most 1 ms over in-process.
 2. Throughput: `print(1)` from 32 concurrent clients, the pool's own saturation (32 threads calling
-   `Sandbox.run()`) against `/v1/execute` (32 asyncio httpx clients), phase by phase in alternating
-   order. Target: HTTP at least 90 % of the pool's runs/s.
+   `Sandbox.run()`) against `/v1/execute` (32 threads calling `RemoteSandbox.run()`, one keep-alive
+   connection each), phase by phase in alternating order, each phase bounded in runs and seconds.
+   Target: HTTP at least 90 % of the pool's runs/s.
 
 The server is the real `sandbox serve` in a subprocess on 127.0.0.1 with as many slots as the pool
 under test; both pools idle while the other is measured. Run alone: `python -m benchmarks.http`.
@@ -13,7 +14,6 @@ under test; both pools idle while the other is measured. Run alone: `python -m b
 
 from __future__ import annotations
 
-import asyncio
 from http.client import HTTPConnection
 import json
 import os
@@ -88,7 +88,7 @@ def overhead(sb: Any, url: str, key: str, n: int, warmup: int, server_pid: int, 
     raw = RawClient(url, key)
     calls = {
         "in-process Sandbox.run()": lambda: sb.run(CODE).stdout,
-        "RemoteSandbox.run() (httpx)": lambda: remote.run(CODE).stdout,
+        "RemoteSandbox.run()": lambda: remote.run(CODE).stdout,
         "http.client POST": lambda: raw.run(CODE)["stdout"],
     }
     keys = list(calls)
@@ -124,7 +124,8 @@ def overhead(sb: Any, url: str, key: str, n: int, warmup: int, server_pid: int, 
     }
 
 
-def _pool_phase(sb: Any, runs: int, seconds: float) -> tuple[list[float], float, int]:
+def _phase(run, runs: int, seconds: float) -> tuple[list[float], float, int]:
+    """CLIENTS threads call `run` until `runs` calls were made or `seconds` passed."""
     lat: list[float] = []
     bad = 0
     left = [runs]
@@ -139,7 +140,7 @@ def _pool_phase(sb: Any, runs: int, seconds: float) -> tuple[list[float], float,
                     return
                 left[0] -= 1
             t0 = time.perf_counter()
-            ok = sb.run(CODE).stdout == "1\n"
+            ok = run(CODE).stdout == "1\n"
             ms = (time.perf_counter() - t0) * 1000
             with lock:
                 lat.append(ms)
@@ -154,40 +155,15 @@ def _pool_phase(sb: Any, runs: int, seconds: float) -> tuple[list[float], float,
     return lat, time.perf_counter() - t0, bad
 
 
-def _http_phase(url: str, key: str, runs: int, seconds: float) -> tuple[list[float], float, int]:
-    import httpx
-
-    async def main() -> tuple[list[float], float, int]:
-        lat: list[float] = []
-        bad = 0
-        left = runs
-        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
-                                     timeout=120) as client:
-            async def worker() -> None:
-                nonlocal left, bad
-                while left > 0 and time.perf_counter() < stop:
-                    left -= 1
-                    t0 = time.perf_counter()
-                    r = await client.post("/v1/execute", json={"code": CODE})
-                    lat.append((time.perf_counter() - t0) * 1000)
-                    bad += not (r.status_code == 200 and r.json()["stdout"] == "1\n")
-
-            await client.get("/v1/health")
-            t0 = time.perf_counter()
-            stop = t0 + seconds
-            await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-            return lat, time.perf_counter() - t0, bad
-
-    return asyncio.run(main())
-
-
 def throughput(sb: Any, url: str, key: str, runs: int, rounds: int, seconds: float, progress=None) -> dict:
+    from sandbox.remote import RemoteSandbox
+
+    remote = RemoteSandbox(url, api_key=key)
     phases = []
     data = {"pool": ([], 0.0, 0), "http": ([], 0.0, 0)}
     for rnd in range(rounds):
         for k in (["pool", "http"] if rnd % 2 == 0 else ["http", "pool"]):
-            lat, wall, bad = _pool_phase(sb, runs, seconds) if k == "pool" else _http_phase(url, key, runs, seconds)
+            lat, wall, bad = _phase(sb.run if k == "pool" else remote.run, runs, seconds)
             prev = data[k]
             data[k] = (prev[0] + lat, prev[1] + wall, prev[2] + bad)
             phases.append({"runner": k, "round": rnd, "runs": len(lat), "wall_s": round(wall, 3),
@@ -199,6 +175,7 @@ def throughput(sb: Any, url: str, key: str, runs: int, rounds: int, seconds: flo
     for k, (lat, wall, bad) in data.items():
         out[k] = {"runs": len(lat), "failed": bad, "runs_per_s": round(len(lat) / wall, 1) if wall else None,
                   "latency_ms": summarize(lat)}
+    remote.close()
     out["http_share_of_pool"] = round(out["http"]["runs_per_s"] / out["pool"]["runs_per_s"], 3)
     out["target"] = "HTTP at least 0.90 of the pool's runs/s"
     return out
@@ -234,7 +211,8 @@ def markdown(res: dict) -> str:
                      f"{'–' if extra is None else f'{extra:+.3f}'} | {o['cpu_ms'][k].get('p50', 0):.3f} |")
     lines += ["", f"**Throughput** (`print(1)`, {res['clients']} concurrent clients)", "",
               "| runner | runs | runs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
-    for k, label in (("pool", "pool: Sandbox.run() from 32 threads"), ("http", "POST /v1/execute, 32 clients")):
+    for k, label in (("pool", "pool: Sandbox.run() from 32 threads"),
+                     ("http", "POST /v1/execute: RemoteSandbox.run() from 32 threads")):
         lines.append(f"| {label} | {t[k]['runs']} | {t[k]['runs_per_s']} | {t[k]['latency_ms']['p50']:.1f} | "
                      f"{t[k]['latency_ms']['p99']:.1f} |")
     lines += ["", f"HTTP throughput = {t['http_share_of_pool']:.1%} of the pool's (target 90 %)."]
