@@ -14,7 +14,6 @@ under test; both pools idle while the other is measured. Run alone: `python -m b
 
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any, Iterator
 
