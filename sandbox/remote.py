@@ -14,11 +14,12 @@ import base64
 import dataclasses
 import http.client
 import json
+import logging
 import os
 import queue
 import socket
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError
@@ -26,6 +27,8 @@ from .limits import Limits
 from .results import Result
 
 Files = Mapping[str, "bytes | str"]
+TextCallback = Callable[[str], object]
+log = logging.getLogger("sandbox.remote")
 
 
 class RemoteError(SandboxError):
@@ -49,7 +52,10 @@ class _Connections:
         self.connect_timeout = connect_timeout
         self.idle: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
 
-    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str],
+                on_line: Callable[[bytes], None] | None = None) -> tuple[int, str, bytes]:
+        """One request on a pooled connection. With `on_line`, a 200 answer is read line by line
+        (NDJSON) and handed over as it arrives; the body returned is then empty."""
         for attempt in (0, 1):
             try:
                 if attempt:
@@ -64,7 +70,12 @@ class _Connections:
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.request(method, self.prefix + path, body, headers)
                 r = conn.getresponse()
-                data = r.read()
+                if on_line is not None and r.status == 200:
+                    for line in iter(r.readline, b""):
+                        on_line(line)
+                    data = b""
+                else:
+                    data = r.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if reused:  # the server closed idle keep-alive connections: drop them, retry on a new one
@@ -105,8 +116,11 @@ class RemoteSandbox:
 
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-            filename: str = "main.py") -> Result:
-        """Sandbox.run() on the server: same arguments, same Result."""
+            filename: str = "main.py", on_stdout: TextCallback | None = None,
+            on_stderr: TextCallback | None = None) -> Result:
+        """Sandbox.run() on the server: same arguments, same Result. With `on_stdout`/`on_stderr` the
+        answer is streamed (NDJSON) and each callback gets the text as the program writes it (on the
+        calling thread; a callback that raises is logged and called no more)."""
         if isinstance(stdin, (bytes, bytearray)):
             try:
                 stdin = bytes(stdin).decode()
@@ -120,7 +134,10 @@ class RemoteSandbox:
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
-        doc = self._request("POST", "/v1/execute", body)
+        if on_stdout is not None or on_stderr is not None:
+            doc = self._stream("/v1/execute", body, {"stdout": on_stdout, "stderr": on_stderr})
+        else:
+            doc = self._request("POST", "/v1/execute", body)
         try:
             return Result.from_dict(doc)
         except (KeyError, TypeError, ValueError) as exc:
@@ -133,12 +150,44 @@ class RemoteSandbox:
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/v1/health")
 
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
+    def _stream(self, path: str, body: Any, callbacks: dict[str, TextCallback | None]) -> Any:
+        final: dict[str, Any] = {}
+
+        def on_line(line: bytes) -> None:
+            try:
+                event = json.loads(line)
+                kind = event.get("type")
+            except (ValueError, AttributeError):
+                raise RemoteError(f"{self.url} streamed a line that is not a JSON object") from None
+            if kind in callbacks:
+                callback = callbacks[kind]
+                if callback is not None:
+                    try:
+                        callback(event["text"])
+                    except Exception:  # noqa: BLE001 - the caller's bug must not break the run
+                        log.exception("the %s callback raised; it gets no more output of this run", kind)
+                        callbacks[kind] = None
+            elif kind == "result":
+                final.update(event)
+                del final["type"]
+            elif kind == "error":
+                raise RemoteError(f"the run failed on the server: {event['error']['message']}")
+
+        self._request("POST", path, body, on_line, {"Accept": "application/x-ndjson"})
+        if not final:
+            raise RemoteError(f"{self.url} ended the stream without a result")
+        return final
+
+    def _request(self, method: str, path: str, body: Any = None, on_line: Callable[[bytes], None] | None = None,
+                 extra_headers: dict[str, str] | None = None) -> Any:
         payload = None if body is None else json.dumps(body).encode()
+        headers = {**self._headers, **(extra_headers or {})}
         try:
-            status, reason, data = self._http.request(method, path, payload, self._headers)
+            status, reason, data = self._http.request(method, path, payload, headers, on_line)
         except (OSError, http.client.HTTPException) as exc:
             raise SandboxUnavailableError(f"cannot reach {self.url}: {exc}") from None
+        if on_line is not None and status == 200:
+            return None
         try:
             doc = json.loads(data)
         except ValueError:
