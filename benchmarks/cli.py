@@ -17,7 +17,7 @@ from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
              "oneshot", "fidelity", "http"]
-OPT_IN = {"fidelity", "http"}  # run only when named with --workload (fidelity is long; http needs the server extra)
+OPT_IN = {"fidelity", "http"}  # http needs the server extra
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",

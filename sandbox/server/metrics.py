@@ -4,7 +4,7 @@ share counters): runs by outcome, run latency, queue depth, live slots, open ses
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,9 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..client import AsyncSandbox, Files
+from ..client import AsyncSandbox, Files, TextCallback
 from ..limits import Limits
-from ..results import Result
+from ..results import Output, Result
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -60,7 +60,7 @@ class _PoolCollector(Collector):
 
 
 class MeteredSandbox(AsyncSandbox):
-    """The app's AsyncSandbox: every run through it, from any route or tool, is counted."""
+    """The app's AsyncSandbox: every run through it, from any route or tool, streamed or not, is counted."""
 
     def __init__(self, metrics: Metrics, slots: int | None = None, **kwargs: Any) -> None:
         super().__init__(slots, **kwargs)
@@ -68,15 +68,31 @@ class MeteredSandbox(AsyncSandbox):
 
     async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-                  filename: str = "main.py") -> Result:
+                  filename: str = "main.py", on_stdout: TextCallback | None = None,
+                  on_stderr: TextCallback | None = None) -> Result:
         t0 = time.perf_counter()
         try:
-            result = await super().run(code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename)
+            result = await super().run(code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+                                       on_stdout=on_stdout, on_stderr=on_stderr)
         except Exception as exc:
             self.metrics.rejected.labels(type(exc).__name__).inc()
             raise
         self.metrics.observe(result, time.perf_counter() - t0)
         return result
+
+    async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+                     timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+                     filename: str = "main.py") -> AsyncIterator[Output | Result]:
+        t0 = time.perf_counter()
+        try:
+            async for event in super().stream(code, files, stdin=stdin, timeout=timeout, limits=limits,
+                                              filename=filename):
+                if isinstance(event, Result):
+                    self.metrics.observe(event, time.perf_counter() - t0)
+                yield event
+        except Exception as exc:
+            self.metrics.rejected.labels(type(exc).__name__).inc()
+            raise
 
 
 router = APIRouter(tags=["health"])

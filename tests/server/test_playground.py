@@ -52,6 +52,14 @@ def test_type_run_and_see_text_figure_and_file(server, tmp_path):
             expect(page.locator("#usage")).to_contain_text("ms wall")
             page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
 
+            # Output appears while the program still runs.
+            page.fill("#code", "import time\nprint('early', flush=True)\ntime.sleep(8)\nprint('late')")
+            page.click("#run")
+            expect(page.locator("#stdout")).to_have_text("early\n", timeout=30_000)
+            assert page.locator("#outcome").text_content() == ""   # no result yet: the run goes on
+            expect(page.locator("#outcome")).to_have_text("ok", timeout=60_000)
+            expect(page.locator("#stdout")).to_have_text("early\nlate\n")
+
             # An error shows its traceback and outcome; a wrong key shows the server's message.
             page.fill("#code", "print('before')\n1/0")
             page.click("#run")

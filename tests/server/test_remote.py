@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,3 +69,36 @@ def test_cli_run_url(server, tmp_path):
     p = subprocess.run([sys.executable, "-m", "sandbox", "run", "-c", "print(1)"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode == 3 and "API key is not valid" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_threads_share_a_client_and_idle_connections_closed_by_the_server_are_replaced(server):
+    import concurrent.futures
+    import time
+
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda i: sb.run(f"print({i} * 2)").stdout, range(8)))
+        assert outs == [f"{i * 2}\n" for i in range(8)]
+        time.sleep(6)  # past uvicorn's 5 s keep-alive: the server has closed the idle connections
+        assert sb.run("print('again')").stdout == "again\n"
+
+
+def test_live_output_callbacks(server):
+    seen: list[tuple[str, str, float]] = []
+    code = "import sys, time\nprint('a', flush=True)\nprint('b', file=sys.stderr, flush=True)\ntime.sleep(4)\nprint('c')"
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        t0 = time.monotonic()
+        r = sb.run(code, on_stdout=lambda t: seen.append(("out", t, time.monotonic())),
+                   on_stderr=lambda t: seen.append(("err", t, time.monotonic())))
+        done = time.monotonic()
+        assert r.outcome is Outcome.OK and r.stdout == "a\nc\n" and r.stderr == "b\n"
+        assert "".join(t for k, t, _ in seen if k == "out") == "a\nc\n"
+        assert "".join(t for k, t, _ in seen if k == "err") == "b\n"
+        assert done - seen[0][2] > 1.0 and seen[0][2] >= t0   # 'a' arrived while the program slept
+
+        def broken(text: str) -> None:
+            raise RuntimeError("a caller's bug")
+        r = sb.run("print(1)\nprint(2)", on_stdout=broken)   # logged, called no more; the run still returns
+        assert r.stdout == "1\n2\n"
+        with pytest.raises(InvalidInputError):
+            sb.run("print(1)", files={"../x": b""}, on_stdout=print)

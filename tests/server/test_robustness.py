@@ -25,8 +25,8 @@ def _wait_for(url: str, predicate, timeout: float = 60) -> dict:
     raise AssertionError(f"pool never reached the state: {pool}")
 
 
-def _post(url: str, code: str, **kw) -> httpx.Response:
-    return httpx.post(url + "/v1/execute", json={"code": code, **kw}, headers=AUTH, timeout=120)
+def _post(url: str, code: str, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(url + "/v1/execute", json={"code": code, **kw}, headers={**AUTH, **(headers or {})}, timeout=120)
 
 
 def test_full_queue_is_429_with_retry_after(tmp_path):
@@ -41,10 +41,12 @@ def test_full_queue_is_429_with_retry_after(tmp_path):
             assert refused.status_code == 429
             assert refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["type"] == "queue_full"
+            streamed = _post(s.url, "print('fourth')", headers={"Accept": "application/x-ndjson"})
+            assert streamed.status_code == 429 and streamed.headers["retry-after"] == "1"
             assert running.result().json()["stdout"] == "first\n"
             assert queued.result().json()["stdout"] == "second\n"
         metrics = httpx.get(s.url + "/metrics").text
-        assert 'sandbox_runs_rejected_total{reason="QueueFullError"} 1.0' in metrics
+        assert 'sandbox_runs_rejected_total{reason="QueueFullError"} 2.0' in metrics
     finally:
         s.stop()
 

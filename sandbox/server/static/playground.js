@@ -1,4 +1,5 @@
-// The playground: posts the code and files to /v1/execute and shows the result document.
+// The playground: posts the code and files to /v1/execute (streamed as NDJSON) and shows the output
+// live, then the result document.
 // Everything the program produced is shown with textContent or as data, never as HTML.
 "use strict";
 
@@ -62,6 +63,24 @@ function show(doc) {
   }
 }
 
+// Reads the NDJSON answer line by line: stdout/stderr text appears as the program writes it.
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffered += decoder.decode(value || new Uint8Array(), { stream: !done });
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (line.trim()) onEvent(JSON.parse(line));
+    }
+    if (done) return;
+  }
+}
+
 async function run() {
   const button = $("run");
   button.disabled = true;
@@ -73,17 +92,27 @@ async function run() {
     const body = { code: $("code").value, files: await readFiles($("files")) };
     const timeout = parseFloat($("timeout").value);
     if (timeout > 0) body.timeout = timeout;
-    const headers = { "Content-Type": "application/json" };
+    const headers = { "Content-Type": "application/json", Accept: "application/x-ndjson" };
     if (key) headers.Authorization = `Bearer ${key}`;
     const t0 = performance.now();
     const r = await fetch("/v1/execute", { method: "POST", headers, body: JSON.stringify(body) });
-    const doc = await r.json();
     if (!r.ok) {
+      const doc = await r.json().catch(() => ({}));
       $("status").textContent = `${r.status}: ${doc.error ? doc.error.message : r.statusText}`;
       return;
     }
-    show(doc);
-    $("status").textContent = `done in ${(performance.now() - t0).toFixed(0)} ms (round trip)`;
+    let finished = false;
+    await readEvents(r, (event) => {
+      if (event.type === "stdout" || event.type === "stderr") {
+        $(event.type).textContent += event.text;
+      } else if (event.type === "result") {
+        finished = true;
+        show(event);
+      } else if (event.type === "error") {
+        $("status").textContent = `error: ${event.error.message}`;
+      }
+    });
+    if (finished) $("status").textContent = `done in ${(performance.now() - t0).toFixed(0)} ms (round trip)`;
   } catch (e) {
     $("status").textContent = `request failed: ${e}`;
   } finally {
