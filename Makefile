@@ -8,14 +8,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv libseccomp2 libstdc++6
 
-.PHONY: run test bench image doctor system clean
+.PHONY: run test bench image doctor system chromium npm-deps clean
 
 run: $(STAMP) image          ## build everything and run the example (prints, draws a chart, writes a file)
 	$(BIN)/sandbox doctor
 	$(BIN)/sandbox run examples/analysis.py --file examples/sales.csv --out results
 	@echo "chart and files written to results/"
 
-test: $(STAMP) image         ## the whole test suite, against real jails
+test: $(STAMP) image chromium npm-deps ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP) image        ## full benchmark run; results in bench-results/
@@ -33,10 +33,24 @@ system:                      ## Debian packages the host side needs (skipped whe
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	fi
 
+chromium:                    ## Debian's Chromium for the playground's browser test (skipped when present)
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian's chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
+LIBRECHAT_CLIENT := tests/compat/librechat
+npm-deps:                    ## LibreChat's own client (npm) for tests/compat (skipped when already installed)
+	@if [ ! -d $(LIBRECHAT_CLIENT)/node_modules/@librechat/agents ]; then \
+		command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }; \
+		echo "installing LibreChat's client into $(LIBRECHAT_CLIENT)"; \
+		cd $(LIBRECHAT_CLIENT) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
 $(STAMP): pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,server,agent,compat]'
 	touch $(STAMP)
 
 clean:

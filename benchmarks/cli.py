@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-             "oneshot", "fidelity"]
-OPT_IN = {"fidelity"}
+             "oneshot", "fidelity", "http"]
+OPT_IN = {"fidelity", "http"}  # http needs the server extra
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
@@ -30,11 +30,13 @@ DESCRIPTIONS = {
     "startup": "Sandbox() to the first result",
     "oneshot": "`sandbox run` as a whole command vs python3 -c / the image's interpreter",
     "fidelity": "library example galleries, sandbox vs the image's interpreter (long; --quick: a fixed sample)",
+    "http": "sandbox serve: HTTP overhead over run() and /v1/execute throughput under 32 clients (opt-in)",
 }
 
 
 def _functions():
     from . import fidelity, humaneval, load, memory, setup_breakdown, workloads
+    from .http import http
 
     return {
         "latency": workloads.latency,
@@ -47,6 +49,7 @@ def _functions():
         "startup": workloads.startup,
         "oneshot": load.one_shot,
         "fidelity": fidelity.fidelity,
+        "http": http,
     }
 
 
@@ -150,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     report.write_json(results, results_path)
     md = report.markdown(results)
+    if "http" in results["workloads"]:
+        from .http import markdown as http_markdown
+
+        md += "\n" + http_markdown(results["workloads"]["http"])
     (out / "report.md").write_text(md)
     made = [results_path, out / "report.md"]
     if not args.no_charts:

@@ -85,11 +85,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
+    url = args.url or os.environ.get("SANDBOX_URL")
     try:
-        # One run: a jail that preloads nothing starts in milliseconds, and the program imports
-        # what it uses itself, as under a plain interpreter.
-        with Sandbox(slots=1, image=args.image, limits=limits, preload=False) as sb:
-            result = sb.run(code, files, filename=filename)
+        if url:  # one HTTP round trip to a running `sandbox serve` (key from SANDBOX_API_KEY)
+            from .remote import RemoteSandbox
+            with RemoteSandbox(url) as remote:
+                result = remote.run(code, files, filename=filename, limits=overrides or None)
+        else:
+            # One run: a jail that preloads nothing starts in milliseconds, and the program imports
+            # what it uses itself, as under a plain interpreter.
+            with Sandbox(slots=1, image=args.image, limits=limits, preload=False) as sb:
+                result = sb.run(code, files, filename=filename)
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
@@ -172,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--memory-mb", type=int, help="memory limit in MiB")
     r.add_argument("--cpu-seconds", type=int, help="CPU time limit in seconds")
     r.add_argument("--image", default="default", help="image to run in (default: default)")
+    r.add_argument("--url", help="send the run to a `sandbox serve` at this URL (default: $SANDBOX_URL; "
+                                 "key from $SANDBOX_API_KEY)")
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build or inspect images")
@@ -190,6 +198,18 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check this host can run sandboxes safely")
     d.add_argument("--image", default="default")
     d.set_defaults(func=cmd_doctor)
+
+    sv = sub.add_parser("serve", help="the engine as an HTTP service and MCP server (needs the server extra)")
+    from .server import serve as _serve
+    _serve.add_arguments(sv)
+    sv.set_defaults(func=_serve.cmd_serve)
+    mc = sub.add_parser("mcp", help="an MCP server on stdio with a run_python tool (needs the server extra)")
+    mc.add_argument("--slots", type=int, default=1, help="jails in the pool (default 1)")
+    mc.add_argument("--image", default="default", help="image to run in (default: default)")
+    mc.set_defaults(func=lambda a: __import__("sandbox.server.mcp_server", fromlist=["cmd_mcp"]).cmd_mcp(a))
+
+    from .agent.cli import add_parser as add_ask  # `sandbox ask`: the model loop (sandbox/agent/)
+    add_ask(sub)
 
     sub.add_parser("bench", help="benchmarks against baselines (see benchmarks/README.md)", add_help=False)
     return p

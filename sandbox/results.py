@@ -111,5 +111,30 @@ class Result:
                       "peak_memory_bytes": self.usage.peak_memory_bytes},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """The inverse of to_dict() (for a result that crossed the network); KeyError/ValueError if malformed."""
+        e, u = d["error"], d["usage"]
+        return cls(
+            outcome=Outcome(d["outcome"]), stdout=d["stdout"], stderr=d["stderr"],
+            stdout_truncated=bool(d["stdout_truncated"]), stderr_truncated=bool(d["stderr_truncated"]),
+            error=None if e is None else ExecError(e["type"], e["message"], e["line"], e["traceback"]),
+            exit_code=d["exit_code"],
+            images=[Image(i["name"], i["mime_type"], i["width"], i["height"], base64.b64decode(i["data_base64"]))
+                    for i in d["images"]],
+            files=[File(f["path"], f["mime_type"], f["size"], base64.b64decode(f["data_base64"])) for f in d["files"]],
+            usage=Usage(u["wall_ms"], u["cpu_ms"], u["peak_memory_bytes"]),
+        )
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    def to_gemini_parts(self, code: str, id: str | None = None) -> list[dict[str, Any]]:
+        """Gemini's REST parts for this run of `code` (see sandbox.compat.gemini)."""
+        from .compat.gemini import to_gemini_parts
+        return to_gemini_parts(self, code, id)
+
+    def to_openai_item(self, code: str, id: str | None = None) -> dict[str, Any]:
+        """An OpenAI Responses `code_interpreter_call` item (see sandbox.compat.openai)."""
+        from .compat.openai import to_openai_item
+        return to_openai_item(self, code, id)

@@ -1,0 +1,139 @@
+"""E2B's code interpreter: `POST /execute` answered as its newline-delimited JSON stream.
+
+Request `{code, context_id?, language?, env_vars?}`. The stream, one JSON object a line, in order:
+`{"type": "stdout", "text", "timestamp"}`, `{"type": "stderr", ...}`, one
+`{"type": "result", "png", "text"}` per figure, the value of the last expression as
+`{"type": "result", "text", "is_main_result": true}` (as a notebook cell shows it),
+`{"type": "error", "name", "value", "traceback"}` when the run failed, then
+`{"type": "number_of_executions", "execution_count"}` and `{"type": "end_of_execution"}`.
+
+stdout and stderr events are sent as the program writes (the engine's live output, chunk by chunk),
+then the results and the end. A run stopped by a limit is an `error` event named after the limit (`TimeoutError`,
+`CPUTimeLimitExceeded`, `MemoryLimitExceeded`, `PolicyViolation`, `Crashed`, `SandboxError`).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import json
+from typing import Any
+
+from ..results import Outcome, Result
+from .request import PeerRequestError, RunRequest, b64
+from .text import outcome_summary
+
+MAIN_RESULT_FILE = ".e2b-main-result.txt"   # where the rewritten cell leaves repr() of its last expression
+MAIN_RESULT_VAR = "__e2b_main_result__"
+MAX_MAIN_RESULT_CHARS = 100_000
+
+_ERROR_NAMES = {Outcome.TIMEOUT: "TimeoutError", Outcome.CPU_LIMIT: "CPUTimeLimitExceeded",
+                Outcome.MEMORY_LIMIT: "MemoryLimitExceeded", Outcome.POLICY_VIOLATION: "PolicyViolation",
+                Outcome.CRASHED: "Crashed", Outcome.SANDBOX_ERROR: "SandboxError"}
+
+
+def from_e2b(payload: Any) -> tuple[RunRequest, str | None]:
+    """The run an `/execute` body asks for (the cell rewritten to keep its last expression's value),
+    and its context id."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("code"), str):
+        raise PeerRequestError("the body must be a JSON object with a string field \"code\"")
+    language = payload.get("language")
+    if language not in (None, "python", "python3"):
+        raise PeerRequestError(f"language {language!r} is not supported: this sandbox runs Python only")
+    if payload.get("env_vars"):
+        raise PeerRequestError("env_vars are not supported: the sandbox's environment is fixed; "
+                               "set os.environ in the code instead")
+    context_id = payload.get("context_id")
+    if context_id is not None and not isinstance(context_id, str):
+        raise PeerRequestError("context_id must be a string")
+    return RunRequest(code=keep_last_expression(payload["code"])), context_id
+
+
+def keep_last_expression(code: str) -> str:
+    """The cell with its final expression statement assigned and its repr() written to
+    MAIN_RESULT_FILE, as a notebook shows `Out[n]`. Line numbers are unchanged (the assignment is
+    made in place and the writer appended after the last line); code that does not parse, or does
+    not end in an expression, is returned as it is."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return code
+    node = tree.body[-1]  # the statement: its span includes any parentheses around the expression
+    lines = [ln.encode() for ln in code.split("\n")]  # ast's column offsets count UTF-8 bytes
+    start, end = node.lineno - 1, node.end_lineno - 1
+    opener = f"{MAIN_RESULT_VAR} = (".encode()
+    if start == end:
+        ln = lines[start]
+        lines[start] = ln[:node.col_offset] + opener + ln[node.col_offset:node.end_col_offset] + b")" + \
+            ln[node.end_col_offset:]
+    else:
+        lines[start] = lines[start][:node.col_offset] + opener + lines[start][node.col_offset:]
+        lines[end] = lines[end][:node.end_col_offset] + b")" + lines[end][node.end_col_offset:]
+    writer = (f"if {MAIN_RESULT_VAR} is not None:\n"
+              f"    with open({MAIN_RESULT_FILE!r}, 'w') as __e2b_f__:\n"
+              f"        __e2b_f__.write(repr({MAIN_RESULT_VAR})[:{MAX_MAIN_RESULT_CHARS}])")
+    rewritten = b"\n".join(lines).decode() + "\n" + writer + "\n"
+    try:
+        ast.parse(rewritten)
+    except SyntaxError:
+        return code
+    return rewritten
+
+
+def _event(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **fields}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def output_event(stream: str, text: str, timestamp: str | None = None) -> dict[str, Any]:
+    """A live `stdout` or `stderr` event."""
+    return _event(stream, text=text, timestamp=timestamp or _now())
+
+
+def to_e2b_events(result: Result, execution_count: int = 1, timestamp: str | None = None,
+                  logs: bool = True) -> list[dict[str, Any]]:
+    """The events of one execution, in stream order; `logs=False` leaves out stdout and stderr
+    (already sent live)."""
+    ts = timestamp or _now()
+    events: list[dict[str, Any]] = []
+    if logs and result.stdout:
+        events.append(output_event("stdout", result.stdout, ts))
+    if logs and result.stderr:
+        events.append(output_event("stderr", result.stderr, ts))
+    for image in result.images:
+        events.append(_event("result", png=b64(image.data), text=f"<Figure size {image.width}x{image.height}>",
+                             is_main_result=False))
+    main = next((f for f in result.files if f.path == MAIN_RESULT_FILE), None)
+    if main is not None and result.outcome is Outcome.OK:
+        events.append(_event("result", text=main.data.decode("utf-8", "replace"), is_main_result=True))
+    if result.outcome is Outcome.ERROR:
+        err = result.error
+        if err is not None:
+            events.append(_event("error", name=err.type, value=err.message, traceback=err.traceback))
+        else:
+            events.append(_event("error", name="SystemExit", value=str(result.exit_code),
+                                 traceback=outcome_summary(result)))
+    elif result.outcome is not Outcome.OK:
+        events.append(_event("error", name=_ERROR_NAMES[result.outcome], value=outcome_summary(result), traceback=""))
+    events.append(_event("number_of_executions", execution_count=execution_count))
+    events.append(_event("end_of_execution"))
+    return events
+
+
+def written_files(result: Result) -> dict[str, bytes]:
+    """The files the run wrote, without the main-result carrier (for a context's workspace)."""
+    return {f.path: f.data for f in result.files if f.path != MAIN_RESULT_FILE}
+
+
+def ndjson(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(e).encode() + b"\n" for e in events)
+
+
+def context_document(context_id: str, language: str = "python", cwd: str = "/work") -> dict[str, str]:
+    """A context as `POST /contexts` and `GET /contexts` return it."""
+    return {"id": context_id, "language": language, "cwd": cwd}

@@ -1,0 +1,78 @@
+"""The ASGI app: assembles routers, the error handlers, the body cap and the lifespan. Nothing else."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from .. import __version__
+from .. import image as images
+from ..client import AsyncSandbox
+from ..errors import SandboxClosedError
+from ..limits import Limits
+from . import errors, health, image, playground, runs
+from .bodycap import BodyCap
+from .metrics import MeteredSandbox, Metrics
+from .metrics import router as metrics_router
+from .settings import Settings
+
+
+def peer_routers() -> list[APIRouter]:
+    """The routers of `sandbox.server.peers` (compat formats), if that package is present."""
+    try:
+        peers = importlib.import_module(f"{__package__}.peers")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.peers":
+            raise
+        return []
+    return list(getattr(peers, "ROUTERS", []))
+
+
+def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = None) -> FastAPI:
+    """The service. It starts its own AsyncSandbox in the lifespan unless given one (then the caller
+    starts and closes it; its runs are counted in /metrics only if it is a MeteredSandbox)."""
+    settings = settings or Settings()
+    metrics = sandbox.metrics if isinstance(sandbox, MeteredSandbox) else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            sb = sandbox
+            if sb is None:
+                sb = MeteredSandbox(metrics, settings.slots, image=settings.image, max_queue=settings.max_queue)
+                await sb.start()
+                stack.push_async_callback(sb.close)
+            metrics.watch(sb)
+            app.state.sandbox = sb
+            stack.callback(setattr, app.state, "sandbox", None)
+            for hook in app.state.lifespan_hooks:
+                await stack.enter_async_context(hook(app))
+            yield
+
+    app = FastAPI(title="sandbox", version=__version__, lifespan=lifespan,
+                  description="Run untrusted Python in warm, isolated jails: stdout, stderr, errors, figures, files.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.retry_after = settings.retry_after_seconds
+    app.state.ceiling = Limits.from_policy()  # per-call limits may tighten these, never loosen them
+    app.state.sandbox = None
+    app.state.lifespan_hooks = []
+    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
+    errors.install(app)
+    for router in (playground.router, health.router, image.router, runs.router, metrics_router, *peer_routers()):
+        app.include_router(router)
+    app.mount("/static", playground.assets, name="static")
+    if settings.mcp:
+        from .mcp_server import Mounted
+
+        try:
+            manifest = sandbox.image_info() if sandbox is not None else images.load_any(settings.image).manifest
+        except SandboxClosedError:  # a sandbox given but not started yet: its image is settings.image
+            manifest = images.load_any(settings.image).manifest
+        mcp = Mounted(app, manifest, app.state.ceiling)
+        app.state.lifespan_hooks.append(mcp.lifespan)
+        app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    return app

@@ -1,0 +1,105 @@
+"""One mapping from errors to HTTP answers, `{"error": {"type", "message"}}`, for every route.
+
+Outcomes of a run are never errors (a timeout is a 200 with the result); these are:
+  400 bad_request      the body is not JSON
+  401 unauthorized     no API key, or a wrong one
+  404 not_found        no such route or resource
+  413 too_large        the body is over the cap (refused before it is read)
+  415 unsupported_media_type   the body is not sent as application/json
+  422 invalid_input    the request is well-formed JSON but wrong (engine's InvalidInputError too)
+  429 queue_full       every slot busy and the queue full (with Retry-After)
+  503 unavailable      the engine is closed, not started, or cannot run jails
+  500 internal         anything else; the message never carries a stack trace
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import (ImageError, InvalidInputError, QueueFullError, SandboxClosedError, SandboxError,
+                      SandboxUnavailableError)
+
+log = logging.getLogger("sandbox.server")
+
+_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input",
+          429: "queue_full", 503: "unavailable"}
+
+
+class ApiError(StarletteHTTPException):
+    """An HTTP error with a machine-readable type. Raise it from a route or a dependency."""
+
+    def __init__(self, status: int, type: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
+        self.type = type
+        self.message = message
+
+
+def error_body(type: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"type": type, "message": message}}
+
+
+def error_response(status: int, type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(type, message), status_code=status, headers=headers)
+
+
+def engine_error(exc: SandboxError, retry_after: int = 1) -> ApiError:
+    """The HTTP answer to an engine exception (peer routes with their own error format read status and
+    message from it)."""
+    if isinstance(exc, InvalidInputError):
+        return ApiError(422, "invalid_input", str(exc))
+    if isinstance(exc, QueueFullError):
+        return ApiError(429, "queue_full", str(exc), {"Retry-After": str(retry_after)})
+    if isinstance(exc, (SandboxClosedError, SandboxUnavailableError, ImageError)):
+        return ApiError(503, "unavailable", str(exc))
+    return ApiError(500, "sandbox_error", str(exc))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: one per error family."""
+
+    async def on_engine(request: Request, exc: SandboxError) -> JSONResponse:
+        err = engine_error(exc, getattr(request.app.state, "retry_after", 1))
+        return error_response(err.status_code, err.type, err.message, err.headers)
+
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, ApiError):
+            return error_response(exc.status_code, exc.type, exc.message, exc.headers)
+        if exc.status_code == 413:
+            limit = request.app.state.settings.max_body_bytes
+            return error_response(413, "too_large", f"the request body is over the {limit} bytes this server accepts")
+        return error_response(exc.status_code, _TYPES.get(exc.status_code, "error"), str(exc.detail), exc.headers)
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "bad_request", "the body is not valid JSON")
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+            return error_response(415, "unsupported_media_type", "send the body as JSON with "
+                                  "Content-Type: application/json")
+        return error_response(422, "invalid_input", _describe(errors))
+
+    async def on_other(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
+                  exc_info=exc)
+        return error_response(500, "internal", "internal server error")
+
+    app.add_exception_handler(SandboxError, on_engine)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_other)
+
+
+def _describe(errors: object) -> str:
+    """Pydantic's errors in one line each: `body.files.x: Input should be a valid string`."""
+    lines = []
+    for e in list(errors)[:10]:  # type: ignore[call-overload]
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        lines.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(lines) or "invalid request"

@@ -1,0 +1,129 @@
+// The playground: posts the code and files to /v1/execute (streamed as NDJSON) and shows the output
+// live, then the result document.
+// Everything the program produced is shown with textContent or as data, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function toBase64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function fromBase64(b64) {
+  const s = atob(b64);
+  const bytes = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
+  return bytes;
+}
+
+async function readFiles(input) {
+  const files = {};
+  for (const f of input.files) files[f.name] = toBase64(await f.arrayBuffer());
+  return files;
+}
+
+function clear() {
+  for (const id of ["stdout", "stderr", "error", "outcome", "usage", "status"]) $(id).textContent = "";
+  $("figures").replaceChildren();
+  $("outputs").replaceChildren();
+  $("error").hidden = true;
+  $("summary").hidden = true;
+}
+
+function show(doc) {
+  $("summary").hidden = false;
+  $("outcome").textContent = doc.outcome;
+  $("outcome").className = doc.outcome === "ok" ? "ok" : "";
+  const u = doc.usage;
+  $("usage").textContent = `exit ${doc.exit_code} · ${u.wall_ms.toFixed(1)} ms wall · ${u.cpu_ms.toFixed(1)} ms CPU · ` +
+    `${(u.peak_memory_bytes / 1048576).toFixed(1)} MiB`;
+  $("stdout").textContent = doc.stdout + (doc.stdout_truncated ? "\n[output truncated]" : "");
+  $("stderr").textContent = doc.stderr + (doc.stderr_truncated ? "\n[output truncated]" : "");
+  if (doc.error) {
+    $("error").hidden = false;
+    $("error").textContent = doc.error.traceback || `${doc.error.type}: ${doc.error.message}`;
+  }
+  for (const img of doc.images) {
+    const el = document.createElement("img");
+    el.alt = img.name;
+    el.src = `data:${img.mime_type};base64,${img.data_base64}`;
+    $("figures").append(el);
+  }
+  for (const f of doc.files) {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([fromBase64(f.data_base64)], { type: f.mime_type }));
+    a.download = f.path.split("/").pop();
+    a.textContent = `${f.path} (${f.size} bytes)`;
+    li.append(a);
+    $("outputs").append(li);
+  }
+}
+
+// Reads the NDJSON answer line by line: stdout/stderr text appears as the program writes it.
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffered += decoder.decode(value || new Uint8Array(), { stream: !done });
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (line.trim()) onEvent(JSON.parse(line));
+    }
+    if (done) return;
+  }
+}
+
+async function run() {
+  const button = $("run");
+  button.disabled = true;
+  clear();
+  $("status").textContent = "running…";
+  const key = $("key").value.trim();
+  sessionStorage.setItem("sandbox-key", key);
+  try {
+    const body = { code: $("code").value, files: await readFiles($("files")) };
+    const timeout = parseFloat($("timeout").value);
+    if (timeout > 0) body.timeout = timeout;
+    const headers = { "Content-Type": "application/json", Accept: "application/x-ndjson" };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const t0 = performance.now();
+    const r = await fetch("/v1/execute", { method: "POST", headers, body: JSON.stringify(body) });
+    if (!r.ok) {
+      const doc = await r.json().catch(() => ({}));
+      $("status").textContent = `${r.status}: ${doc.error ? doc.error.message : r.statusText}`;
+      return;
+    }
+    let finished = false;
+    await readEvents(r, (event) => {
+      if (event.type === "stdout" || event.type === "stderr") {
+        $(event.type).textContent += event.text;
+      } else if (event.type === "result") {
+        finished = true;
+        show(event);
+      } else if (event.type === "error") {
+        $("status").textContent = `error: ${event.error.message}`;
+      }
+    });
+    if (finished) $("status").textContent = `done in ${(performance.now() - t0).toFixed(0)} ms (round trip)`;
+  } catch (e) {
+    $("status").textContent = `request failed: ${e}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key").value = sessionStorage.getItem("sandbox-key") || "";
+  $("run").addEventListener("click", run);
+  $("code").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); }
+  });
+});

@@ -1,0 +1,152 @@
+"""E2B's code interpreter API, driven with the `e2b-code-interpreter` package (its own HTTP calls
+and its own parsing of the NDJSON stream) against the real server."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from e2b import NotFoundException, SandboxException
+from e2b_code_interpreter import Sandbox as E2BSandbox
+from e2b_code_interpreter.models import Execution, parse_output
+from live_server import KEY, OTHER_KEY
+
+from sandbox import Outcome
+from sandbox.compat import e2b
+
+
+def connect(server, key: str = KEY) -> E2BSandbox:
+    # debug=True: no E2B cloud API call to create a sandbox; sandbox_url: where its code
+    # interpreter lives, here with our key in the path (the SDK sends no auth header there).
+    return E2BSandbox.create(debug=True, sandbox_url=f"{server.url}/k/{key}/e2b")
+
+
+def test_run_code_value_of_the_last_expression_and_logs(server):
+    sbx = connect(server)
+    seen = []
+    ex = sbx.run_code("print('hello')\nx = 2\nx * 21", on_stdout=lambda m: seen.append(m.line))
+    assert ex.error is None
+    assert ex.text == "42"                       # the main result, as a notebook shows Out[n]
+    assert "".join(ex.logs.stdout) == "hello\n" and seen == ex.logs.stdout
+    assert ex.execution_count == 1
+
+
+def test_figures_come_back_as_png_results(server):
+    sbx = connect(server)
+    ex = sbx.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2, 4])\nplt.show()")
+    assert ex.error is None and len(ex.results) == 1
+    png = base64.b64decode(ex.results[0].png)
+    assert png.startswith(b"\x89PNG") and not ex.results[0].is_main_result
+
+
+def test_errors_have_name_value_and_traceback(server):
+    sbx = connect(server)
+    errors = []
+    ex = sbx.run_code("def f():\n    return 1 / 0\nf()", on_error=errors.append)
+    assert ex.error.name == "ZeroDivisionError" and ex.error.value == "division by zero"
+    assert "line 2" in ex.error.traceback and errors == [ex.error]
+    assert ex.text is None
+
+
+def test_contexts_keep_files_between_runs(server):
+    sbx = connect(server)
+    ctx = sbx.create_code_context()
+    assert ctx.language == "python" and ctx.cwd == "/work"
+    sbx.run_code("open('notes.txt', 'w').write('kept')", context=ctx)
+    ex = sbx.run_code("open('notes.txt').read()", context=ctx)
+    assert ex.error is None and ex.text == "'kept'" and ex.execution_count == 2
+    assert ctx.id in [c.id for c in sbx.list_code_contexts()]
+    other = connect(server, OTHER_KEY)
+    assert ctx.id not in [c.id for c in other.list_code_contexts()]  # a context belongs to its key
+    with pytest.raises(NotFoundException):
+        other.run_code("1", context=ctx)
+    sbx.restart_code_context(ctx)
+    ex = sbx.run_code("import os\nos.path.exists('notes.txt')", context=ctx)
+    assert ex.text == "False"
+    sbx.remove_code_context(ctx)
+    assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+    with pytest.raises(NotFoundException):
+        sbx.run_code("1", context=ctx)
+
+
+def test_variables_do_not_persist_in_a_context_yet(server):
+    # Stateless runs (no engine sessions yet): a context keeps files, not variables; the model
+    # gets a plain NameError, never a stale value.
+    sbx = connect(server)
+    ctx = sbx.create_code_context()
+    sbx.run_code("x = 1", context=ctx)
+    ex = sbx.run_code("x", context=ctx)
+    assert ex.error.name == "NameError"
+
+
+def test_other_languages_and_bad_keys_are_refused(server):
+    sbx = connect(server)
+    with pytest.raises(SandboxException, match="not supported"):
+        sbx.run_code("console.log(1)", language="js")
+    with pytest.raises(SandboxException, match="401"):
+        connect(server, "wrong-key-0123456789").run_code("1")
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_every_outcome_parses_with_the_sdks_stream_parser(outcomes, outcome):
+    code, result = outcomes[outcome]
+    ex = Execution()
+    for line in e2b.ndjson(e2b.to_e2b_events(result)).decode().splitlines():
+        parse_output(ex, line)
+    assert (ex.error is None) == (outcome is Outcome.OK)
+    if outcome is Outcome.OK:
+        assert len(ex.results) == len(result.images) == 2
+    elif outcome is not Outcome.ERROR:
+        assert ex.error.name == e2b._ERROR_NAMES[outcome]
+    assert "".join(ex.logs.stdout) == result.stdout
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("x = 1; x + 1", "x = 1; __e2b_main_result__ = (x + 1)"),
+    ("y = (1 +\n  2)\n(y *\n 2)  # note", "y = (1 +\n  2)\n__e2b_main_result__ = ((y *\n 2))  # note"),
+    ("é = 'ü'; é", "é = 'ü'; __e2b_main_result__ = (é)"),
+])
+def test_last_expression_rewrite_keeps_line_numbers(code, expected):
+    out = e2b.keep_last_expression(code)
+    assert out.startswith(expected + "\n")
+    assert out.count("\n") - code.count("\n") == 4  # only lines appended after the cell
+
+
+@pytest.mark.parametrize("code", ["import os", "for i in range(3):\n    i", "def f(:", ""])
+def test_cells_without_a_final_expression_are_unchanged(code):
+    assert e2b.keep_last_expression(code) == code
+
+
+def test_the_async_sdk_parses_the_same_stream(server):
+    import asyncio
+
+    from e2b_code_interpreter import AsyncSandbox as AsyncE2BSandbox
+
+    async def go():
+        sbx = await AsyncE2BSandbox.create(debug=True, sandbox_url=f"{server.url}/k/{KEY}/e2b")
+        lines = []
+        ex = await sbx.run_code("print('a')\nimport sys; print('b', file=sys.stderr)\n[1, 2]",
+                                on_stderr=lambda m: lines.append(m.line))
+        return ex, lines
+
+    ex, lines = asyncio.run(go())
+    assert ex.text == "[1, 2]" and "".join(ex.logs.stdout) == "a\n" and "".join(ex.logs.stderr) == "b\n"
+    assert lines == ex.logs.stderr
+
+
+def test_output_streams_while_the_cell_runs(server):
+    import time
+
+    sbx = connect(server)
+    seen = []
+    code = ("import sys, time\nprint('first', flush=True)\ntime.sleep(6)\n"
+            "print('second', flush=True)\nprint('oops', file=sys.stderr, flush=True)")
+    ex = sbx.run_code(code, on_stdout=lambda m: seen.append((m.line, time.monotonic())),
+                      on_stderr=lambda m: seen.append((m.line, time.monotonic())))
+    assert "".join(text for text, _ in seen) == "first\nsecond\noops\n"  # chunks as the program wrote them
+    def when(word: str) -> float:
+        return next(t for text, t in seen if word in text)
+
+    # 'first' reached the client while the cell was still sleeping, not when the run ended.
+    assert when("second") - when("first") > 3
+    assert "".join(ex.logs.stdout) == "first\nsecond\n" and "".join(ex.logs.stderr) == "oops\n"

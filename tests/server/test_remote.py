@@ -1,0 +1,104 @@
+"""RemoteSandbox and `sandbox run --url` against a real server: the same run() and Result as in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sandbox import InvalidInputError, Outcome, Result
+from sandbox.remote import RemoteError, RemoteSandbox
+
+from .conftest import KEY
+
+
+def test_run_returns_a_real_result(server):
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        r = sb.run("import matplotlib.pyplot as plt, sys\nprint(open('a.bin', 'rb').read()[1], input())\n"
+                   "plt.bar([1], [2]); plt.show()\nopen('o.txt', 'w').write('w')\nsys.exit(0)",
+                   files={"a.bin": b"\x00\xff"}, stdin=b"line\n", timeout=20, limits={"memory_bytes": 512 << 20})
+        assert isinstance(r, Result) and r.outcome is Outcome.OK and r.ok
+        assert r.stdout == "255 line\n"
+        assert r.images[0].data.startswith(b"\x89PNG") and r.images[0].width > 0
+        assert r.files[0].path == "o.txt" and r.files[0].data == b"w"
+        assert Result.from_dict(r.to_dict()) == r
+
+        err = sb.run("x = 1\nraise KeyError('k')")
+        assert err.outcome is Outcome.ERROR and err.error.type == "KeyError" and err.error.line == 2
+        assert "numpy" in sb.image_info()["packages"]
+
+
+def test_errors_map_to_the_engines_exceptions(server):
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        with pytest.raises(InvalidInputError, match="escape|relative|\\.\\."):
+            sb.run("print(1)", files={"../x": b""})
+        with pytest.raises(InvalidInputError, match="unknown limits"):
+            sb.run("print(1)", limits={"bogus": 1})
+    with RemoteSandbox(server.url, api_key="wrong-key-0000000000000") as sb:
+        with pytest.raises(RemoteError) as info:
+            sb.run("print(1)")
+        assert info.value.status == 401
+
+
+def test_unreachable_server_is_unavailable():
+    from sandbox import SandboxUnavailableError
+
+    with RemoteSandbox("http://127.0.0.1:9", api_key=KEY) as sb, pytest.raises(SandboxUnavailableError):
+        sb.run("print(1)")
+
+
+def test_cli_run_url(server, tmp_path):
+    env = {**os.environ, "SANDBOX_API_KEY": KEY}
+    p = subprocess.run([sys.executable, "-m", "sandbox", "run", "--url", server.url, "-c",
+                        "import matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show(); print(7 * 6)",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "42\n"
+    assert any(f.suffix == ".png" for f in (tmp_path / "out").iterdir())
+
+    env["SANDBOX_URL"] = server.url
+    p = subprocess.run([sys.executable, "-m", "sandbox", "run", "-c", "1/0", "--json"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert p.returncode == 1 and json.loads(p.stdout)["error"]["type"] == "ZeroDivisionError"
+
+    env["SANDBOX_API_KEY"] = "wrong-key-0000000000000"
+    p = subprocess.run([sys.executable, "-m", "sandbox", "run", "-c", "print(1)"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 3 and "API key is not valid" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_threads_share_a_client_and_idle_connections_closed_by_the_server_are_replaced(server):
+    import concurrent.futures
+    import time
+
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda i: sb.run(f"print({i} * 2)").stdout, range(8)))
+        assert outs == [f"{i * 2}\n" for i in range(8)]
+        time.sleep(6)  # past uvicorn's 5 s keep-alive: the server has closed the idle connections
+        assert sb.run("print('again')").stdout == "again\n"
+
+
+def test_live_output_callbacks(server):
+    seen: list[tuple[str, str, float]] = []
+    code = "import sys, time\nprint('a', flush=True)\nprint('b', file=sys.stderr, flush=True)\ntime.sleep(4)\nprint('c')"
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        t0 = time.monotonic()
+        r = sb.run(code, on_stdout=lambda t: seen.append(("out", t, time.monotonic())),
+                   on_stderr=lambda t: seen.append(("err", t, time.monotonic())))
+        done = time.monotonic()
+        assert r.outcome is Outcome.OK and r.stdout == "a\nc\n" and r.stderr == "b\n"
+        assert "".join(t for k, t, _ in seen if k == "out") == "a\nc\n"
+        assert "".join(t for k, t, _ in seen if k == "err") == "b\n"
+        assert done - seen[0][2] > 1.0 and seen[0][2] >= t0   # 'a' arrived while the program slept
+
+        def broken(text: str) -> None:
+            raise RuntimeError("a caller's bug")
+        r = sb.run("print(1)\nprint(2)", on_stdout=broken)   # logged, called no more; the run still returns
+        assert r.stdout == "1\n2\n"
+        with pytest.raises(InvalidInputError):
+            sb.run("print(1)", files={"../x": b""}, on_stdout=print)

@@ -1,0 +1,77 @@
+"""Load and shutdown: a full queue answers 429 with Retry-After; SIGTERM lets short runs finish, kills
+the rest after the grace period, and leaves no process of the server behind."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+
+import httpx
+import psutil
+
+from .conftest import KEY, Server
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def _wait_for(url: str, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pool = httpx.get(url + "/v1/health", timeout=10).json()["pool"]
+        if predicate(pool):
+            return pool
+        time.sleep(0.05)
+    raise AssertionError(f"pool never reached the state: {pool}")
+
+
+def _post(url: str, code: str, headers: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(url + "/v1/execute", json={"code": code, **kw}, headers={**AUTH, **(headers or {})}, timeout=120)
+
+
+def test_full_queue_is_429_with_retry_after(tmp_path):
+    s = Server(tmp_path, "--slots", "1", "--max-queue", "1", "--no-mcp")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            running = ex.submit(_post, s.url, "import time; time.sleep(3); print('first')")
+            _wait_for(s.url, lambda p: p["busy"] == 1)
+            queued = ex.submit(_post, s.url, "print('second')")
+            _wait_for(s.url, lambda p: p["waiting"] == 1)
+            refused = _post(s.url, "print('third')")
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "queue_full"
+            streamed = _post(s.url, "print('fourth')", headers={"Accept": "application/x-ndjson"})
+            assert streamed.status_code == 429 and streamed.headers["retry-after"] == "1"
+            assert running.result().json()["stdout"] == "first\n"
+            assert queued.result().json()["stdout"] == "second\n"
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'sandbox_runs_rejected_total{reason="QueueFullError"} 2.0' in metrics
+    finally:
+        s.stop()
+
+
+def test_shutdown_finishes_short_runs_kills_long_ones_and_leaves_nothing(tmp_path):
+    s = Server(tmp_path, "--slots", "2", "--grace", "3", "--no-mcp")
+    server = psutil.Process(s.proc.pid)
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        short = ex.submit(_post, s.url, "import time; time.sleep(1.5); print('finished')")
+        long = ex.submit(_post, s.url, "import time; print('started', flush=True); time.sleep(600)")
+        _wait_for(s.url, lambda p: p["busy"] == 2)
+        family = server.children(recursive=True)
+        assert any(p.name() == "nsjail" for p in family)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert short.result().json()["stdout"] == "finished\n"   # within the grace period: it finishes
+        killed = long.result()                                    # after it: killed, and told so
+        assert killed.status_code == 200 and killed.json()["outcome"] == "sandbox_error", killed.text
+        assert killed.json()["stdout"] == "" or "started" in killed.json()["stdout"]
+        code = s.proc.wait(60)
+        elapsed = time.monotonic() - t0
+    assert code in (0, -signal.SIGTERM), s.output()
+    assert elapsed < 60
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [], [(p.pid, p.name()) for p in alive]
+    out = s.output()
+    assert "Traceback" not in out and "killing 1 run(s) still in flight" in out, out
+    s.stop()
