@@ -203,3 +203,17 @@ def test_gallery_sample_runs_the_same_in_the_sandbox_and_the_image_interpreter(s
     assert g["examples"] == len(fidelity.SAMPLE["seaborn"]), res["markdown"]
     assert g["passed_both"] == g["examples"], res["markdown"]
     assert g["policy_kills"] == [] and g["figures_sandbox"] == g["figures_host"] > 0, res["markdown"]
+
+
+def test_joblib_workers_stay_inside_the_memory_limit(sb):
+    # A worker that allocates past the execution's memory limit is killed by the cgroup's OOM
+    # killer; joblib reports the dead worker and the run ends as memory_limit.
+    r = sb.run("""
+import numpy as np
+from joblib import Parallel, delayed
+def big(n):
+    return float(np.ones(n).sum())
+print(Parallel(n_jobs=2)(delayed(big)(n) for n in (10, 80_000_000)))
+""", limits={"memory_bytes": 256 << 20}, timeout=120)
+    assert r.outcome is Outcome.MEMORY_LIMIT, (r.outcome, r.error, r.stderr[-2000:])
+    ok(sb.run("print(1)"))
