@@ -65,7 +65,10 @@ try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
     show()
-    sys.stderr.write(f"\n__FIGURES__ {shown[0]}\n")
+    import resource
+    cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    sys.stderr.write(f"\n__FIGURES__ {shown[0]} __CPU__ {cpu:.2f}\n")
 '''
 
 
@@ -76,6 +79,7 @@ class Side:
     seconds: float
     figures: int
     reason: str = ""
+    cpu_s: float | None = None   # CPU seconds the run used (a timed-out host run: unknown)
 
 
 @dataclass
@@ -168,12 +172,13 @@ def run_host(image, name: str, code: str, timeout: float) -> Side:
         except subprocess.TimeoutExpired:
             return Side(False, "timeout", round(time.monotonic() - t0, 2), 0, f"timed out after {timeout:g} s")
         secs = round(time.monotonic() - t0, 2)
-        m = re.search(r"__FIGURES__ (\d+)", p.stderr)
-        figures = int(m.group(1)) if m else 0
+        m = re.search(r"__FIGURES__ (\d+) __CPU__ ([0-9.]+)", p.stderr)
+        figures, cpu = (int(m.group(1)), float(m.group(2))) if m else (0, None)
         if p.returncode == 0:
-            return Side(True, "ok", secs, figures)
-        tail = [ln for ln in p.stderr.replace(f"__FIGURES__ {figures}", "").strip().splitlines() if ln.strip()]
-        return Side(False, "error" if p.returncode > 0 else "crashed", secs, figures, (tail[-1] if tail else "")[:300])
+            return Side(True, "ok", secs, figures, cpu_s=cpu)
+        tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip() and "__FIGURES__" not in ln]
+        return Side(False, "error" if p.returncode > 0 else "crashed", secs, figures, (tail[-1] if tail else "")[:300],
+                    cpu_s=cpu)
 
 
 def run_sandbox(sb: Sandbox, name: str, code: str, timeout: float) -> Side:
@@ -190,7 +195,7 @@ def run_sandbox(sb: Sandbox, name: str, code: str, timeout: float) -> Side:
             reason = tail[-1][:300] if tail else r.outcome.value
         if r.outcome is Outcome.TIMEOUT:
             reason = f"timed out after {timeout:g} s"
-    return Side(ok, r.outcome.value, secs, len(r.images), reason)
+    return Side(ok, r.outcome.value, secs, len(r.images), reason, cpu_s=round(r.usage.cpu_ms / 1000, 2))
 
 
 def classify(ex: Example) -> None:
@@ -201,6 +206,8 @@ def classify(ex: Example) -> None:
         ex.verdict, ex.note = "sandbox only", f"host: {h.reason}"
     elif h.ok:
         ex.verdict, ex.note = "host only", f"sandbox ({s.outcome}): {s.reason}"
+        if s.outcome == "timeout" and s.cpu_s is not None and h.cpu_s:
+            ex.note += f" having had {s.cpu_s:g} s of CPU; the host run needed {h.cpu_s:g} s"
     elif NETWORK.search(s.reason) and NETWORK.search(h.reason):
         ex.verdict, ex.note = "needs network", h.reason
     elif MISSING.search(s.reason) and MISSING.search(h.reason):

@@ -109,7 +109,7 @@ if __name__ == "__main__":
     p.start(); print(q.get(timeout=20)); p.join(); print(p.exitcode)
 """, timeout=60))
     assert r.stdout == "[0, 1, 4, 9, 16]\nchild\n0\n"
-    assert r.files == []  # the script the runner wrote for its children is not an output
+    assert r.files == []  # the script the runner wrote for its children is not in the work dir
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -127,12 +127,15 @@ if __name__ == "__main__":
     ok(sb.run("print(1)"))
 
 
-def test_script_file_is_the_code_and_main_file_is_absolute(sb):
+def test_script_name_and_data_next_to_it(sb):
+    # __file__ is the name given (as the engine always had it); the inputs sit "next to" it, and
+    # the work dir holds only them: the script spawn re-imports lives on the run's own /tmp.
     r = ok(sb.run("""
-import os, sys
-print(__file__, os.path.isfile(__file__), open(__file__).read() == open(sys.argv[0]).read())
-""", filename="analysis.py"))
-    assert r.stdout == "/work/analysis.py True True\n"
+import os
+from pathlib import Path
+print(__file__, (Path(__file__).parent / "data.csv").read_text().strip(), sorted(os.listdir(".")))
+""", filename="analysis.py", files={"data.csv": "a,b"}))
+    assert r.stdout == "analysis.py a,b ['data.csv']\n"
 
 
 def test_read_xml_with_lxml_defaults(sb):
@@ -203,3 +206,17 @@ def test_gallery_sample_runs_the_same_in_the_sandbox_and_the_image_interpreter(s
     assert g["examples"] == len(fidelity.SAMPLE["seaborn"]), res["markdown"]
     assert g["passed_both"] == g["examples"], res["markdown"]
     assert g["policy_kills"] == [] and g["figures_sandbox"] == g["figures_host"] > 0, res["markdown"]
+
+
+def test_joblib_workers_stay_inside_the_memory_limit(sb):
+    # A worker that allocates past the execution's memory limit is killed by the cgroup's OOM
+    # killer; joblib reports the dead worker and the run ends as memory_limit.
+    r = sb.run("""
+import numpy as np
+from joblib import Parallel, delayed
+def big(n):
+    return float(np.ones(n).sum())
+print(Parallel(n_jobs=2)(delayed(big)(n) for n in (10, 80_000_000)))
+""", limits={"memory_bytes": 256 << 20}, timeout=120)
+    assert r.outcome is Outcome.MEMORY_LIMIT, (r.outcome, r.error, r.stderr[-2000:])
+    ok(sb.run("print(1)"))

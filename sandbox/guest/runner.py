@@ -278,25 +278,28 @@ def serve() -> None:
     os._exit(exit_code)
 
 
+SCRIPT_DIR = "/tmp/.main"  # on the execution's own /tmp: the work dir stays exactly the user's files
+
+
 def _place_script(filename: str, code: str, inputs: dict[str, bytes]) -> str:
-    """Write the code to its file in the work dir, as `python main.py` would find it: spawned
-    and forkserver multiprocessing children (and joblib's workers) re-import __main__ from it.
-    It counts as an input, so it is returned only if the program changes it. An input file of
-    the same name wins. Returns the absolute path, as __main__.__file__ has since Python 3.9."""
-    path = os.path.join(os.getcwd(), filename)
+    """Write the code to a file, as `python main.py` would have one: spawned and forkserver
+    multiprocessing children (and joblib's workers) re-import __main__ from it. It goes to
+    /tmp/.main/<filename>, not the work dir, so the work dir holds only inputs and outputs (an
+    input file of the same name is left as it is). __main__.__file__ stays the relative name, so
+    `Path(__file__).parent` is the work dir with the inputs; multiprocessing resolves it against
+    its ORIGINAL_DIR, which is pointed at the script's directory. Returns __file__."""
     if filename not in inputs:
-        data = code.encode("utf-8", "surrogateescape")
+        path = os.path.join(SCRIPT_DIR, filename)
         try:
-            _place_inputs([{"name": filename}], [data])
-            inputs[filename] = data
-        except (OSError, ValueError):
-            pass  # e.g. a directory of that name: the program still runs, spawn will not
-    # multiprocessing resolves a relative __main__ path against the directory it was
-    # imported in (the zygote's); the script's directory is the right one.
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(code.encode("utf-8", "surrogateescape"))
+        except OSError:
+            pass  # e.g. /tmp is full: the program still runs, spawn will not
     process = sys.modules.get("multiprocessing.process")
     if process is not None:
-        process.ORIGINAL_DIR = os.getcwd()
-    return path
+        process.ORIGINAL_DIR = SCRIPT_DIR if filename not in inputs else os.getcwd()
+    return filename
 
 
 def _exit_status(code) -> int:

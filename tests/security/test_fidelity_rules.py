@@ -207,3 +207,26 @@ print("EVIDENCE " + __import__("json").dumps({"seen": seen, "locks": open("/proc
     codes = {tuple(x)[0] for x in ev["seen"]}
     assert errno.EAGAIN not in codes and errno.EACCES not in codes - {"open"}, ev
     assert {tuple(x)[0] for x in ev["seen"] if x[0] != "open"} <= {"ok", errno.EBADF, errno.ENOLCK}, ev
+
+
+def test_a_tampered_reporter_still_never_lets_the_call_run(sb):
+    # Expected: ok, and the namespace unchanged. The reporter lives in the program's own memory,
+    # so a program that rewrites it can survive a refused call (the one thing the trap gives
+    # up against the old kill: see README). The call itself never runs: the kernel skipped it
+    # before SIGSYS was raised. Here: unshare(CLONE_NEWUSER) "returns", nothing changed.
+    r = run(sb, """
+        import os, sys
+        rep = sys.modules["guest.seccomp"]
+        class Inert:
+            def syscall(self, *a):
+                return 0
+        rep._libc = Inert()
+        os._exit = lambda code: None
+        before = os.readlink("/proc/self/ns/user")
+        ret, err = raw_syscall(272, 0x10000000)   # unshare(CLONE_NEWUSER)
+        evidence(ret=ret, same_ns=os.readlink("/proc/self/ns/user") == before, uid=os.getuid())
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    assert ev["same_ns"] is True and ev["uid"] == 1000, describe(r)
+    assert ev["ret"] == 272, describe(r)   # the trapped call's "result" is its own number: it never ran
