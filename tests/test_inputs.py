@@ -49,7 +49,7 @@ print(os.path.getsize('empty.txt'), os.getcwd())
 """
     r = run_ok(sb, code, files=files)
     lines = r.stdout.splitlines()
-    assert json.loads(lines[0]) == sorted([*files, "main.py"])  # and the program's own file
+    assert json.loads(lines[0]) == sorted(files)
     assert lines[1] == "second línea"
     assert lines[2] == "(12, 7) (7, 12, 3)"
     assert lines[3] == "15.0 ['b1', 'b2']"
@@ -78,9 +78,8 @@ def test_input_files_are_writable_by_the_program(sb):
 
 
 def test_empty_and_none_files_mean_no_inputs(sb):
-    # Only the program's own file, as for `python main.py`.
-    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files={}).stdout == "['main.py']\n"
-    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files=None).stdout == "['main.py']\n"
+    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files={}).stdout == "[]\n"
+    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files=None).stdout == "[]\n"
 
 
 def test_large_input_file(sb):
@@ -91,7 +90,7 @@ def test_large_input_file(sb):
 
 def test_filename_argument_names_the_program(sb):
     r = run_ok(sb, "import sys\nprint(sys.argv[0], __file__)", filename="solution.py")
-    assert r.stdout == "solution.py /work/solution.py\n"  # __file__ is absolute, as since Python 3.9
+    assert r.stdout == "solution.py solution.py\n"
 
 
 # -- rejected before anything runs ------------------------------------------------------------
@@ -209,12 +208,10 @@ for p in found:
     os.makedirs(os.path.dirname(os.path.join('out', p)), exist_ok=True)
     shutil.copyfile(p, os.path.join('out', p))
 """
-    r = run_ok(sb, code, files=files, filename="__program__.py")
+    r = run_ok(sb, code, files=files)
     found = {k: base64.b64decode(v) for k, v in json.loads(r.stdout).items()}
-    # Besides the inputs, the program's own file (as for `python __program__.py`), unless an input has its name.
-    expected = {"__program__.py": code.encode(), **files}
-    assert found == expected
-    assert {f.path: f.data for f in r.files} == {"out/" + k: v for k, v in expected.items()}
+    assert found == files
+    assert {f.path: f.data for f in r.files} == {"out/" + k: v for k, v in files.items()}
     assert r.outcome is Outcome.OK
 
 

@@ -27,9 +27,7 @@ numpy.leaked_attr = 1
 sys.modules['leaky_module'] = type(sys)('leaky_module')
 """
 
-# The working directory holds the program itself (main.py), as for `python main.py`, and nothing else.
-CLEAN = {"cwd": ["main.py"], "tmp": [], "shm": [], "env": None, "builtin": False, "module_attr": False,
-         "user_module": False}
+CLEAN = {"cwd": [], "tmp": [], "shm": [], "env": None, "builtin": False, "module_attr": False, "user_module": False}
 
 
 def test_consecutive_runs_do_not_see_each_others_state(sb):
@@ -42,7 +40,7 @@ def test_consecutive_runs_do_not_see_each_others_state(sb):
 def test_inputs_of_one_run_are_not_visible_to_the_next(sb):
     run_ok(sb, "print(1)", files={"private.csv": "a,b\n1,2\n"})
     for _ in range(3):
-        assert run_ok(sb, "import os\nprint(os.listdir('.'))").stdout == "['main.py']\n"
+        assert run_ok(sb, "import os\nprint(os.listdir('.'))").stdout == "[]\n"
 
 
 def test_random_state_differs_between_runs(sb):
@@ -56,7 +54,7 @@ def test_random_state_differs_between_runs(sb):
 def test_working_directory_is_fresh_and_writable(sb):
     r = run_ok(sb, "import os\nprint(os.getcwd(), os.listdir('.'), os.access('.', os.W_OK))")
     cwd, rest = r.stdout.split(" ", 1)
-    assert rest == "['main.py'] True\n"  # the program's own file, as for `python main.py`
+    assert rest == "[] True\n"
     assert cwd.startswith("/")
 
 
