@@ -25,7 +25,8 @@ from . import runner
 # nothing; not importing them would cost each program that needs them a millisecond or more).
 LEAN_MODULES = (
     "abc", "array", "bisect", "collections", "contextlib", "copy", "dataclasses", "datetime", "decimal",
-    "enum", "fractions", "functools", "hashlib", "heapq", "itertools", "json", "math", "numbers",
+    "enum", "fractions", "functools", "hashlib", "heapq", "itertools", "json", "math", "multiprocessing",
+    "numbers",
     "operator", "random", "re", "statistics", "string", "struct", "textwrap", "time", "typing",
     "unicodedata",
 )

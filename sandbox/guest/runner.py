@@ -296,9 +296,11 @@ def _place_script(filename: str, code: str, inputs: dict[str, bytes]) -> str:
                 f.write(code.encode("utf-8", "surrogateescape"))
         except OSError:
             pass  # e.g. /tmp is full: the program still runs, spawn will not
-    process = sys.modules.get("multiprocessing.process")
-    if process is not None:
-        process.ORIGINAL_DIR = SCRIPT_DIR if filename not in inputs else os.getcwd()
+    # Imported here if the zygote did not (a lean child): multiprocessing would otherwise take
+    # ORIGINAL_DIR from the cwd at the program's own import, and spawn would look in the work dir.
+    import multiprocessing.process as process
+
+    process.ORIGINAL_DIR = SCRIPT_DIR if filename not in inputs else os.getcwd()
     return filename
 
 
