@@ -191,6 +191,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--image", default="default")
     d.set_defaults(func=cmd_doctor)
 
+    from .batch.cli import add_parser as add_batch_parser
+
+    add_batch_parser(sub)
+
     sub.add_parser("bench", help="benchmarks against baselines (see benchmarks/README.md)", add_help=False)
     return p
 
