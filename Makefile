@@ -36,7 +36,7 @@ system:                      ## Debian packages the host side needs (skipped whe
 $(STAMP): pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,ray]'
 	touch $(STAMP)
 
 clean:
