@@ -93,7 +93,7 @@ class NodePool:
         self._owns_ray = False
         if not ray.is_initialized():
             try:
-                ray.init(address=None if address in (None, "local") else address, log_to_driver=False,
+                ray.init(address="local" if address in (None, "local") else address, log_to_driver=False,
                          logging_level=logging.WARNING, configure_logging=False,
                          **(LOCAL_RAY if address in (None, "local") else {}))
             except (ConnectionError, RuntimeError, ValueError) as exc:

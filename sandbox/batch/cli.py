@@ -7,13 +7,16 @@ line was bad (both reported); 2 usage error; 3 the engine (or the Ray cluster) c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, SandboxError
-from .items import Options
+from .items import Item, Options
 from .output import Progress, Writer, count_lines, prepare_resume, read_items, summary_text
 from .scoring import INFRA_ERROR
 
@@ -79,14 +82,25 @@ def _options(args: argparse.Namespace) -> Options:
                    fail_fast=args.fail_fast, float_tol=args.float_tol)
 
 
-def _records(items: Any, args: argparse.Namespace, options: Options) -> Any:
+@contextlib.contextmanager
+def _engine(args: argparse.Namespace, options: Options) -> Iterator[Callable[[Iterable[Item]], Iterator[dict]]]:
+    """Start the sandbox (or the Ray node pool) before the clock starts; yield items -> records."""
+    t0 = time.monotonic()
     if args.ray is not None:
-        from .. import ray as sandbox_ray
+        from ..ray import NodePool
 
-        return sandbox_ray.run(items, address=args.ray, options=options, slots_per_node=args.workers)
+        with NodePool(args.ray, slots_per_node=args.workers) as pool:
+            _say(f"Ray: {len(pool.actors)} node actor(s), {pool.capacity} slots in all, "
+                 f"ready in {time.monotonic() - t0:.1f} s")
+            yield lambda items: pool.run(items, options)
+        return
+    from ..client import Sandbox
     from .runner import run_local
 
-    return run_local(items, workers=args.workers, options=options)
+    with Sandbox(slots=args.workers) as sb:
+        if not args.no_progress:
+            _say(f"{sb.capacity} slot(s) ready in {time.monotonic() - t0:.1f} s")
+        yield lambda items: run_local(items, sb, options=options)
 
 
 def _report_bad(bad: list[tuple[int, str]], path: Path) -> None:
@@ -123,31 +137,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     if done:
         _say(f"resuming: {len(done)} item(s) already in {args.output}")
     bad: list[tuple[int, str]] = []
-    progress = Progress(max(total - len(done), 0), enabled=not args.no_progress)
     mode = "a" if args.resume else "w"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, mode, encoding="utf-8") as f:
-        writer = Writer(f, ordered=args.ordered)
+    progress = None
+    try:
+        with _engine(args, options) as records, open(args.output, mode, encoding="utf-8") as f:
+            writer = Writer(f, ordered=args.ordered)
+            progress = Progress(max(total - len(done), 0), enabled=not args.no_progress)
 
-        def items():
-            for item in read_items(args.input, done, bad):
-                writer.expect(item.id)
-                yield item
+            def items() -> Iterator[Item]:
+                for item in read_items(args.input, done, bad):
+                    writer.expect(item.id)
+                    yield item
 
-        def count(rec: dict) -> None:
-            progress.total = max(total - len(done) - len(bad), progress.done + 1)
+            def count(rec: dict) -> None:
+                progress.total = max(total - len(done) - len(bad), progress.done + 1)
 
-        try:
-            _drive(_records(items(), args, options), writer, progress, count)
-        except InvalidInputError as exc:
-            _say(str(exc))
-            return EXIT_USAGE
-        except SandboxError as exc:
-            _say(f"cannot run the batch: {exc}")
-            return EXIT_ENGINE
-        except KeyboardInterrupt:
-            _say(f"interrupted after {progress.done} item(s); rerun with --resume to continue")
-            return 130
+            _drive(records(items()), writer, progress, count)
+    except InvalidInputError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    except SandboxError as exc:
+        _say(f"cannot run the batch: {exc}")
+        return EXIT_ENGINE
+    except KeyboardInterrupt:
+        _say(f"interrupted after {progress.done if progress else 0} item(s); rerun with --resume to continue")
+        return 130
     _report_bad(bad, args.input)
     summary = progress.summary()
     _say(summary_text(summary))
@@ -176,25 +191,23 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     _report_bad(bad, args.samples)
     results_path = args.results or Path(str(args.samples) + "_results.jsonl")
-    progress = Progress(len(samples), enabled=not args.no_progress)
     by_id: dict[str, dict] = {}
-    out = open(args.output, "w", encoding="utf-8") if args.output else None
 
     def keep(rec: dict) -> None:
         by_id[rec["id"]] = {k: rec[k] for k in ("id", "status", "first_failure")}
 
     try:
-        writer = Writer(out) if out else None
-        _drive(_records(humaneval.items_for(samples, problems), args, options), writer, progress, keep)
+        with _engine(args, options) as records, \
+                (open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext()) as out:
+            progress = Progress(len(samples), enabled=not args.no_progress)
+            writer = Writer(out) if out else None
+            _drive(records(humaneval.items_for(samples, problems)), writer, progress, keep)
     except SandboxError as exc:
         _say(f"cannot run the batch: {exc}")
         return EXIT_ENGINE
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    finally:
-        if out:
-            out.close()
     humaneval.write_results(results_path, samples, by_id)
     scores = humaneval.scores(by_id.values(), ks)
     summary = progress.summary()
