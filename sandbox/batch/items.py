@@ -49,7 +49,8 @@ class Item:
             raise InvalidInputError(f"expected a JSON object, got {type(obj).__name__}")
         unknown = set(obj) - KNOWN_KEYS
         if unknown:
-            raise InvalidInputError(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_KEYS))}")
+            raise InvalidInputError(f"unknown key(s) {', '.join(sorted(unknown))}; "
+                                    f"known: {', '.join(sorted(KNOWN_KEYS))}")
         if "id" not in obj:
             raise InvalidInputError("missing 'id'")
         item_id = obj["id"]

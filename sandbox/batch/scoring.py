@@ -8,6 +8,7 @@ crash or a policy kill); ``infra_error`` (the engine failed even after retries: 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import time
@@ -152,8 +153,6 @@ def _assert_case(sb: Any, item: Item, opts: Options) -> tuple[dict, str | None, 
 def _strip_marker(r: Result) -> Result:
     if _MARKER not in r.stdout:
         return r
-    import dataclasses
-
     return dataclasses.replace(r, stdout=r.stdout.replace(_MARKER, ""))
 
 
