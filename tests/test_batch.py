@@ -22,6 +22,8 @@ from sandbox import InvalidInputError, Sandbox, batch
 from sandbox.batch import humaneval
 from sandbox.batch.output import Progress
 
+from _helpers import wait_until
+
 SANDBOX = str(Path(sys.executable).with_name("sandbox"))
 
 
@@ -176,7 +178,8 @@ def test_an_engine_fault_is_retried_and_never_scored_as_a_failure():
 
 
 def test_results_stream_as_they_finish(sb):
-    items = [{"id": "slow", "code": "import time\ntime.sleep(2)\n"}, {"id": "fast", "code": "pass\n"}]
+    assert wait_until(lambda: sb.stats().idle == 2, timeout=300)  # both slots up (one may be restarting)
+    items = [{"id": "slow", "code": "import time\ntime.sleep(8)\n"}, {"id": "fast", "code": "pass\n"}]
     order = [r["id"] for r in batch.run(items, sb)]
     assert order == ["fast", "slow"]
 

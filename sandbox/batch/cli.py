@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.output.exists() and not (args.resume or args.force):
             raise InvalidInputError(f"{args.output} exists: pass --resume to continue it or --force to overwrite")
         total = count_lines(args.input)
-    except (InvalidInputError, OSError, UnicodeDecodeError) as exc:
+    except (InvalidInputError, OSError, EOFError) as exc:  # EOFError: a truncated .gz
         _say(str(exc))
         return EXIT_USAGE
     done = prepare_resume(args.output) if args.resume else set()
@@ -153,7 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             def count(rec: dict) -> None:
                 progress.total = max(total - len(done) - len(bad), progress.done + 1)
 
-            _drive(records(items()), writer, progress, count)
+            try:
+                _drive(records(items()), writer, progress, count)
+            finally:
+                _report_bad(bad, args.input)
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
@@ -163,7 +166,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say(f"interrupted after {progress.done if progress else 0} item(s); rerun with --resume to continue")
         return 130
-    _report_bad(bad, args.input)
     summary = progress.summary()
     _say(summary_text(summary))
     if bad:

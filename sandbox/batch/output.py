@@ -26,12 +26,15 @@ def read_items(path: Path, skip: set, bad: list[tuple[int, str]]) -> Iterator[It
     """Items of an input file, lazily. A bad line goes to `bad` as (line number, reason) and is
     skipped; an id seen before is bad too; ids in `skip` (already done) are passed over."""
     seen: set = set()
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                item = parse_line(line, lineno)
+                item = parse_line(raw.decode("utf-8"), lineno)
+            except UnicodeDecodeError:
+                bad.append((lineno, "not valid UTF-8"))
+                continue
             except InvalidInputError as exc:
                 bad.append((lineno, str(exc)))
                 continue
@@ -44,12 +47,16 @@ def read_items(path: Path, skip: set, bad: list[tuple[int, str]]) -> Iterator[It
                 yield item
 
 
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
 def _key(item_id: object) -> tuple[str, object]:
     return (type(item_id).__name__, item_id)
 
 
 def count_lines(path: Path) -> int:
-    with open_text(path) as f:
+    with _open_binary(path) as f:
         return sum(1 for line in f if line.strip())
 
 
