@@ -50,7 +50,7 @@ npm-deps:                    ## LibreChat's own client (npm) for tests/compat (s
 $(STAMP): pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench,server,agent,compat]'
+	$(BIN)/pip install -q -e '.[test,bench,server,agent,compat,ray]'
 	touch $(STAMP)
 
 clean:

@@ -211,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
     from .agent.cli import add_parser as add_ask  # `sandbox ask`: the model loop (sandbox/agent/)
     add_ask(sub)
 
+    from .batch.cli import add_parser as add_batch_parser
+
+    add_batch_parser(sub)
+
     sub.add_parser("bench", help="benchmarks against baselines (see benchmarks/README.md)", add_help=False)
     return p
 
