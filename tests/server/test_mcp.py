@@ -28,7 +28,7 @@ async def _exercise(client: Client) -> None:
     assert set(run.input_schema["properties"]) >= {"code", "files", "timeout"}
 
     ok = await client.call_tool("run_python", {"code": PLOT, "files": {"data.txt": "from a file\n"}})
-    assert ok.is_error is False
+    assert ok.is_error is False, ok.structured_content
     text = ok.content[0].text
     assert "outcome: ok" in text and "from a file" in text
     images = [b for b in ok.content if b.type == "image"]
