@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv libseccomp2 libstdc++6
 
-.PHONY: run test bench image doctor system clean
+.PHONY: run test test-cgroup2 bench image doctor system vm-system clean
 
 run: $(STAMP) image          ## build everything and run the example (prints, draws a chart, writes a file)
 	$(BIN)/sandbox doctor
@@ -17,6 +17,9 @@ run: $(STAMP) image          ## build everything and run the example (prints, dr
 
 test: $(STAMP) image         ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
+
+test-cgroup2: $(STAMP) image vm-system  ## the cgroup-dependent tests on a cgroup v2 host: a Debian 12 VM (vm/README.md)
+	vm/run.sh
 
 bench: $(STAMP) image        ## full benchmark run; results in bench-results/
 	$(BIN)/sandbox bench --out bench-results
@@ -31,6 +34,12 @@ system:                      ## Debian packages the host side needs (skipped whe
 	@if command -v dpkg >/dev/null && ! dpkg -s $(DEBS) >/dev/null 2>&1; then \
 		echo "installing Debian packages: $(DEBS)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
+	fi
+
+vm-system:                   ## qemu and debootstrap for test-cgroup2 (skipped when already present)
+	@if ! command -v qemu-system-x86_64 >/dev/null || ! command -v debootstrap >/dev/null; then \
+		echo "installing Debian packages: qemu-system-x86 debootstrap"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 debootstrap e2fsprogs; \
 	fi
 
 $(STAMP): pyproject.toml | system

@@ -14,34 +14,46 @@ from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandbox"
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = CONTROLLERS
 
 
-def version() -> int | None:
+def version(root: Path = ROOT) -> int | None:
     """2 on a unified hierarchy, 1 when the v1 memory/pids/cpu controllers are mounted, else None."""
-    if (ROOT / "cgroup.controllers").exists():
+    if (root / "cgroup.controllers").exists():
         return 2
-    if all((ROOT / c).is_dir() for c in V1_CONTROLLERS):
+    if all((root / c).is_dir() for c in V1_CONTROLLERS):
         return 1
     return None
 
 
-def ensure_parents() -> None:
-    """Create the parent cgroups slots live under (idempotent; needs root or a delegated tree)."""
-    v = version()
+def controllers(cgroup: Path, which: str = "cgroup.controllers") -> set[str]:
+    """The v2 controllers a cgroup has available (or, with cgroup.subtree_control, passes down)."""
+    return set((cgroup / which).read_text().split())
+
+
+def ensure_parents(root: Path = ROOT) -> None:
+    """Create the parent cgroups slots live under (idempotent; needs root or a delegated tree).
+
+    On v2 the controllers must be enabled in the root's and the parent's cgroup.subtree_control,
+    or the slot cgroups nsjail creates have no memory.max, pids.max or cpu.max at all.
+    """
+    v = version(root)
     if v == 1:
         for c in V1_CONTROLLERS:
-            (ROOT / c / PARENT).mkdir(exist_ok=True)
+            (root / c / PARENT).mkdir(exist_ok=True)
     elif v == 2:
-        parent = ROOT / PARENT
+        missing = [c for c in CONTROLLERS if c not in controllers(root)]
+        if missing:
+            raise OSError(f"cgroup v2 controllers not available in {root}: {', '.join(missing)}")
+        enabled = controllers(root, "cgroup.subtree_control")
+        off = [c for c in CONTROLLERS if c not in enabled]
+        if off:
+            (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in off))
+        parent = root / PARENT
         parent.mkdir(exist_ok=True)
-        wanted = {"memory", "pids", "cpu"}
-        available = set((ROOT / "cgroup.controllers").read_text().split())
-        enabled = set((ROOT / "cgroup.subtree_control").read_text().split())
-        for c in sorted((wanted & available) - enabled):
-            (ROOT / "cgroup.subtree_control").write_text(f"+{c}")
-        for c in sorted(wanted & available):
-            (parent / "cgroup.subtree_control").write_text(f"+{c}")
+        if not set(CONTROLLERS) <= controllers(parent, "cgroup.subtree_control"):
+            (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
     else:
         raise OSError("no usable cgroup hierarchy (need v2, or v1 memory, pids and cpu)")
 
