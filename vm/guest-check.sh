@@ -47,6 +47,9 @@ fi
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro image /var/lib/sandbox/images/default \
     || { say "cannot mount the image share"; fail=1; exit 1; }
 
+mkdir -p /root/.cache/pip
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 pipcache /root/.cache/pip || say "no pip cache shared: downloading"
+
 # A fresh copy of the checkout (the files git tracks, as the host listed them).
 rm -rf /root/sandbox && mkdir /root/sandbox && tar -xf /mnt/out/src.tar -C /root/sandbox || { fail=1; exit 1; }
 cd /root/sandbox
@@ -58,7 +61,7 @@ step "sandbox doctor" 300 .venv/bin/sandbox doctor
 
 tests=(vm/guest_tests/test_doctor_v2.py tests/test_limits.py tests/test_outcomes.py tests/test_pool.py tests/test_fail_closed.py tests/security/test_resources.py tests/test_cgroups.py)
 tests+=($(ls tests/test_session*.py 2>/dev/null))
-step "cgroup-dependent tests" 5400 .venv/bin/python -m pytest -v -p no:cacheprovider "${tests[@]}"
+step "cgroup-dependent tests" 5400 .venv/bin/python -m pytest -v --color=no -p no:cacheprovider "${tests[@]}"
 
 # Cleanup: no jail, no slot cgroup left behind.
 left=$(find /sys/fs/cgroup/sandbox -mindepth 1 -maxdepth 1 -type d -name 'NSJAIL.*' 2>/dev/null)

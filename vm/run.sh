@@ -38,11 +38,14 @@ else
 fi
 
 cp /etc/ssl/certs/ca-certificates.crt "$run/" 2>/dev/null || true
+# The host's pip cache, shared: under emulation every downloaded byte costs CPU (TLS included).
+pip_cache=${PIP_CACHE_DIR:-/root/.cache/pip}
+mkdir -p "$pip_cache"
 
 # Which accelerator works here: a KVM guest must get its kernel as far as the root-mount panic.
 probe() {
     rm -f "$run/probe.log"
-    timeout 30 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none -no-reboot \
+    timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none -no-reboot \
         -serial "file:$run/probe.log" -kernel "$vm/vmlinuz" -append "console=ttyS0 panic=-1 root=/dev/null" \
         >/dev/null 2>&1 || true
     grep -q "Kernel panic" "$run/probe.log" 2>/dev/null
@@ -51,7 +54,7 @@ accel=$VM_ACCEL
 if [[ $accel == auto ]]; then
     accel=tcg
     if [[ -w /dev/kvm ]]; then
-        if probe; then accel=kvm; else log "KVM did not boot a kernel within 30 s: using TCG software emulation"; fi
+        if probe; then accel=kvm; else log "KVM did not boot a kernel within 20 s: using TCG software emulation"; fi
     fi
 fi
 cpu=max; [[ $accel == kvm ]] && cpu=host
@@ -70,6 +73,7 @@ timeout --kill-after=30 "$VM_TIMEOUT" qemu-system-x86_64 \
     -virtfs "local,path=$repo,mount_tag=src,security_model=none,readonly=on" \
     -virtfs "local,path=$image_dir,mount_tag=image,security_model=none,readonly=on" \
     -virtfs "local,path=$run,mount_tag=out,security_model=none" \
+    -virtfs "local,path=$pip_cache,mount_tag=pipcache,security_model=none" \
     >"$run/qemu.log" 2>&1 &
 qemu=$!
 tail -n +1 -f --pid="$qemu" "$run/console.log" &
