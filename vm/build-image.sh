@@ -35,6 +35,9 @@ for tool in debootstrap mkfs.ext4; do
 done
 
 mkdir -p "$VM_CACHE"
+for stale in "$VM_CACHE"/.build-*; do  # left by a build that was killed
+    [[ -d $stale && ! -e /proc/${stale##*-} ]] && ! grep -q " $stale/" /proc/mounts && rm -rf --one-file-system "$stale"
+done
 work="$VM_CACHE/.build-$key-$$"
 rm -rf "$work"
 trap 'umount -R "$work/root/proc" "$work/root/sys" "$work/root/dev" 2>/dev/null; rm -rf --one-file-system "$work"' EXIT
@@ -102,5 +105,8 @@ basename "$kernel" >"$work/out/kernel-version"
 rm -rf "$out"
 mv "$work/out" "$out"
 touch "$out/ready"
+for old in "$VM_CACHE"/*/ready; do  # images of earlier versions of this script
+    [[ -e $old && $(dirname "$old") != "$out" ]] && rm -rf --one-file-system "$(dirname "$old")"
+done
 log "VM image ready in $out ($(du -sh "$out" | cut -f1) used)"
 echo "$out"

@@ -59,8 +59,9 @@ step "make run (README set-up, doctor, example)" 2700 make run || exit 1
 ls -l results/ 2>/dev/null
 step "sandbox doctor" 300 .venv/bin/sandbox doctor
 
-tests=(vm/guest_tests/test_doctor_v2.py tests/test_limits.py tests/test_outcomes.py tests/test_pool.py tests/test_fail_closed.py tests/security/test_resources.py tests/test_cgroups.py)
-tests+=($(ls tests/test_session*.py 2>/dev/null))
+tests=(vm/guest_tests/test_doctor_v2.py tests/test_cgroups.py tests/security/test_resources.py tests/test_limits.py
+       tests/test_outcomes.py tests/test_pool.py tests/test_fail_closed.py $(ls tests/test_session*.py 2>/dev/null))
+[[ -s /mnt/out/tests ]] && read -r -a tests </mnt/out/tests
 step "cgroup-dependent tests" 5400 .venv/bin/python -m pytest -v --color=no -p no:cacheprovider "${tests[@]}"
 
 # Cleanup: no jail, no slot cgroup left behind.

@@ -5,7 +5,8 @@
 # vm/guest-check.sh inside. Exits with the guest's result. Needs root and qemu-system-x86.
 #
 # Settings (environment): VM_CACHE (/var/cache/sandbox-vm), VM_MEMORY_MB (4096), VM_CPUS (2),
-# VM_TIMEOUT (seconds for the whole guest run, 7200), VM_ACCEL (auto, kvm or tcg).
+# VM_TIMEOUT (seconds for the whole guest run, 7200), VM_ACCEL (auto, kvm or tcg), VM_TESTS (pytest
+# arguments replacing the default test list).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,7 +28,10 @@ vm=$("$here/build-image.sh" | tail -1)
 log "VM image: $vm ($(cat "$vm/kernel-version"))"
 
 run=$(mktemp -d "$VM_CACHE/run.XXXXXX")
-trap 'rm -rf "$run"' EXIT
+qemu=
+# Whatever ends this script (a CI timeout, Ctrl-C) ends the VM too.
+trap '[[ -n $qemu ]] && kill "$qemu" 2>/dev/null; rm -rf "$run"' EXIT
+trap 'exit 130' INT TERM HUP
 # The guest gets what a fresh clone has: the files git tracks (with their working-tree content).
 if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
     (cd "$repo" && git ls-files -z --cached --others --exclude-standard \
@@ -38,6 +42,8 @@ else
 fi
 
 cp /etc/ssl/certs/ca-certificates.crt "$run/" 2>/dev/null || true
+# VM_TESTS="tests/a.py tests/b.py::test_c" runs only those inside (default: vm/guest-check.sh's list).
+[[ -n ${VM_TESTS:-} ]] && echo "$VM_TESTS" >"$run/tests"
 # The host's pip cache, shared: under emulation every downloaded byte costs CPU (TLS included).
 pip_cache=${PIP_CACHE_DIR:-/root/.cache/pip}
 mkdir -p "$pip_cache"
