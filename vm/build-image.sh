@@ -40,7 +40,7 @@ for stale in "$VM_CACHE"/.build-*; do  # left by a build that was killed
 done
 work="$VM_CACHE/.build-$key-$$"
 rm -rf "$work"
-trap 'umount -R "$work/root/proc" "$work/root/sys" "$work/root/dev" 2>/dev/null; rm -rf --one-file-system "$work"' EXIT
+trap 'umount -R "$work/root/proc" "$work/root/sys" "$work/root/dev" 2>/dev/null || true; rm -rf --one-file-system "$work"' EXIT
 mkdir -p "$work/root"
 
 log "debootstrap $SUITE from $mirror (with $KERNEL_PACKAGE); this takes a few minutes"
