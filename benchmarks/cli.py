@@ -15,30 +15,38 @@ import time
 import traceback
 from pathlib import Path
 
-WORKLOADS = ["latency", "chart", "humaneval", "saturation", "memory", "setup", "startup"]
+WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
+             "oneshot", "fidelity"]
+OPT_IN = {"fidelity"}
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
+    "backtoback": "print(1) from one caller with no pause, vs a fresh interpreter per program",
     "chart": "CSV -> pandas groupby -> matplotlib PNG",
     "humaneval": "164 HumanEval programs at each concurrency",
-    "saturation": "print(1) from 16 client threads",
+    "saturation": "x = sum(range(100)); print(1) from 16 client threads",
     "memory": "PSS/USS per slot and the cost of one more slot",
     "setup": "per-step cost of a child's isolation",
     "startup": "Sandbox() to the first result",
+    "oneshot": "`sandbox run` as a whole command vs python3 -c / the image's interpreter",
+    "fidelity": "library example galleries, sandbox vs the image's interpreter (long; --quick: a fixed sample)",
 }
 
 
 def _functions():
-    from . import humaneval, memory, setup_breakdown, workloads
+    from . import fidelity, humaneval, load, memory, setup_breakdown, workloads
 
     return {
         "latency": workloads.latency,
+        "backtoback": load.back_to_back,
         "chart": workloads.chart,
         "humaneval": humaneval.humaneval,
         "saturation": workloads.saturation,
         "memory": memory.memory,
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
+        "oneshot": load.one_shot,
+        "fidelity": fidelity.fidelity,
     }
 
 
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = [w for w in WORKLOADS if not args.workload or w in args.workload]
+    # fidelity runs whole example galleries (an hour or more): only when asked for by name.
+    selected = [w for w in WORKLOADS if (w in args.workload if args.workload else w not in OPT_IN)]
     plan = Plan.quick() if args.quick else Plan()
     t_start = time.perf_counter()
 

@@ -31,12 +31,15 @@ class Plan:
     setup_n: int = 400
     startup_reps: int = 3
     memory_extra_slot: bool = True
+    b2b_n: int = 5000                  # back-to-back sandbox calls (the stall target is per 5,000)
+    b2b_baseline_n: int = 300
+    oneshot_n: int = 10
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(latency_n=20, latency_warmup=3, chart_n=2, chart_warmup=1, humaneval_levels=(2,),
                    humaneval_rounds=1, saturation_runs={"sandbox": 96, "subprocess": 48, "nsjail-cold": 32},
-                   saturation_rounds=1, setup_n=10, startup_reps=1)
+                   saturation_rounds=1, setup_n=10, startup_reps=1, b2b_n=100, b2b_baseline_n=10, oneshot_n=1)
 
 
 class Context:
@@ -175,7 +178,7 @@ def start_pool_timed(slots: int | None, main_pool: bool):
         raise
     live = list(sb._pool._live.values())
     return sb, {
-        "slots": sb._pool.size,
+        "slots": sb.capacity,
         "construct_s": round(t1 - t0, 4),
         "first_result_s": round(t2 - t0, 4),
         "first_run_ms": round((t2 - t1) * 1000, 3),

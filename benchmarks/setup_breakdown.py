@@ -5,7 +5,7 @@ instrumenting the engine: a fresh jail with the slot's own nsjail config runs, a
 with the capabilities the zygote has (uid 0 inside its user namespace), a probe that
 
   1. prepares matplotlib and imports the image's preload list with the zygote's own functions
-     (guest.zygote._prepare_matplotlib/_preload), then gc.freeze(), so the process that forks is
+     (guest.preload.prepare_matplotlib/full), then gc.freeze(), so the process that forks is
      as large as a real zygote (fork cost grows with the page tables);
   2. compiles the seccomp policy with guest.seccomp.compile_policy;
   3. forks N children. Even-numbered children replay guest.isolation's steps one call at a time
@@ -33,11 +33,11 @@ PROBE = r'''
 import gc, json, os, sys, time
 params = json.loads(sys.argv[1])
 sys.path.insert(0, "/opt/sandbox")
-from guest import isolation as L, seccomp, zygote
+from guest import isolation as L, seccomp, preload
 ns = time.perf_counter_ns
 
-zygote._prepare_matplotlib(os.environ)
-t = ns(); zygote._preload(params["preload"]); import_ms = (ns() - t) / 1e6
+preload.prepare_matplotlib()
+t = ns(); preload.full(params["preload"]); import_ms = (ns() - t) / 1e6
 t = ns(); bpf = seccomp.compile_policy(params["policy"]); compile_ms = (ns() - t) / 1e6
 gc.collect()
 gc.freeze()

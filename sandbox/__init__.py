@@ -10,10 +10,10 @@ from .errors import (ImageError, InvalidInputError, QueueFullError, SandboxClose
                      SandboxUnavailableError)
 from .limits import Limits
 from .pool import PoolStats
-from .results import ExecError, File, Image, Outcome, Result, Usage
+from .results import ExecError, File, Image, Outcome, Output, Result, Usage
 
 __all__ = [
-    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "ExecError", "Image", "File", "Usage",
+    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "Output", "ExecError", "Image", "File", "Usage",
     "SandboxError", "InvalidInputError", "QueueFullError", "SandboxUnavailableError", "SandboxClosedError",
     "ImageError",
 ]

@@ -91,11 +91,12 @@ class SlotCgroup:
         name = f"NSJAIL.{jail_pid}"
         self.v2 = version() == 2
         if self.v2:
-            self.mem = self.pids = ROOT / PARENT / name
+            self.mem = self.pids = self.cpu = ROOT / PARENT / name
             self.dirs = [self.mem]
         else:
             self.mem = ROOT / "memory" / PARENT / name
             self.pids = ROOT / "pids" / PARENT / name
+            self.cpu = ROOT / "cpu" / PARENT / name
             self.dirs = [ROOT / c / PARENT / name for c in V1_CONTROLLERS]
         if not self.mem.is_dir():
             raise OSError(f"jail cgroup {self.mem} does not exist")
@@ -186,6 +187,23 @@ class SlotCgroup:
         if pids != self._pids_limit:
             (self.pids / "pids.max").write_text(str(pids))
             self._pids_limit = pids
+
+    def set_cpu(self, cpus: float, period_ms: int) -> None:
+        """CPU bandwidth: `cpus` cores' worth in every period of `period_ms`.
+
+        nsjail sets a one-second period. A slot whose processes run on two cores at once (an
+        execution tearing down while the next child is forked) can use its second within half
+        of it and is then frozen for the rest: the stalls of hundreds of milliseconds seen back
+        to back. A short period bounds such a wait by the period.
+        """
+        period = period_ms * 1000
+        quota = max(1000, int(cpus * period))
+        if self.v2:
+            (self.cpu / "cpu.max").write_text(f"{quota} {period}")
+        else:
+            # The quota may exceed the period (more than one core), so lower the period first.
+            (self.cpu / "cpu.cfs_period_us").write_text(str(period))
+            (self.cpu / "cpu.cfs_quota_us").write_text(str(quota))
 
     def begin(self) -> Snapshot:
         """Counters at the start of a run; resets the peak so the run's own peak can be read."""

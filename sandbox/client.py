@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import codecs
+import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from . import cgroups, doctor, image as images, limits as policy, wire
+from . import cgroups, doctor, image as images, wire
 from .errors import InvalidInputError, SandboxClosedError
-from .limits import JailSettings, Limits
+from .limits import JailSettings, Limits, seccomp_policy
 from .pool import Pool, PoolStats
-from .results import Result
+from .results import Output, Result
 from .slot import Slot, SlotDied
 
 Files = Mapping[str, "bytes | str"]
+TextCallback = Callable[[str], object]
+log = logging.getLogger("sandbox")
 
 
 class Sandbox:
@@ -28,7 +32,10 @@ class Sandbox:
     """
 
     def __init__(self, slots: int | None = None, *, image: str = "default", limits: Limits | None = None,
-                 max_queue: int = 1024, recycle_after: int = 1000) -> None:
+                 max_queue: int = 1024, recycle_after: int = 10_000, preload: bool = True) -> None:
+        """`slots` jails (default: one per CPU). `preload=False` skips importing the image's
+        preload list: the pool starts in a fraction of the time and each program imports what
+        it uses itself (what a one-shot command wants)."""
         if slots is not None and (not isinstance(slots, int) or slots < 1):
             raise InvalidInputError(f"slots must be a positive integer, not {slots!r}")
         if max_queue < 0 or recycle_after < 1:
@@ -37,14 +44,14 @@ class Sandbox:
         self.image = images.load_any(image)
         self.limits = limits if limits is not None else Limits.from_policy()
         settings = JailSettings.from_policy()
-        seccomp = policy.seccomp_policy()
+        seccomp = seccomp_policy()
         cgroups.ensure_parents()
         cgroups.remove_stale()
         self._closed = False
         t0 = time.monotonic()
 
         def factory(index: int) -> Slot:
-            return Slot(index, self.image, settings, seccomp, self.limits)
+            return Slot(index, self.image, settings, seccomp, self.limits, preload=preload)
 
         self._pool = Pool(slots or os.cpu_count() or 1, factory, max_queue=max_queue, recycle_after=recycle_after)
         self._pool.start()
@@ -52,15 +59,27 @@ class Sandbox:
 
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-            filename: str = "main.py") -> Result:
+            filename: str = "main.py", on_stdout: TextCallback | None = None,
+            on_stderr: TextCallback | None = None) -> Result:
         """Run `code` with `files` placed in its working directory and `stdin` as its standard
-        input; never raises for what the code does."""
+        input; never raises for what the code does. `on_stdout`/`on_stderr` receive the text as
+        the program writes it (in order, on a thread of their own, all of it before run()
+        returns); the Result holds the same text."""
         lim = self._limits_for(timeout, limits)
-        request = wire.encode_request(code, files, lim, filename, stdin)  # InvalidInputError before anything runs
+        live = on_stdout is not None or on_stderr is not None
+        request = wire.encode_request(code, files, lim, filename, stdin, stream=live)  # InvalidInputError first
+        relay = _Relay(on_stdout, on_stderr) if live else None
+        try:
+            return self._execute(request, lim, relay)
+        finally:
+            if relay is not None:
+                relay.close()
+
+    def _execute(self, request: bytes, lim: Limits, relay: _Relay | None) -> Result:
         slot = self._pool.acquire()
         t0 = time.monotonic()
         try:
-            header, body, peak, kills = slot.execute(request, lim)
+            header, body, peak, kills = slot.execute(request, lim, relay)
         except (SlotDied, OSError) as exc:
             self._pool.release(slot, broken=True)
             return wire.sandbox_error(f"the jail failed during the run ({exc}); it was replaced, retry the call",
@@ -113,6 +132,43 @@ class Sandbox:
         self.close()
 
 
+class _Relay:
+    """Hands live output to the caller's callbacks on a thread of its own, in order, so a slow
+    callback never holds up the reading of the jail's pipe (the zygote would block writing to
+    it, and its wall clock with it). A callback that raises is logged and called no more."""
+
+    def __init__(self, on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> None:
+        self._callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        # Incremental: a character split across two chunks is decoded whole.
+        self._decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in self._callbacks}
+        self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="sandbox-output", daemon=True)
+        self._thread.start()
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        self._queue.put((stream, data))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._deliver(item[0], self._decoders[item[0]].decode(item[1]))
+        for stream, decoder in self._decoders.items():
+            self._deliver(stream, decoder.decode(b"", final=True))
+
+    def _deliver(self, stream: str, text: str) -> None:
+        callback = self._callbacks[stream]
+        if not text or callback is None:
+            return
+        try:
+            callback(text)
+        except Exception:  # noqa: BLE001 - the caller's bug must not break the run
+            log.exception("the %s callback raised; it gets no more output of this run", stream)
+            self._callbacks[stream] = None
+
+
 class AsyncSandbox:
     """The asyncio twin of Sandbox: `async with AsyncSandbox() as sb: r = await sb.run(...)`."""
 
@@ -120,9 +176,12 @@ class AsyncSandbox:
         self._args = (slots, kwargs)
         self._max_queue = kwargs.get("max_queue", 1024)
         self._sync: Sandbox | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: Any = None  # a ThreadPoolExecutor once started
 
     async def start(self) -> AsyncSandbox:
+        import asyncio  # here, not at the top: a one-shot `sandbox run` should not pay for it
+        import concurrent.futures
+
         slots, kwargs = self._args
         self._sync = await asyncio.to_thread(Sandbox, slots, **kwargs)
         # One thread per call the pool admits (running plus queued, created only as needed), so
@@ -133,12 +192,39 @@ class AsyncSandbox:
 
     async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-                  filename: str = "main.py") -> Result:
-        """Sandbox.run(), awaited: same arguments, same Result."""
+                  filename: str = "main.py", on_stdout: TextCallback | None = None,
+                  on_stderr: TextCallback | None = None) -> Result:
+        """Sandbox.run(), awaited: same arguments, same Result (callbacks run on a worker thread;
+        stream() gives the same output as async events)."""
+        import asyncio
+
         sync = self._started()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: sync.run(
-            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename))
+            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+            on_stdout=on_stdout, on_stderr=on_stderr))
+
+    async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+                     timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+                     filename: str = "main.py") -> AsyncIterator[Output | Result]:
+        """Run like run(), yielding Output(stream, text) events as the program writes, then the Result."""
+        import asyncio
+
+        sync = self._started()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Output | None] = asyncio.Queue()
+
+        def emit(stream: str) -> TextCallback:
+            return lambda text: loop.call_soon_threadsafe(events.put_nowait, Output(stream, text))
+
+        future = loop.run_in_executor(self._executor, lambda: sync.run(
+            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+            on_stdout=emit("stdout"), on_stderr=emit("stderr")))
+        # Every Output was queued before run() returned, so this marker comes after the last.
+        future.add_done_callback(lambda _: events.put_nowait(None))
+        while (event := await events.get()) is not None:
+            yield event
+        yield await future
 
     def _started(self) -> Sandbox:
         if self._sync is None:
@@ -156,6 +242,8 @@ class AsyncSandbox:
         return self._started().capacity
 
     async def close(self) -> None:
+        import asyncio
+
         if self._sync is not None:
             await asyncio.to_thread(self._sync.close)
             self._sync = None

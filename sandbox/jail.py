@@ -128,9 +128,9 @@ def config(image: Image, settings: JailSettings) -> str:
         "clone_newuts: true\n",
         "clone_newcgroup: true\n",
         f'uidmap {{ inside_id: "0" outside_id: "{settings.outside_uid}" count: 1 }}\n',
-        f'uidmap {{ inside_id: "{USER_UID}" outside_id: "{settings.user_outside_uid}" count: 1 }}\n',
+        f'uidmap {{ inside_id: "{USER_UID}" outside_id: "{settings.user_outside_uid}" count: {settings.user_uids} }}\n',
         f'gidmap {{ inside_id: "0" outside_id: "{settings.outside_uid}" count: 1 }}\n',
-        f'gidmap {{ inside_id: "{USER_GID}" outside_id: "{settings.user_outside_uid}" count: 1 }}\n',
+        f'gidmap {{ inside_id: "{USER_GID}" outside_id: "{settings.user_outside_uid}" count: {settings.user_uids} }}\n',
         "mount_proc: true\n",
         _bind("/usr"),
         _bind("/lib", mandatory=False),
@@ -152,9 +152,10 @@ def config(image: Image, settings: JailSettings) -> str:
         _tmpfs(WORKDIR, 1 << 20),
         _tmpfs("/dev/shm", 1 << 20),
         'mount { dst: "/etc/passwd" src_content: "root:x:0:0:root:/:/usr/sbin/nologin\\n'
-        f'sandbox:x:{USER_UID}:{USER_GID}:sandbox:{WORKDIR}:/usr/sbin/nologin\\n" }}\n',
+        + "".join(f'sandbox:x:{USER_UID + i}:{USER_GID + i}:sandbox:{WORKDIR}:/usr/sbin/nologin\\n'
+                  for i in range(settings.user_uids)) + '" }\n',
         'mount { dst: "/etc/group" src_content: "root:x:0:\\n'
-        f'sandbox:x:{USER_GID}:\\n" }}\n',
+        + "".join(f'sandbox:x:{USER_GID + i}:\\n' for i in range(settings.user_uids)) + '" }\n',
         'mount { dst: "/etc/hosts" src_content: "127.0.0.1 localhost sandbox\\n" }\n',
     ]
     if not str(image.base_prefix).startswith("/usr"):

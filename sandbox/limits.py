@@ -109,8 +109,12 @@ class JailSettings:
     """Settings of a slot's jail (the [jail] table of policies/default.toml)."""
 
     cpus: float = 1.0
+    cpu_period_ms: int = 10        # CFS period of the slot's CPU bandwidth (see cgroups.SlotCgroup.set_cpu)
     outside_uid: int = 100000
     user_outside_uid: int = 101000
+    user_uids: int = 64            # uids mapped from user_outside_uid: every live child has its own
+    spares_lean: int = 2           # isolated children each fork server keeps waiting
+    spares_full: int = 2
 
     @classmethod
     def from_policy(cls, path: Path | None = None) -> JailSettings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import select
 import threading
 import time
@@ -59,6 +60,7 @@ class Pool:
         self._factory = factory
         self._max_queue = max_queue
         self._recycle_after = recycle_after
+        self._recycle_at: dict[int, int] = {}  # index -> runs after which that slot is recycled
         self._lock = threading.Lock()
         self._idle: list[Slot] = []
         self._live: dict[int, Slot] = {}   # index -> slot, idle or busy
@@ -111,6 +113,8 @@ class Pool:
                     slot.close()
                     return
                 self._live[index] = slot
+                # Jitter, as gunicorn's max_requests: slots started together do not all recycle at once.
+                self._recycle_at[index] = max(1, round(self._recycle_after * random.uniform(0.9, 1.1)))
                 self._offer(slot)
             self._wake()
             return
@@ -118,8 +122,16 @@ class Pool:
             self._starting -= 1
             self._notify_waiters()  # they may need to learn that nothing is coming
 
-    def _replace(self, slot: Slot, close: bool) -> None:
-        """Take a slot out of service (killing or closing it) and start another in its place."""
+    def _replace(self, slot: Slot) -> None:
+        """A slot died (or broke its protocol): kill what is left of it, start another."""
+        self._take_out(slot, lambda: slot.kill())
+
+    def _retire(self, slot: Slot) -> None:
+        """A slot served its share of runs: close it gracefully and start another. Not a death."""
+        log.info("slot %d served %d runs; recycling it", slot.index, slot.runs)
+        self._take_out(slot, lambda: slot.close())
+
+    def _take_out(self, slot: Slot, end: Callable[[], None]) -> None:
         with self._lock:
             if self._live.get(slot.index) is not slot:
                 return  # already handled
@@ -127,19 +139,14 @@ class Pool:
             self._mourned.discard(slot)
             if slot in self._idle:
                 self._idle.remove(slot)
-            if self._closed:
-                close_only = True
-            else:
-                close_only = False
+            restart = not self._closed
+            if restart:
                 self._starting += 1
                 self.replacements += 1
-
-        def work() -> None:
-            slot.close() if close else slot.kill()
-            if not close_only:
-                self._start_slot(slot.index)
-
-        self._spawn(work, f"sandbox-replace{slot.index}")
+        self._wake()  # the supervisor stops watching it: an ending it caused is no death
+        self._spawn(end, f"sandbox-end{slot.index}")
+        if restart:
+            self._spawn(lambda: self._start_slot(slot.index), f"sandbox-start{slot.index}")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -168,12 +175,14 @@ class Pool:
                     os.read(self._wake_r, 4096)
                 elif fd in by_fd and not self._closed:
                     slot = by_fd[fd]
-                    log.warning("slot %d died; replacing it. Last words: %s", slot.index, slot.diagnostics()[-500:])
                     with self._lock:
+                        if self._live.get(slot.index) is not slot:
+                            continue  # retired or replaced meanwhile: it was ended, it did not die
                         busy = slot in self._busy
                         self._mourned.add(slot)  # its pidfd stays readable: stop watching it
+                    log.warning("slot %d died; replacing it. Last words: %s", slot.index, slot.diagnostics()[-500:])
                     if not busy:
-                        self._replace(slot, close=False)
+                        self._replace(slot)
                     # A busy slot's run sees the death through its own pidfd and gives the slot
                     # back as broken; closing its fds here would hand their numbers to the
                     # replacement under the running thread.
@@ -201,7 +210,7 @@ class Pool:
                 return slot
             with self._lock:
                 self._busy.discard(slot)
-            self._replace(slot, close=False)
+            self._replace(slot)
 
     def _acquire_any(self, deadline: float | None, timeout: float | None) -> Slot:
         with self._lock:
@@ -235,9 +244,9 @@ class Pool:
         with self._lock:
             self._busy.discard(slot)
         if broken or slot.poll_dead():
-            self._replace(slot, close=False)
-        elif slot.runs >= self._recycle_after:
-            self._replace(slot, close=True)
+            self._replace(slot)
+        elif slot.runs >= self._recycle_at.get(slot.index, self._recycle_after):
+            self._retire(slot)
         else:
             with self._lock:
                 if self._live.get(slot.index) is slot:

@@ -64,6 +64,14 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Output:
+    """A chunk of live output: text the program wrote to `stream` ("stdout" or "stderr")."""
+
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Result:
     """Everything one execution produced."""
 

@@ -14,8 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-
-import psutil
+from typing import Callable
 
 from . import cgroups, jail
 from .guest import protocol
@@ -33,7 +32,8 @@ class SlotDied(Exception):
 
 
 class Slot:
-    def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits) -> None:
+    def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
+                 preload: bool = True) -> None:
         self.index = index
         self.runs = 0
         self.alive = False
@@ -48,13 +48,17 @@ class Slot:
         self.pidfd = os.pidfd_open(self.proc.pid)
         threading.Thread(target=self._drain_stderr, name=f"sandbox-slot{index}-stderr", daemon=True).start()
         try:
-            init = {"policy": policy, "preload": image.preload, "uid": jail.USER_UID, "gid": jail.USER_GID,
-                    "workdir": jail.WORKDIR, "profile": defaults.profile()}
+            init = {"policy": policy, "preload": image.preload if preload else [], "uid": jail.USER_UID,
+                    "gid": jail.USER_GID, "workdir": jail.WORKDIR, "profile": defaults.profile(),
+                    "uids": settings.user_uids, "spares": {"lean": settings.spares_lean if preload else 1, "full": settings.spares_full}}
             deadline = time.monotonic() + STARTUP_TIMEOUT
             self._write(protocol.encode(init), deadline)
             self.ready, _ = self._read_frame(deadline, max_body=0)
             self.jail_pid = self._jail_pid()
             self.cgroup = cgroups.SlotCgroup(self.jail_pid)
+            self.cgroup.set_cpu(settings.cpus, settings.cpu_period_ms)
+            overhead = self.ready.get("pids_overhead")
+            self.pids_overhead = overhead if isinstance(overhead, int) and 0 < overhead < 64 else 3
             self.baseline = self.cgroup.usage()
         except SlotDied as exc:
             self.kill()
@@ -85,10 +89,16 @@ class Slot:
 
     def _jail_pid(self) -> int:
         """nsjail names the slot's cgroup after its child: the zygote's host pid."""
-        children = psutil.Process(self.proc.pid).children()
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:  # a kernel without CONFIG_PROC_CHILDREN
+            import psutil
+
+            children = [str(c.pid) for c in psutil.Process(pid).children()]
         if len(children) != 1:
             raise SlotDied(f"expected one jailed process under nsjail, found {len(children)}")
-        return children[0].pid
+        return int(children[0])
 
     def _wait(self, fd: int, event: int, deadline: float) -> None:
         """Wait until fd is ready; a jail that dies meanwhile ends the wait at once."""
@@ -127,7 +137,7 @@ class Slot:
         del self._pending[:n]
         return data
 
-    def _read_frame(self, deadline: float, max_body: int) -> tuple[dict, bytes]:
+    def _read_frame(self, deadline: float, max_body: int, last: bool = True) -> tuple[dict, bytes]:
         try:
             prefix = self._read_exact(protocol.PREFIX.size, deadline)
             head_len, body_len = protocol.parse_prefix(prefix, max_body)
@@ -137,21 +147,35 @@ class Slot:
             raise SlotDied(f"protocol error from the jail: {exc}") from None
         except TimeoutError:
             raise SlotDied("the jail did not answer in time") from None
-        if self._pending:  # the zygote sends exactly one frame per request
+        if last and self._pending:  # the zygote sends exactly one reply per request
             raise SlotDied("the jail sent bytes after its reply")
         return header, body
 
     # -- executions -------------------------------------------------------------------------
 
-    def execute(self, request: bytes, limits: Limits) -> tuple[dict, bytes, int, int]:
-        """Send one request; return (reply header, reply body, peak memory bytes, OOM kills)."""
-        # The zygote, the fork server and the next pre-forked child are always in the cgroup.
-        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + 3)
+    def execute(self, request: bytes, limits: Limits,
+                on_output: Callable[[str, bytes], None] | None = None) -> tuple[dict, bytes, int, int]:
+        """Send one request; return (reply header, reply body, peak memory bytes, OOM kills).
+        With `on_output` (a request that asked for live output), each chunk the program writes
+        arrives there first, within the same caps as the reply's copy."""
+        # The zygote, the fork servers and their waiting children are always in the cgroup.
+        self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + self.pids_overhead)
         start = self.cgroup.begin()
         deadline = time.monotonic() + limits.timeout_seconds + REPLY_GRACE
         self._write(request, deadline)
         cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
-        header, body = self._read_frame(deadline, cap)
+        room = {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes}
+        while True:
+            header, body = self._read_frame(deadline, cap, last=False)
+            if header.get("status") != "output":
+                break
+            stream = header.get("stream")
+            if on_output is None or stream not in room or len(body) > room[stream]:
+                raise SlotDied("the jail sent output it was not asked for, or beyond the caps")
+            room[stream] -= len(body)
+            on_output(stream, body)
+        if self._pending:
+            raise SlotDied("the jail sent bytes after its reply")
         peak, kills = self.cgroup.end(start)
         self.runs += 1
         return header, body, peak, kills

@@ -12,6 +12,7 @@ import mimetypes
 import re
 import signal
 import struct
+import sys
 from collections.abc import Mapping
 
 from .errors import InvalidInputError
@@ -20,6 +21,9 @@ from .limits import Limits
 from .results import ExecError, File, Image, Outcome, Result, Usage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# `import a.b, c as d` and `from a.b import c`, anywhere on a line of their own (indented too).
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+import\b|import[ \t]+([\w. \t,]+))", re.M)
+_STDLIB = frozenset(sys.stdlib_module_names) - {"tkinter", "turtle", "idlelib"}
 _IMAGE_NAME = re.compile(r"figure_[0-9]{1,6}\.png")
 MAX_PATH = 4096
 MAX_COMPONENT = 255
@@ -49,8 +53,21 @@ def check_path(name: object, what: str = "input file name") -> str:
     return name
 
 
+def flavor(code: str) -> str:
+    """Which fork server a program goes to: "lean" when every module it imports is in the
+    standard library, else "full" (the warm scientific stack). A guess from the import lines
+    only: a wrong one costs time, never correctness (a lean child imports what it needs)."""
+    for match in _IMPORT.finditer(code):
+        names = [match.group(1)] if match.group(1) else match.group(2).split(",")
+        for name in names:
+            top = name.split()[0].split(".")[0] if name.split() else ""
+            if top not in _STDLIB:
+                return "full"
+    return "lean"
+
+
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
-                   stdin: bytes | str | None = None) -> bytes:
+                   stdin: bytes | str | None = None, stream: bool = False) -> bytes:
     """The request frame: header, then each input file's bytes, then stdin's."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
@@ -89,7 +106,7 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
     if total + len(stdin) > limits.max_input_bytes:
         raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
     header = {"code": code, "filename": filename, "files": entries, "stdin": len(stdin),
-              "limits": limits.guest(), "profile": limits.profile()}
+              "limits": limits.guest(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream}
     return protocol.encode(header, blobs + [stdin])
 
 
@@ -205,6 +222,8 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
 
     outcome = derive_outcome(header, error, oom_kills, limits)
     text_err = stderr.decode("utf-8", errors="replace")
+    if outcome is Outcome.POLICY_VIOLATION:
+        error = policy_error(text_err)
     if notes:
         text_err += "".join(f"\n[sandbox] {n}" for n in dict.fromkeys(notes))
     return Result(
@@ -219,6 +238,30 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
         files=files,
         usage=Usage(wall_ms=float(header["wall_ms"]), cpu_ms=float(header["cpu_ms"]), peak_memory_bytes=peak),
     )
+
+
+# Written to stderr by the dying process's SIGSYS handler (guest/seccomp.py).
+_REFUSED = re.compile(r"\[sandbox\] policy violation: refused system call ([a-z0-9_]{1,40}) \(number ([0-9]{1,4})\)")
+
+
+def policy_error(stderr: str) -> ExecError:
+    """The error of a policy_violation, naming the refused syscall as the process reported it.
+
+    The outcome itself comes from the wait status (only the filter can deliver SIGSYS); the
+    name comes from the process's own last words, so a program can hide or misstate it (block
+    SIGSYS, close stderr, print a look-alike line), never change the outcome. The last report
+    wins: a line printed earlier by the program cannot cover the real one.
+    """
+    found = _REFUSED.findall(stderr)
+    if found:
+        name, nr = found[-1]
+        message = (f"the program called the system call {name} (number {nr}), which the sandbox "
+                   "does not allow; the process was ended")
+    else:
+        message = ("the program made a system call the sandbox does not allow; the process was ended "
+                   "(the call's name was not reported: SIGSYS was blocked, stderr was closed, or it "
+                   "was a foreign-architecture call)")
+    return ExecError(type="PolicyViolation", message=message, line=None, traceback="")
 
 
 def derive_outcome(header: dict, error: ExecError | None, oom_kills: int, limits: Limits) -> Outcome:

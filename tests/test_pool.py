@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -216,3 +217,15 @@ def test_close_leaves_no_process_and_no_cgroup():
     with pytest.raises(SandboxClosedError):
         box.run("print(1)")
     box.close()  # closing twice is harmless
+
+
+def test_a_planned_recycle_is_not_logged_as_a_death(caplog):
+    with caplog.at_level(logging.INFO, logger="sandbox.pool"):
+        with Sandbox(slots=1, recycle_after=1) as box:
+            for i in range(3):
+                assert wait_until(lambda: box.stats().idle == 1, 120)
+                assert run_ok(box, f"print({i})").stdout == f"{i}\n"
+            assert wait_until(lambda: box.stats().idle == 1, 120)
+    messages = [r.getMessage() for r in caplog.records if r.name == "sandbox.pool"]
+    assert any("recycling" in m for m in messages), messages
+    assert not any("died" in m for m in messages), messages

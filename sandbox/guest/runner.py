@@ -231,8 +231,9 @@ def serve() -> None:
         # As for `python main.py`: the script's directory first on the path, so the inputs'
         # .py files import; the engine's own directory is not the user's business.
         sys.path[:] = [workdir] + [p for p in sys.path if p != os.path.dirname(GUEST_DIR)]
+        main_path = _place_script(filename, code, inputs)
         main = type(sys)("__main__")
-        main.__file__ = filename
+        main.__file__ = main_path
         main.__builtins__ = builtins
         sys.modules["__main__"] = main
         atexit._clear()  # the zygote's exit handlers are not the user's
@@ -275,6 +276,27 @@ def serve() -> None:
     }
     protocol.write_all(RESULT_FD, protocol.encode(result, [d for _, d in FIGURES.images] + [d for _, d in files]))
     os._exit(exit_code)
+
+
+def _place_script(filename: str, code: str, inputs: dict[str, bytes]) -> str:
+    """Write the code to its file in the work dir, as `python main.py` would find it: spawned
+    and forkserver multiprocessing children (and joblib's workers) re-import __main__ from it.
+    It counts as an input, so it is returned only if the program changes it. An input file of
+    the same name wins. Returns the absolute path, as __main__.__file__ has since Python 3.9."""
+    path = os.path.join(os.getcwd(), filename)
+    if filename not in inputs:
+        data = code.encode("utf-8", "surrogateescape")
+        try:
+            _place_inputs([{"name": filename}], [data])
+            inputs[filename] = data
+        except (OSError, ValueError):
+            pass  # e.g. a directory of that name: the program still runs, spawn will not
+    # multiprocessing resolves a relative __main__ path against the directory it was
+    # imported in (the zygote's); the script's directory is the right one.
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.ORIGINAL_DIR = os.getcwd()
+    return path
 
 
 def _exit_status(code) -> int:

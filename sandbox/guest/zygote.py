@@ -1,112 +1,47 @@
 """The zygote: pid 1 of a jail. Imports the library set once, then serves executions forever.
 
-Loop: have the fork server pre-fork an isolated child, wait for a request from the host, hand
-it to the child, supervise it (wall clock, output caps), answer, kill the execution's process
-group, pre-fork the next child, reap. The zygote never runs user code and never forks a child
-itself: its heap holds past requests and results, so every child comes from the fork server,
-a copy of the zygote made before the first request (forkserver.py).
+Warm-up forks two fork servers (forkserver.py): "lean" after the standard library, "full" after
+the image's preload list. Each keeps isolated children waiting. Loop: wait for a request from
+the host; take a waiting child of the server the host chose; make sure every earlier execution
+is reaped (its memory and processes leave the slot's cgroup before the next one starts);
+supervise the child (wall clock, output caps); answer; kill the execution and have it reaped in
+the background while the spares are topped up. Nothing of that sits between an answer and the
+next request. The zygote never runs user code and never forks a child itself: its heap holds
+past requests and results, so every child comes from a fork server, forked before the first
+request.
 
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
-  host -> init    {policy, preload, uid, gid, workdir, profile}
-  zygote -> ready {python, modules, import_ms}
-  host -> request {code, filename, files, limits, profile}   (+ input blobs)
-  zygote -> reply {status, ...}                              (+ stdout, stderr, result body)
+  host -> init    {policy, preload, uid, gid, workdir, profile, spares}
+  zygote -> ready {python, modules, import_ms, pids_overhead}
+  host -> request {code, filename, files, stdin, limits, profile, flavor, stream}   (+ input blobs)
+  zygote -> output {status: "output", stream}    (+ the chunk)   only with "stream": live output, 0..n
+  zygote -> reply {status, ...}                                            (+ stdout, stderr, result body)
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import importlib
-import json
 import os
 import select
-import shutil
 import signal
-import socket
 import sys
 import time
+from collections.abc import Callable
 
-from . import forkserver, protocol, runner, seccomp
+from . import preload, protocol, seccomp
+from .forkserver import Child, ForkServer
 
 CHUNK = 1 << 16
 
 
-class Child:
-    """The zygote's handle on one pre-forked child: its pid and the zygote's ends of its pipes."""
-
-    def __init__(self, pid: int, profile: dict, fds: list[int]) -> None:
-        self.pid = pid
-        self.profile = profile
-        self.req_w, self.out_r, self.err_r, self.res_r = fds
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:  # already gone (setup failed); the result pipe says why
-            self.pidfd = os.open("/dev/null", os.O_RDONLY)
-        self.reaped: dict | None = None
-
-    def kill(self) -> None:
-        """End the execution: its process group (which nothing can leave: setsid and setpgid
-        are refused) and the child itself, in case it died before making its own group."""
-        for target in (-self.pid, self.pid):
-            try:
-                os.kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        for fd in (self.req_w, self.out_r, self.err_r, self.res_r, self.pidfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class ForkServer:
-    """The zygote's side of the fork server (see forkserver.py)."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-
-    def _call(self, cmd: dict) -> tuple[dict, list[int]]:
-        self.sock.send(json.dumps(cmd).encode())
-        msg, fds, _, _ = socket.recv_fds(self.sock, forkserver.MAX_COMMAND, 4)
-        if not msg:
-            raise RuntimeError("the fork server died")
-        return json.loads(msg), fds
-
-    def fork(self, profile: dict, old: Child | None = None) -> Child:
-        """Pre-fork a child. Forking before reaping the old execution lets its processes tear
-        down their address spaces on other CPUs while the new page tables are copied."""
-        answer, fds = self._call({"op": "fork", "profile": profile})
-        if "error" in answer and old is not None:  # the pids limit is still full of the dying
-            self.reap(old)
-            answer, fds = self._call({"op": "fork", "profile": profile})
-        if "error" in answer:
-            raise RuntimeError(f"cannot fork a child: {answer['error']}")
-        return Child(answer["pid"], profile, fds)
-
-    def reap(self, child: Child) -> dict:
-        """Wait until every process of the (killed) execution is gone."""
-        if child.reaped is None:
-            child.reaped, _ = self._call({"op": "reap", "pid": child.pid})
-        return child.reaped
-
-    def replace(self, child: Child, profile: dict) -> Child:
-        """End an execution and pre-fork the next child."""
-        child.kill()
-        child.close()
-        new = self.fork(profile, old=child)
-        self.reap(child)
-        return new
-
-
 class Stream:
-    """Drains one pipe, keeping at most `cap` bytes and counting the rest."""
+    """Drains one pipe, keeping at most `cap` bytes and counting the rest. With `relay`, what is
+    kept is also sent to the host as it arrives (live output), under the same cap."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, relay: Callable[[bytes], None] | None = None) -> None:
         self.cap = cap
+        self.relay = relay
         self.parts: list[bytes] = []
         self.kept = 0
         self.dropped = 0
@@ -116,6 +51,8 @@ class Stream:
         if room > 0:
             self.parts.append(data[:room])
             self.kept += min(room, len(data))
+            if self.relay is not None:
+                self.relay(data[:room])
         self.dropped += max(0, len(data) - max(room, 0))
 
     def value(self) -> bytes:
@@ -173,7 +110,8 @@ def _frame_length(res: Stream) -> int | None:
     return protocol.PREFIX.size + head_len + body_len
 
 
-def supervise(child: Child, server: ForkServer, request: bytes, header: dict) -> tuple[dict, list[bytes]]:
+def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
+              relay: Callable[[str, bytes], None] | None = None) -> tuple[dict, list[bytes]]:
     """Run one request in the pre-forked child and build the reply.
 
     Fast path: the runner's result frame is the last thing it does before _exit, so once a
@@ -182,10 +120,9 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict) ->
     Slow path (no result: crash, kill, timeout, os._exit): the wait status and rusage decide.
     """
     limits = header["limits"]
-    first = os.read(child.res_r, 1)
-    if first != b"R":
-        rest = os.read(child.res_r, 4000) if first else b""
-        return {"status": "setup_failed", "detail": rest.decode(errors="replace") or "child died during setup"}, []
+    setup = child.wait_ready()
+    if setup != b"R":
+        return {"status": "setup_failed", "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
     for fd in (child.out_r, child.err_r, child.res_r):
         os.set_blocking(fd, False)
 
@@ -200,7 +137,9 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict) ->
     os.close(child.req_w)
     child.req_w = -1
 
-    out, err = Stream(limits["max_stdout_bytes"]), Stream(limits["max_stderr_bytes"])
+    live = relay if header.get("stream") else None
+    out = Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data)))
+    err = Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data)))
     res = Stream(limits["max_result_bytes"])
     streams = {child.out_r: out, child.err_r: err, child.res_r: res}
     poller = select.poll()
@@ -256,7 +195,7 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict) ->
         cpu_ns = _cpu_ns(child.pid) - cpu0
     else:
         child.kill()
-        reaped = server.reap(child)
+        reaped = server.reaped(child)
         status = reaped["status"]
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
         main_cpu = reaped["main_cpu"]  # what RLIMIT_CPU counted: setup included
@@ -297,45 +236,6 @@ def _drain(fd: int, stream: Stream, poller: select.poll, open_fds: set[int]) -> 
         stream.feed(data)
 
 
-def _prepare_matplotlib(env: dict) -> None:
-    """matplotlib insists on a writable config dir; give it one on the jail's own /tmp,
-    seeded with the font cache the image build made, so no zygote rebuilds it."""
-    src = env.get("SANDBOX_MPL_SEED")
-    dst = "/tmp/matplotlib"
-    if src and os.path.isdir(src):
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-    else:
-        os.makedirs(dst, exist_ok=True)
-    os.environ["MPLCONFIGDIR"] = dst
-
-
-def _preload(modules: list[str]) -> dict:
-    versions = {}
-    for name in modules:
-        mod = importlib.import_module(name)
-        top = sys.modules[name.split(".")[0]]
-        versions[name] = getattr(mod, "__version__", None) or getattr(top, "__version__", None)
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is not None:
-        plt.show = runner.show
-        _warm_matplotlib(plt)
-    return versions
-
-
-def _warm_matplotlib(plt) -> None:
-    """Draw and save one throwaway chart, so the renderer, fonts and PNG writer every child
-    needs are loaded once here instead of in every child's first figure."""
-    import io
-
-    fig, ax = plt.subplots()
-    ax.plot([0, 1], [0, 1], label="line")
-    ax.bar([0, 1], [1, 2])
-    ax.set_title("warm-up")
-    ax.legend()
-    fig.savefig(io.BytesIO(), format="png")
-    plt.close(fig)
-
-
 def main() -> None:
     # Keep the protocol on private fds; stray prints from libraries go to stderr (the host's log).
     proto_in, proto_out = os.dup(0), os.dup(1)
@@ -346,42 +246,100 @@ def main() -> None:
 
     init, _ = protocol.read_frame(proto_in, max_body=0)
     t0 = time.monotonic()
-    _prepare_matplotlib(os.environ)
-    bpf = seccomp.compile_policy(init["policy"])
-    versions = _preload(init["preload"])
-    gc.collect()
-    gc.freeze()  # otherwise each child's first collection dirties every shared page
-    # From here on this process handles user data; the fork server is the clean copy.
-    server = ForkServer(*forkserver.start(bpf, init, close_in_child=[proto_in, proto_out]))
+    servers, versions = warm_up(init, close_in_child=[proto_in, proto_out])
+    profile = init["profile"]
+    for server in servers.values():
+        server.refill(profile)
+        while server.forking:
+            server.handle(block=True)
+        for child in server.ready:
+            child.wait_ready()  # the host measures the warm slot's memory after this answer
     protocol.write_all(proto_out, protocol.encode({
         "python": sys.version.split()[0],
         "modules": versions,
         "import_ms": round((time.monotonic() - t0) * 1000, 1),
+        # Processes the slot holds besides an execution's: this zygote, the servers, the spares
+        # but the one the execution itself is (it may create max_processes more).
+        "pids_overhead": sum(1 + s.spares for s in servers.values()),
     }))
-    libc = ctypes.CDLL(None)
+    serve(proto_in, proto_out, servers, profile)
+    kill_all_but_me()
+    reap_all()
 
-    child = server.fork(init["profile"])
+
+def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer], dict]:
+    """Import in two stages, forking a fork server after each (see preload.py). Returns the
+    servers by flavor ("lean", and "full" unless the preload list is empty) and the versions
+    of the preloaded modules."""
+    spares = init.get("spares", {})
+    # Disjoint uid ranges: no child of one server may share a uid with a child of the other.
+    first, count = init["uid"], init.get("uids", 1)
+    lean_uids = range(first, first + (count // 2 if init["preload"] else count))
+    full_uids = range(lean_uids.stop, first + count)
+    preload.prepare_matplotlib()
+    preload.install_hook()
+    bpf = seccomp.compile_policy(init["policy"])
+    servers: dict[str, ForkServer] = {}
+    versions: dict = {}
+    preload.lean()
+    gc.collect()
+    gc.freeze()  # otherwise each child's first collection dirties every shared page
+    servers["lean"] = ForkServer.start("lean", bpf, init, close_in_child, spares.get("lean", 2), lean_uids)
+    if init["preload"]:
+        versions = preload.full(init["preload"])
+        gc.collect()
+        gc.freeze()
+        servers["full"] = ForkServer.start("full", bpf, init, close_in_child, spares.get("full", 2), full_uids)
+    # From here on this process handles user data; the fork servers are the clean copies.
+    return servers, versions
+
+
+def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile: dict) -> None:
+    """Answer requests until the host closes our input. Between requests: top up the spares
+    and take in the fork servers' answers (forks made, executions reaped) as they come."""
+    libc = ctypes.CDLL(None)
+    poller = select.poll()
+    poller.register(proto_in, select.POLLIN)
+    by_fd = {s.fileno(): s for s in servers.values()}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+
+    def relay(stream: str, data: bytes) -> None:
+        """Live output: one frame per chunk read, ahead of the reply (the host keeps reading)."""
+        protocol.write_all(proto_out, protocol.encode({"status": "output", "stream": stream}, [data]))
+
     while True:
+        for server in servers.values():
+            server.refill(profile)
+        events = poller.poll()
+        for fd, _ in events:
+            if fd in by_fd:
+                while by_fd[fd].handle(block=False):
+                    pass
+        if not any(fd == proto_in for fd, _ in events):
+            continue
         try:
             prefix = protocol.read_exact(proto_in, protocol.PREFIX.size)
         except protocol.ProtocolError:
-            break  # host closed our stdin: shut down
+            return  # host closed our stdin: shut down
         head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
         head = protocol.read_exact(proto_in, head_len)
         body = protocol.read_exact(proto_in, body_len) if body_len else b""
         header = protocol.parse_header(head)
-        if header["profile"] != child.profile:
-            # Mount sizes and rlimits are fixed before a child sees a request; a call with
-            # other ones gets a child forked for them.
-            child = server.replace(child, header["profile"])
-        reply, blobs = supervise(child, server, prefix + head + body, header)
+        # The host chose the flavor from the code's imports; without a full server, lean it is.
+        server = servers.get(header.get("flavor")) or servers.get("full") or servers["lean"]
+        # Mount sizes and rlimits are fixed before a child sees a request; a call with other
+        # ones gets a child forked for them.
+        child = server.take(header["profile"])
+        for s in servers.values():
+            s.settle()
+            s.refill(profile)  # a fork refused while the dying filled the pids limit: again now
+        reply, blobs = supervise(child, server, prefix + head + body, header, relay)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs
-        # After the reply, off the caller's clock: end the execution, pre-fork the next child.
-        child = server.replace(child, init["profile"])
+        # After the reply, off the caller's clock: end the execution, reap it in the background.
+        server.retire(child)
         libc.malloc_trim(0)  # return this run's buffers, which the slot's memory limit counts
-    kill_all_but_me()
-    reap_all()
 
 
 def kill_all_but_me() -> None:

@@ -61,7 +61,7 @@ def test_pre_forked_child_dies_with_its_fork_server():
             # The isolated child: already switched to the user's host uid, alive, not a zombie.
             for c in server.children():
                 try:
-                    if c.uids().real == 101000 and c.status() != psutil.STATUS_ZOMBIE:
+                    if 101000 <= c.uids().real < 101064 and c.status() != psutil.STATUS_ZOMBIE:
                         return c
                 except psutil.NoSuchProcess:
                     pass

@@ -48,9 +48,10 @@ def test_no_host_secret_in_the_environment(sb1):
     assert not host_only & set(ev["keys"]), host_only & set(ev["keys"])
 
 
-def test_identity_is_unprivileged_uid_1000(sb):
-    # Expected: ok; real, effective and saved uid and gid are 1000, no supplementary groups,
-    # and none of them can be changed back to 0 (EPERM from the filter).
+def test_identity_is_an_unprivileged_uid_of_its_own(sb):
+    # Expected: ok; real, effective and saved uid and gid are one uid of the mapped range
+    # 1000..1063 (each live child has its own), no supplementary groups, and none of them can
+    # be changed back to 0 (EPERM from the filter).
     r = run(sb, """
         import os
         evidence(uid=os.getresuid(), gid=os.getresgid(), groups=os.getgroups(),
@@ -60,7 +61,8 @@ def test_identity_is_unprivileged_uid_1000(sb):
     """)
     expect(r, Outcome.OK)
     ev = one(r)
-    assert ev["uid"] == [1000, 1000, 1000] and ev["gid"] == [1000, 1000, 1000] and ev["groups"] == [], ev
+    uid = ev["uid"][0]
+    assert 1000 <= uid < 1064 and ev["uid"] == [uid] * 3 and ev["gid"] == [uid] * 3 and ev["groups"] == [], ev
     for k in ("setuid", "setresuid", "setgid", "setgroups", "seteuid"):
         assert ev[k] == errno.EPERM, ev
     assert ev["setfsuid"] == [-1, errno.EPERM], ev
@@ -100,7 +102,7 @@ def test_user_namespace_does_not_map_host_root(sb):
     ev = one(r)
     for name in ("uid_map", "gid_map"):
         rows = sorted((int(a), int(b), int(c)) for a, b, c in ev["maps"][name])
-        assert rows == [(0, 100000, 1), (1000, 101000, 1)], (name, rows)
+        assert rows == [(0, 100000, 1), (1000, 101000, 64)], (name, rows)
     assert ev["owner"] == 65534, ev  # host root is unmapped: shows as the overflow uid
 
 
@@ -143,3 +145,26 @@ def test_zygote_cannot_be_signalled_or_reprioritised(sb):
     assert ev["zygote_after"] == errno.EPERM and ev["parent_after"] == errno.EPERM, ev
     assert_alive(sb)
     assert_alive(sb)
+
+
+def test_waiting_children_cannot_be_signalled_or_seen(sb1):
+    # Expected: ok; the isolated children that wait beside a running execution for the next
+    # requests (the fork servers' spares) each run as a uid of their own, so the execution can
+    # signal none of them: probing every pid finds no process it may signal, kill(-1) with
+    # SIGSTOP and SIGKILL reaches nothing, and the next runs on the same (one-slot) jail, which
+    # take those spares, are served normally. With a shared uid, kill(-1) killed the spares.
+    r = run(sb1, """
+        import os, signal
+        me = os.getpid()
+        reachable = [pid for pid in range(2, 4096) if pid != me and errno_of(os.kill, pid, 0) is None]
+        evidence(reachable=reachable, stop=errno_of(os.kill, -1, signal.SIGSTOP),
+                 kill=errno_of(os.kill, -1, signal.SIGKILL),
+                 visible=[p for p in os.listdir("/proc") if p.isdigit() and int(p) != me])
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    # (kill(-1) reports success whenever processes exist, even if each one refused.)
+    assert ev["reachable"] == [] and ev["visible"] == [], ev
+    for code in ("print(1)", "import numpy\nprint(1)", "print(1)", "import numpy\nprint(1)"):
+        r = sb1.run(code)
+        assert r.outcome is Outcome.OK and r.stdout == "1\n", describe(r)

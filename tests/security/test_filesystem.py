@@ -38,7 +38,9 @@ def test_etc_shadow_and_root_home_do_not_exist(sb):
     assert ev["shadow"] == ev["gshadow"] == ev["sudoers"] == ev["root"] == ev["ssh"] == ENOENT, ev
     assert set(ev["etc"]) <= {"passwd", "group", "hosts", "ld.so.cache", "localtime"}, ev
     # The jail's passwd is synthetic: no host account is listed.
-    assert [l.split(":")[0] for l in ev["passwd"].splitlines()] == ["root", "sandbox"], ev
+    # The jail's passwd is synthetic: root and the mapped user uids, no host account.
+    rows = [l.split(":") for l in ev["passwd"].splitlines()]
+    assert [(r[0], int(r[2])) for r in rows] == [("root", 0)] + [("sandbox", 1000 + i) for i in range(64)], ev
 
 
 def test_host_secret_files_are_invisible(sb, host_secret):

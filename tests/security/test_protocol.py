@@ -393,7 +393,7 @@ def test_bad_inputs_are_refused_before_anything_runs(sb, kwargs):
     before = sb.stats()
     with pytest.raises(InvalidInputError):
         sb.run("open('/work/RAN', 'w').write('x'); print('RAN')", **kwargs)
-    assert sb.stats()["replacements"] == before["replacements"]
+    assert sb.stats().replacements == before.replacements
 
 
 def test_code_that_is_not_a_string_is_refused(sb):
@@ -409,7 +409,7 @@ def test_deeply_nested_json_in_the_result_frame_does_not_kill_the_jail(sb):
     # header of 100 000 nested brackets: the zygote's json.loads raises RecursionError, which is
     # not a ValueError; unless it is caught, the zygote (the jail's pid 1) dies, the run ends in
     # sandbox_error and the slot must be rebuilt (seconds of imports) for a 200 KB attack.
-    before = sb.stats()["replacements"]
+    before = sb.stats().replacements
     r = run(sb, """
         import os, struct
         h = b"[" * 100_000 + b"]" * 100_000
@@ -417,7 +417,7 @@ def test_deeply_nested_json_in_the_result_frame_does_not_kill_the_jail(sb):
         os._exit(0)
     """)
     assert r.outcome in (Outcome.ERROR, Outcome.OK), describe(r)
-    assert sb.stats()["replacements"] == before, "the jail died and had to be replaced"
+    assert sb.stats().replacements == before, "the jail died and had to be replaced"
     assert_alive(sb)
 
 
@@ -427,7 +427,7 @@ def test_nested_json_near_the_recursion_limit_does_not_raise_in_the_caller(sb, d
     # zygote's recursion limit parses in the zygote, is re-encoded into its reply, and must then
     # be parsed by the host, whose own stack is deeper: the host must not raise RecursionError
     # out of run() (the API never raises for what the code does) nor lose the slot.
-    before = sb.stats()["replacements"]
+    before = sb.stats().replacements
     code = f"""
         import os, struct
         inner = b'{{"a":' * {depth} + b'1' + b'}}' * {depth}
@@ -440,7 +440,7 @@ def test_nested_json_near_the_recursion_limit_does_not_raise_in_the_caller(sb, d
     except RecursionError as exc:  # noqa: PERF203
         raise AssertionError(f"Sandbox.run() raised {exc!r} for a program's result frame") from None
     assert r.outcome in (Outcome.OK, Outcome.ERROR), describe(r)
-    assert sb.stats()["replacements"] == before, "the jail was replaced"
+    assert sb.stats().replacements == before, "the jail was replaced"
 
 
 def test_forged_output_paths_never_clash(sb):

@@ -108,10 +108,12 @@ REFUSED = [
         fd = os.open("/usr/bin/python3", os.O_RDONLY)
         res = errno_of(fcntl.flock, fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
      """, errno.ENOLCK),
-    ("fcntl_setlk", """
-        import fcntl
+    # F_SETLK is allowed since issue #12 (SQLite); testing for another's lock is not
+    # (tests/security/README.md, "File locks"; test_fidelity_rules.py).
+    ("fcntl_getlk", """
+        import fcntl, struct
         f = open("/work/x", "w")
-        res = errno_of(fcntl.lockf, f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = errno_of(fcntl.fcntl, f, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0) + bytes(4))
      """, errno.ENOLCK),
     ("fcntl_ofd_setlk", """
         import fcntl, os, struct

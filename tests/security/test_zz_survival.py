@@ -16,10 +16,10 @@ def test_engine_survived_every_attack(sb):
         assert r.outcome is Outcome.OK and r.stdout == "1\n", describe(r)
     # Any jail an attack killed has been replaced (replacement runs in the background).
     deadline = time.monotonic() + 60
-    while sb.stats()["live"] < 2 and time.monotonic() < deadline:
+    while sb.stats().live < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     stats = sb.stats()
-    assert stats["live"] == 2 and stats["starting"] == 0, stats
+    assert stats.live == 2 and stats.starting == 0, stats
 
 
 def test_dedicated_sandbox_survived(sb1):
