@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv libseccomp2 libstdc++6
 
-.PHONY: run test bench image doctor system chromium npm-deps clean
+.PHONY: run test test-cgroup2 bench image doctor system chromium npm-deps vm-system clean
 
 run: $(STAMP) image          ## build everything and run the example (prints, draws a chart, writes a file)
 	$(BIN)/sandbox doctor
@@ -17,6 +17,9 @@ run: $(STAMP) image          ## build everything and run the example (prints, dr
 
 test: $(STAMP) image chromium npm-deps ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
+
+test-cgroup2: $(STAMP) image vm-system  ## the cgroup-dependent tests on a cgroup v2 host: a Debian 12 VM (README: Requirements)
+	vm/run.sh
 
 bench: $(STAMP) image        ## full benchmark run; results in bench-results/
 	$(BIN)/sandbox bench --out bench-results
@@ -45,6 +48,12 @@ npm-deps:                    ## LibreChat's own client (npm) for tests/compat (s
 		command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }; \
 		echo "installing LibreChat's client into $(LIBRECHAT_CLIENT)"; \
 		cd $(LIBRECHAT_CLIENT) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+vm-system:                   ## qemu and debootstrap for test-cgroup2 (skipped when already present)
+	@if ! command -v qemu-system-x86_64 >/dev/null || ! command -v debootstrap >/dev/null; then \
+		echo "installing Debian packages: qemu-system-x86 debootstrap"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 debootstrap e2fsprogs; \
 	fi
 
 $(STAMP): pyproject.toml | system

@@ -8,40 +8,53 @@ outcome is derived from (OOM kills, peak memory). Never trust the child's exit c
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandbox"
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = CONTROLLERS
 
 
-def version() -> int | None:
+def version(root: Path = ROOT) -> int | None:
     """2 on a unified hierarchy, 1 when the v1 memory/pids/cpu controllers are mounted, else None."""
-    if (ROOT / "cgroup.controllers").exists():
+    if (root / "cgroup.controllers").exists():
         return 2
-    if all((ROOT / c).is_dir() for c in V1_CONTROLLERS):
+    if all((root / c).is_dir() for c in V1_CONTROLLERS):
         return 1
     return None
 
 
-def ensure_parents() -> None:
-    """Create the parent cgroups slots live under (idempotent; needs root or a delegated tree)."""
-    v = version()
+def controllers(cgroup: Path, which: str = "cgroup.controllers") -> set[str]:
+    """The v2 controllers a cgroup has available (or, with cgroup.subtree_control, passes down)."""
+    return set((cgroup / which).read_text().split())
+
+
+def ensure_parents(root: Path = ROOT) -> None:
+    """Create the parent cgroups slots live under (idempotent; needs root or a delegated tree).
+
+    On v2 the controllers must be enabled in the root's and the parent's cgroup.subtree_control,
+    or the slot cgroups nsjail creates have no memory.max, pids.max or cpu.max at all.
+    """
+    v = version(root)
     if v == 1:
         for c in V1_CONTROLLERS:
-            (ROOT / c / PARENT).mkdir(exist_ok=True)
+            (root / c / PARENT).mkdir(exist_ok=True)
     elif v == 2:
-        parent = ROOT / PARENT
+        missing = [c for c in CONTROLLERS if c not in controllers(root)]
+        if missing:
+            raise OSError(f"cgroup v2 controllers not available in {root}: {', '.join(missing)}")
+        enabled = controllers(root, "cgroup.subtree_control")
+        off = [c for c in CONTROLLERS if c not in enabled]
+        if off:
+            (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in off))
+        parent = root / PARENT
         parent.mkdir(exist_ok=True)
-        wanted = {"memory", "pids", "cpu"}
-        available = set((ROOT / "cgroup.controllers").read_text().split())
-        enabled = set((ROOT / "cgroup.subtree_control").read_text().split())
-        for c in sorted((wanted & available) - enabled):
-            (ROOT / "cgroup.subtree_control").write_text(f"+{c}")
-        for c in sorted(wanted & available):
-            (parent / "cgroup.subtree_control").write_text(f"+{c}")
+        if not set(CONTROLLERS) <= controllers(parent, "cgroup.subtree_control"):
+            (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
     else:
         raise OSError("no usable cgroup hierarchy (need v2, or v1 memory, pids and cpu)")
 
@@ -90,20 +103,35 @@ class SlotCgroup:
         names = ("memory.current", "memory.peak", "memory.events") if self.v2 else \
             ("memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control")
         self._usage = os.open(self.mem / names[0], os.O_RDONLY | os.O_CLOEXEC)
-        self._peak = os.open(self.mem / names[1], os.O_RDWR | os.O_CLOEXEC)
         self._events = os.open(self.mem / names[2], os.O_RDONLY | os.O_CLOEXEC)
         self._memory_limit: int | None = None
         self._pids_limit: int | None = None
-        # v2 resets memory.peak per open file only since Linux 6.12; older kernels keep the
-        # all-time peak, which then over-reports a run's peak.
+        # v2 has memory.peak since Linux 5.19 and resets it (per open file) only since 6.12:
+        # Debian 12's 6.1 keeps the all-time peak, Ubuntu 22.04's 5.15 has none. There the
+        # run's peak is exact when the run set a new all-time peak, else sampled (_PeakSampler).
+        self._peak: int | None = None
+        for mode in (os.O_RDWR, os.O_RDONLY):
+            try:
+                self._peak = os.open(self.mem / names[1], mode | os.O_CLOEXEC)
+                break
+            except FileNotFoundError:
+                break
+            except PermissionError:
+                continue
         try:
             self._reset_peak()
             self._peak_resettable = True
-        except OSError:
+        except (OSError, TypeError):
             self._peak_resettable = False
+        self._sampler = None if self._peak_resettable else _PeakSampler(self._usage)
+        self._peak_before = 0
 
     def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
         for fd in (self._usage, self._peak, self._events):
+            if fd is None:
+                continue
             try:
                 os.close(fd)
             except OSError:
@@ -125,7 +153,7 @@ class SlotCgroup:
                     time.sleep(0.01)
 
     def _reset_peak(self) -> None:
-        os.pwrite(self._peak, b"0", 0)
+        os.pwrite(self._peak, b"0", 0)  # type: ignore[arg-type]
 
     @staticmethod
     def _int(fd: int) -> int:
@@ -181,11 +209,77 @@ class SlotCgroup:
         """Counters at the start of a run; resets the peak so the run's own peak can be read."""
         if self._peak_resettable:
             self._reset_peak()
+        else:
+            if self._peak is not None:
+                self._peak_before = self._int(self._peak)
+            self._sampler.start()  # type: ignore[union-attr]
         return Snapshot(self.usage(), self._oom_kills())
 
     def end(self, start: Snapshot) -> tuple[int, int]:
         """(peak bytes the run added over its start, OOM kills during the run)."""
-        return max(0, self._int(self._peak) - start.usage), self._oom_kills() - start.oom_kills
+        if self._peak_resettable:
+            peak = self._int(self._peak)  # type: ignore[arg-type]
+        else:
+            peak = self._sampler.stop()  # type: ignore[union-attr]
+            if self._peak is not None:
+                all_time = self._int(self._peak)
+                if all_time > self._peak_before:  # this run set the record: its peak is exact
+                    peak = all_time
+        return max(0, peak - start.usage), self._oom_kills() - start.oom_kills
+
+
+class _PeakSampler:
+    """A run's peak memory where the kernel cannot reset memory.peak: memory.current sampled
+    every millisecond by one thread per slot, asleep between runs. It can miss a spike shorter
+    than the interval; an OOM kill is still read from memory.events, never from this."""
+
+    INTERVAL = 0.001
+
+    def __init__(self, usage_fd: int) -> None:
+        self._fd = usage_fd
+        self._peak = 0
+        self._active = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            self._peak = int(os.pread(self._fd, 64, 0))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sandbox-peak-sampler", daemon=True)
+                self._thread.start()
+            self._active.set()
+
+    def stop(self) -> int:
+        """Stop sampling; the highest memory.current seen since start()."""
+        self._active.clear()
+        with self._lock:
+            try:
+                self._peak = max(self._peak, int(os.pread(self._fd, 64, 0)))
+            except (OSError, ValueError):
+                pass
+            return self._peak
+
+    def close(self) -> None:
+        self._closed = True
+        self._active.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    def _loop(self) -> None:
+        while True:
+            self._active.wait()
+            if self._closed:
+                return
+            try:
+                value = int(os.pread(self._fd, 64, 0))
+            except (OSError, ValueError):
+                return  # the cgroup is gone: the slot is closing
+            with self._lock:
+                if self._active.is_set() and value > self._peak:
+                    self._peak = value
+            time.sleep(self.INTERVAL)
 
 
 def remove_stale() -> int:

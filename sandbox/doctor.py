@@ -4,10 +4,12 @@ start runs the same ones and refuses to start if any fails (fail closed, never u
 from __future__ import annotations
 
 import ctypes.util
+import errno
 import os
 import platform
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import cgroups
 from .errors import ImageError, SandboxUnavailableError
@@ -36,20 +38,48 @@ def _userns() -> Check:
     return Check("user namespaces", False, "enable them: sysctl -w user.max_user_namespaces=15000")
 
 
-def _cgroups() -> Check:
-    v = cgroups.version()
+def _cgroups(root: Path = cgroups.ROOT) -> Check:
+    v = cgroups.version(root)
     if v is None:
-        return Check("cgroups", False, "mount cgroup v2 at /sys/fs/cgroup (or v1 memory, pids and cpu controllers)")
+        return Check("cgroups", False, f"mount cgroup v2 at {root} (or v1 memory, pids and cpu controllers)")
+    if v == 2:
+        problem = _v2_delegation(root)
+        if problem:
+            return Check("cgroups", False, problem)
     try:
-        cgroups.ensure_parents()
+        cgroups.ensure_parents(root)
     except OSError as exc:
         return Check("cgroups", False, f"cannot create the '{cgroups.PARENT}' parent cgroup ({exc}); run as root")
-    if v == 2:
-        enabled = set((cgroups.ROOT / cgroups.PARENT / "cgroup.subtree_control").read_text().split())
-        missing = {"memory", "pids", "cpu"} - enabled
-        if missing:
-            return Check("cgroups", False, f"cgroup v2 controllers not available: {', '.join(sorted(missing))}")
-    return Check("cgroups", True, f"cgroup v{v}, memory/pids/cpu under {cgroups.ROOT}/.../{cgroups.PARENT}")
+    return Check("cgroups", True, f"cgroup v{v}, memory/pids/cpu under {root}/{'' if v == 2 else '<controller>/'}{cgroups.PARENT}")
+
+
+def _v2_delegation(root: Path) -> str | None:
+    """What keeps the engine from using the v2 hierarchy at root, with its one-line fix (None: nothing).
+
+    Enables the controllers in root's cgroup.subtree_control when they are off, as the engine would.
+    """
+    wanted = cgroups.CONTROLLERS
+    if os.statvfs(root).f_flag & os.ST_RDONLY:
+        return (f"{root} is mounted read-only: remount it writable (mount -o remount,rw {root}); in a container, "
+                "give it a writable cgroup mount (docker run --cgroupns=private --privileged)")
+    missing = [c for c in wanted if c not in cgroups.controllers(root)]
+    if missing:
+        return (f"controllers {', '.join(missing)} are not delegated to {root} (not in cgroup.controllers): "
+                f"enable them in the parent cgroup's cgroup.subtree_control (systemd: Delegate=yes)")
+    off = [c for c in wanted if c not in cgroups.controllers(root, "cgroup.subtree_control")]
+    if not off:
+        return None
+    try:
+        (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in off))
+        return None
+    except OSError as exc:
+        procs = (root / "cgroup.procs").read_text().split()
+        if exc.errno == errno.EBUSY and procs:
+            return (f"cannot enable {', '.join(off)} in {root}/cgroup.subtree_control while {len(procs)} processes "
+                    f"live in {root} itself: move them to a child first (mkdir {root}/init && "
+                    f"for p in $(cat {root}/cgroup.procs); do echo $p > {root}/init/cgroup.procs; done)")
+        return (f"cannot enable {', '.join(off)} in {root}/cgroup.subtree_control ({exc.strerror}): "
+                f"as root, echo '{' '.join('+' + c for c in off)}' > {root}/cgroup.subtree_control")
 
 
 def _seccomp() -> Check:

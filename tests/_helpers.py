@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CGROUP_V1 = Path("/sys/fs/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 ENGINE_FRAMES = ("runner.py", "zygote.py", "isolation.py", "/opt/sandbox", "sandbox/guest")
 
 
@@ -49,8 +49,10 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool
 
 
 def cgroup_dirs(jail_pid: int) -> list[Path]:
-    """The cgroup v1 directories nsjail creates for one jail."""
-    return [CGROUP_V1 / c / "sandbox" / f"NSJAIL.{jail_pid}" for c in ("memory", "pids", "cpu")]
+    """The cgroup directories nsjail creates for one jail: one on v2, one per controller on v1."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return [CGROUP_ROOT / "sandbox" / f"NSJAIL.{jail_pid}"]
+    return [CGROUP_ROOT / c / "sandbox" / f"NSJAIL.{jail_pid}" for c in ("memory", "pids", "cpu")]
 
 
 def assert_no_engine_frames(traceback_text: str) -> None:

@@ -1,0 +1,83 @@
+"""Cgroup limits and counters behave the same on v1 and v2 (this file runs on the v1 development
+machines in `make test` and inside the cgroup v2 VM in `make test-cgroup2`): a run's own peak
+memory, the CPU bandwidth of a slot, and nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox import Outcome, Sandbox
+from sandbox.limits import JailSettings
+
+from _helpers import CGROUP_ROOT, cgroup_dirs, run_ok, wait_until
+
+V2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+FILL = "import numpy as np\na = np.ones({n} << 17)\nprint(a.sum())\n"  # n MiB of float64, all touched
+
+
+@pytest.fixture(scope="module")
+def box():
+    with Sandbox(slots=1) as s:
+        yield s
+
+
+def _slot_cgroup(box) -> Path:
+    (slot,) = box._pool._live.values()
+    return cgroup_dirs(slot.jail_pid)[-1]  # v1: the cpu controller's directory
+
+
+def test_peak_memory_is_the_runs_own_not_the_slots_all_time_peak(box):
+    big = run_ok(box, FILL.format(n=300))
+    assert big.usage.peak_memory_bytes >= 280 << 20
+    small = run_ok(box, "print(1)")
+    assert small.usage.peak_memory_bytes < 64 << 20, small.usage
+    # A middle-sized run after the big one is measured, not hidden by the earlier record.
+    middle = run_ok(box, FILL.format(n=120))
+    assert 110 << 20 <= middle.usage.peak_memory_bytes < 280 << 20, middle.usage
+
+
+def test_memory_limit_comes_from_the_oom_kill_counter_and_the_slot_survives(box):
+    r = box.run(FILL.format(n=400), limits={"memory_bytes": 200 << 20})
+    assert r.outcome is Outcome.MEMORY_LIMIT, (r.outcome, r.exit_code, r.stderr[-500:])
+    after = run_ok(box, FILL.format(n=100))
+    assert after.outcome is Outcome.OK
+
+
+def test_cpu_bandwidth_is_the_policy_cpus_and_holds_for_a_multi_process_spin(box):
+    cpus = JailSettings.from_policy().cpus
+    cg = _slot_cgroup(box)
+    if V2:
+        quota, period = (cg / "cpu.max").read_text().split()
+    else:
+        quota, period = (cg / "cpu.cfs_quota_us").read_text(), (cg / "cpu.cfs_period_us").read_text()
+    assert int(quota) / int(period) == pytest.approx(cpus)
+    # Three processes spin for 2 s of wall clock: together they get at most `cpus` CPUs.
+    code = ("import os, time\n"
+            "def spin():\n"
+            "    end = time.monotonic() + 2\n"
+            "    while time.monotonic() < end: pass\n"
+            "kids = []\n"
+            "for _ in range(2):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        spin(); os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "spin()\n"
+            "for pid in kids: os.waitpid(pid, 0)\n"
+            "print('done')\n")
+    r = run_ok(box, code)
+    assert r.usage.cpu_ms <= r.usage.wall_ms * cpus * 1.15 + 200, r.usage
+
+
+def test_closing_removes_the_slot_cgroups():
+    s = Sandbox(slots=1)
+    try:
+        run_ok(s, "print(1)")
+        (slot,) = s._pool._live.values()
+        dirs = cgroup_dirs(slot.jail_pid)
+        assert all(d.is_dir() for d in dirs)
+    finally:
+        s.close()
+    assert wait_until(lambda: not any(d.exists() for d in dirs), 10), [str(d) for d in dirs if d.exists()]
