@@ -54,7 +54,7 @@ class Slot:
             deadline = time.monotonic() + STARTUP_TIMEOUT
             self._write(protocol.encode(init), deadline)
             self.ready, _ = self._read_frame(deadline, max_body=0)
-            self.jail_pid = self._jail_pid()
+            self.jail_pid = self._jail_pid(deadline)
             self.cgroup = cgroups.SlotCgroup(self.jail_pid)
             self.cgroup.set_cpu(settings.cpus, settings.cpu_period_ms)
             overhead = self.ready.get("pids_overhead")
@@ -87,18 +87,21 @@ class Slot:
         lines = [ln for ln in self._stderr_tail if not ln.startswith(("[D]", "[I]"))]
         return "\n".join(lines[-12:]) or "(the jail printed nothing)"
 
-    def _jail_pid(self) -> int:
-        """nsjail names the slot's cgroup after its child: the zygote's host pid."""
+    def _jail_pid(self, deadline: float) -> int:
+        """The zygote's host pid (nsjail's one child; nsjail names the slot's cgroup after it)."""
         pid = self.proc.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:  # a kernel without CONFIG_PROC_CHILDREN
-            import psutil
+        while True:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:  # a kernel without CONFIG_PROC_CHILDREN
+                import psutil
 
-            children = [str(c.pid) for c in psutil.Process(pid).children()]
-        if len(children) != 1:
-            raise SlotDied(f"expected one jailed process under nsjail, found {len(children)}")
-        return int(children[0])
+                children = [str(c.pid) for c in psutil.Process(pid).children()]
+            if len(children) == 1:
+                return int(children[0])
+            if len(children) > 1 or self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SlotDied(f"expected one jailed process under nsjail, found {len(children)}")
+            time.sleep(0.0005)
 
     def _wait(self, fd: int, event: int, deadline: float) -> None:
         """Wait until fd is ready; a jail that dies meanwhile ends the wait at once."""

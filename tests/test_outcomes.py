@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from sandbox import Outcome
+from sandbox import Outcome, Sandbox
 
 from _helpers import run_ok
 
@@ -146,3 +146,19 @@ def test_outcomes_have_stable_string_values():
     assert {o.value for o in Outcome} == {"ok", "error", "timeout", "memory_limit", "cpu_limit",
                                           "policy_violation", "crashed", "sandbox_error"}
     assert str(Outcome.MEMORY_LIMIT) == "memory_limit"
+
+
+def test_runs_after_a_memory_limit_are_served_normally():
+    # The OOM killer must take the execution that hit the limit, not the isolated children
+    # waiting beside it in the slot's cgroup for the next requests: those then ran "crashed"
+    # (-9, in a tenth of a millisecond). A one-slot pool, so the next runs take those spares.
+    plot = "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()\nprint('ok')"
+    with Sandbox(slots=1) as box:
+        for _ in range(2):
+            r = box.run("x = bytearray(400 << 20)", limits={"memory_bytes": 128 << 20})
+            assert r.outcome is Outcome.MEMORY_LIMIT, (r.outcome, r.exit_code)
+            for code in (plot, "print('ok')", plot):
+                r = box.run(code)
+                assert r.outcome is Outcome.OK and r.stdout == "ok\n", (r.outcome, r.exit_code, r.stderr[-300:])
+        r = box.run("print(open('/proc/self/oom_score_adj').read().strip())")
+        assert r.stdout == "1000\n"  # the running execution is the OOM killer's first choice

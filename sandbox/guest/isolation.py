@@ -27,6 +27,8 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 24, 22, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SECCOMP_MODE_FILTER = 2
+OOM_SCORE_WAITING, OOM_SCORE_RUNNING = 500, 1000
+OOM_FD = 4  # /proc/self/oom_score_adj, open until the request is read (see limit_resources)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -84,9 +86,22 @@ def close_fds(keep_below: int) -> None:
 
 
 def limit_resources(profile: dict) -> None:
-    """Step 4: the OOM killer takes the child, never the zygote; hard = soft so nothing can raise them."""
+    """Step 4: the OOM killer takes the running execution first, never the zygote; rlimits
+    with hard = soft so nothing can raise them.
+
+    A waiting child gets 500, and 1000 once it has read its request (runner.serve, through the
+    fd kept here): an execution that hits the memory limit is killed before the children
+    waiting beside it (which must serve the next requests), and those before the zygote and the
+    fork servers (0; lowering their score would need CAP_SYS_RESOURCE, which hosts may not
+    grant). Spares are chosen before the execution only if its limit is tiny (under ~64 MiB)
+    and it is small itself. The fd is kept because, once not dumpable, the child's /proc files
+    belong to the jail's root."""
     with open("/proc/self/oom_score_adj", "w") as f:
-        f.write("1000")
+        f.write(str(OOM_SCORE_WAITING))
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    if fd != OOM_FD:
+        os.dup2(fd, OOM_FD, inheritable=False)
+        os.close(fd)
     # The zygote shares the slot's CPU quota with the execution; at nice 19 a fork bomb's
     # hundred processes still cannot starve the zygote's wall clock. Without CAP_SYS_NICE
     # (and RLIMIT_NICE 0) the code cannot lower it again.

@@ -18,7 +18,7 @@ import stat
 import sys
 import traceback
 
-from . import protocol
+from . import isolation, protocol
 
 REQUEST_FD, RESULT_FD = 0, 3
 MAX_MESSAGE = 64 << 10
@@ -207,6 +207,9 @@ def _set_stdin(data: bytes) -> None:
 def serve() -> None:
     """Read the request from fd 0, run it, write the result to fd 3, and exit."""
     header, body = protocol.read_frame(REQUEST_FD, max_body=1 << 40)
+    # From now on this is the running execution: the OOM killer's first choice (isolation.limit_resources).
+    os.write(isolation.OOM_FD, str(isolation.OOM_SCORE_RUNNING).encode())
+    os.close(isolation.OOM_FD)
     sizes = [f["size"] for f in header["files"]]
     blobs = protocol.split_blobs(body, sizes + [header["stdin"]])
     del body
