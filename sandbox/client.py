@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from . import cgroups, doctor, image as images, wire
@@ -32,16 +32,24 @@ class Sandbox:
     """
 
     def __init__(self, slots: int | None = None, *, image: str = "default", limits: Limits | None = None,
-                 max_queue: int = 1024, recycle_after: int = 10_000, preload: bool = True) -> None:
-        """`slots` jails (default: one per CPU). `preload=False` skips importing the image's
-        preload list: the pool starts in a fraction of the time and each program imports what
-        it uses itself (what a one-shot command wants)."""
+                 max_queue: int = 1024, recycle_after: int = 10_000,
+                 preload: bool | Iterable[str] = True) -> None:
+        """`slots` jails (default: one per CPU). `preload`: True imports the image's whole
+        preload list in each jail before the first run; False none of it (the pool starts in a
+        fraction of the time and programs import what they use); module names, the entries of
+        that list under those top-level packages (what a one-shot command that knows its
+        program's imports wants)."""
         if slots is not None and (not isinstance(slots, int) or slots < 1):
             raise InvalidInputError(f"slots must be a positive integer, not {slots!r}")
         if max_queue < 0 or recycle_after < 1:
             raise InvalidInputError("max_queue must be >= 0 and recycle_after >= 1")
         doctor.require_safe_host()  # refuses to start unsafely: same checks as `sandbox doctor`
         self.image = images.load_any(image)
+        if isinstance(preload, bool):
+            modules = list(self.image.preload) if preload else []
+        else:
+            wanted = set(preload)
+            modules = [m for m in self.image.preload if m.split(".")[0] in wanted]
         self.limits = limits if limits is not None else Limits.from_policy()
         settings = JailSettings.from_policy()
         seccomp = seccomp_policy()
@@ -51,7 +59,7 @@ class Sandbox:
         t0 = time.monotonic()
 
         def factory(index: int) -> Slot:
-            return Slot(index, self.image, settings, seccomp, self.limits, preload=preload)
+            return Slot(index, self.image, settings, seccomp, self.limits, preload=modules)
 
         self._pool = Pool(slots or os.cpu_count() or 1, factory, max_queue=max_queue, recycle_after=recycle_after)
         self._pool.start()

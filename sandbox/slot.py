@@ -33,12 +33,15 @@ class SlotDied(Exception):
 
 class Slot:
     def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
-                 preload: bool = True) -> None:
+                 preload: list[str] | None = None) -> None:
+        """Start one jail; its zygote imports `preload` (default: the image's whole list)."""
         self.index = index
         self.runs = 0
         self.alive = False
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._pending = bytearray()  # read ahead from the jail's output
+        self._ending = threading.Lock()
+        self._ended = False
         t0 = time.monotonic()
         self.proc, self._run_dir = jail.spawn(image, settings)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -48,7 +51,8 @@ class Slot:
         self.pidfd = os.pidfd_open(self.proc.pid)
         threading.Thread(target=self._drain_stderr, name=f"sandbox-slot{index}-stderr", daemon=True).start()
         try:
-            init = {"policy": policy, "preload": image.preload if preload else [], "uid": jail.USER_UID,
+            preload = image.preload if preload is None else preload
+            init = {"policy": policy, "preload": preload, "uid": jail.USER_UID,
                     "gid": jail.USER_GID, "workdir": jail.WORKDIR, "profile": defaults.profile(),
                     "uids": settings.user_uids, "spares": {"lean": settings.spares_lean if preload else 1, "full": settings.spares_full}}
             deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -188,20 +192,20 @@ class Slot:
     def poll_dead(self) -> bool:
         return self.proc.poll() is not None
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Ask the zygote to exit (EOF on its input); kill the jail if it does not."""
-        self.alive = False
-        try:
-            self.proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout)
-        except Exception:  # noqa: BLE001 - any failure to exit cleanly ends in a kill
-            pass
+    def close(self) -> None:
+        """End the jail. There is nothing to flush, so it is killed rather than asked to exit:
+        the zygote's own shutdown (kill(-1), reaping every child, the namespaces' teardown)
+        kept a closing caller waiting 300-770 ms, a kill costs about 10 ms."""
         self.kill()
 
     def kill(self) -> None:
+        """SIGKILL to nsjail's process group (nsjail and the zygote, pid 1 of the jail's pid
+        namespace, whose death ends every other process in it); then release what the host
+        holds for the jail. Idempotent: the pool's threads may race to end a slot."""
+        with self._ending:
+            if self._ended:
+                return
+            self._ended = True
         self.alive = False
         if self.proc.poll() is None:
             try:

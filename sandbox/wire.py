@@ -53,17 +53,21 @@ def check_path(name: object, what: str = "input file name") -> str:
     return name
 
 
-def flavor(code: str) -> str:
-    """Which fork server a program goes to: "lean" when every module it imports is in the
-    standard library, else "full" (the warm scientific stack). A guess from the import lines
-    only: a wrong one costs time, never correctness (a lean child imports what it needs)."""
+def imported_modules(code: str) -> set[str]:
+    """The top-level modules a program's import lines name ("" for a relative import). Read
+    from the lines only, never run or parsed: a guess that may only cost time."""
+    found = set()
     for match in _IMPORT.finditer(code):
         names = [match.group(1)] if match.group(1) else match.group(2).split(",")
-        for name in names:
-            top = name.split()[0].split(".")[0] if name.split() else ""
-            if top not in _STDLIB:
-                return "full"
-    return "lean"
+        found.update(name.split()[0].split(".")[0] if name.split() else "" for name in names)
+    return found
+
+
+def flavor(code: str) -> str:
+    """Which fork server a program goes to: "lean" when every module it imports is in the
+    standard library, else "full" (the warm scientific stack). A wrong guess costs time, never
+    correctness (a lean child imports what it needs)."""
+    return "lean" if imported_modules(code) <= _STDLIB else "full"
 
 
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
@@ -71,7 +75,11 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
     """The request frame: header, then each input file's bytes, then stdin's."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
-    if len(code.encode()) > limits.max_code_bytes:
+    try:
+        size = len(code.encode())
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 file could hold this program
+        raise InvalidInputError("code is not valid Unicode text (it contains a lone surrogate)") from None
+    if size > limits.max_code_bytes:
         raise InvalidInputError(f"code is larger than max_code_bytes={limits.max_code_bytes}")
     check_path(filename, "filename")
     entries, blobs, total = [], [], 0
