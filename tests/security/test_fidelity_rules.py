@@ -228,5 +228,5 @@ def test_a_tampered_reporter_still_never_lets_the_call_run(sb):
     """)
     expect(r, Outcome.OK)
     ev = one(r)
-    assert ev["same_ns"] is True and ev["uid"] == 1000, describe(r)
+    assert ev["same_ns"] is True and 1000 <= ev["uid"] < 1064, describe(r)  # its own uid of the mapped range
     assert ev["ret"] == 272, describe(r)   # the trapped call's "result" is its own number: it never ran

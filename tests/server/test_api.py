@@ -73,6 +73,7 @@ def test_invalid_requests_are_422_with_an_error_document(client):
         {"code": "print(1)", "filename": "../main.py"},
         {"code": "print(1)", "timeout": 3600},                           # over the server's policy
         {"code": "print(1)", "limits": {"memory_bytes": 64 << 30}},
+        {"code": "print(1)", "limits": {"profile": 1, "replace": 2}},      # Limits' methods are no limits (was a 500)
     ]
     for body in cases:
         r = client.post("/v1/execute", json=body)
