@@ -238,3 +238,9 @@ def test_stdin_counts_against_the_input_cap(sb):
         sb.run("pass", stdin=b"x" * 2000, limits={"max_input_bytes": 1000})
     with pytest.raises(InvalidInputError, match="stdin must be bytes or str"):
         sb.run("pass", stdin=123)
+
+
+def test_code_with_a_lone_surrogate_is_invalid_input_not_a_crash(sb):
+    # No UTF-8 file could hold this program; before, encode() raised UnicodeEncodeError from the engine.
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        sb.run("print('\ud800')")
