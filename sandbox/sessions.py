@@ -391,7 +391,10 @@ class SessionManager:
                 now = time.time()
                 due, next_at = [], now + 60
                 for s in self._open.values():
-                    if s is None or s._busy.is_set():
+                    if s is None:
+                        continue
+                    if s._busy.is_set():  # its clock restarts when the call ends: look again soon
+                        next_at = min(next_at, now + 0.5)
                         continue
                     end_of_life = s.created_at + self.settings.max_lifetime_seconds
                     if now >= end_of_life:
