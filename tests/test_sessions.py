@@ -247,11 +247,14 @@ def test_closing_leaves_nothing_behind():
         s = sb.session()
         ok(s.run("import subprocess\np = subprocess.Popen(['sleep', '300'])\nopen('/tmp/x', 'w').write('x')"))
         jail = sb._sessions._jail
-        cgroups = [d for d in session_cgroups() if f"NSJAIL.{jail.jail_pid}/" in str(d)]
-        assert cgroups, "a session has a cgroup of its own"
+        cgroups = list(s._cgroup.dirs)
+        assert cgroups and all(d in session_cgroups() for d in cgroups), "a session has a cgroup of its own"
         procs = [int(p) for d in cgroups for p in (d / "cgroup.procs").read_text().split()]
         assert len(procs) >= 2  # the interpreter and its sleep
         s.close()
+        deadline = time.monotonic() + 10
+        while any(d.exists() for d in cgroups) and time.monotonic() < deadline:
+            time.sleep(0.05)  # removed in the background once the killed processes have left
         for d in cgroups:
             assert not d.exists(), d
         for pid in procs:
