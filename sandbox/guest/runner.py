@@ -381,7 +381,10 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
             error, exit_code = _describe(exc, None, filename), 1
     try:
         os.chdir(workdir)  # the program may have moved elsewhere; outputs are what it left here
-        files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"], before)
+        if before is None:
+            files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"])
+        else:
+            files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"], before=before)
     except OSError:
         files, files_dropped = [], 0
 
