@@ -227,8 +227,11 @@ class AsyncSandbox:
         self._sync = await asyncio.to_thread(Sandbox, slots, **kwargs)
         # One thread per call the pool admits (running plus queued, created only as needed), so
         # a call beyond max_queue gets QueueFullError here too instead of waiting unseen.
+        # Sessions' calls and file operations get threads of their own on top (one call at a
+        # time per session), so they can never hold up stateless runs.
+        sessions = self._sync._sessions.settings.max_sessions
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._sync.capacity + self._max_queue + 1, thread_name_prefix="sandbox-async")
+            max_workers=self._sync.capacity + self._max_queue + 2 * sessions + 1, thread_name_prefix="sandbox-async")
         return self
 
     async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
@@ -249,10 +252,14 @@ class AsyncSandbox:
         """Run like run(), yielding Output(stream, text) events as the program writes, then the
         Result. Closing the iterator early (or cancelling its consumer) kills the run."""
         sync = self._started()
-        async for event in self._events(lambda on_stdout, on_stderr, cancel: sync.run(
-                code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-                on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel)):
-            yield event
+        events = self._events(lambda on_stdout, on_stderr, cancel: sync.run(
+            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # at once, not when the inner generator is collected: it kills the run
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> AsyncSession:
         """Sandbox.session(), for asyncio: `async with asb.session() as s:` or `s = await asb.session()`."""

@@ -108,21 +108,28 @@ class Session:
         request = wire.encode_request(code, files, lim, filename, stdin, stream=live,
                                       extra={"op": "call", "sid": self._sid})
         relay = _Relay(on_stdout, on_stderr) if live else None
+
+        def finish(header: dict, body: bytes, peak: int, kills: int) -> tuple[Result | None, str | None]:
+            if header.get("cancelled") is True:
+                return None, "a call was cancelled and its interpreter was killed"
+            result = wire.decode_reply(header, body, peak, kills, lim)
+            ended = header.get("alive") is not True or kills
+            return result, _ENDINGS.get(result.outcome, "the session's interpreter ended") if ended else None
+
         try:
-            header, body, peak, kills = self._call(request, lim, relay, cancel)
+            result = self._call(request, lim, relay, cancel, finish)
         finally:
             if relay is not None:
                 relay.close()
-        if header.get("cancelled") is True:
-            self._end("a call was cancelled and its interpreter was killed")
+        if result is None:
             raise RunCancelledError("the call was cancelled; it was killed and the session ended")
-        result = wire.decode_reply(header, body, peak, kills, lim)
-        if header.get("alive") is not True or kills:
-            self._end(_ENDINGS.get(result.outcome, "the session's interpreter ended"))
         return result
 
     def _call(self, request: bytes, lim: Limits, relay: Callable[[str, bytes], None] | None,
-              cancel: threading.Event | None) -> tuple[dict, bytes, int, int]:
+              cancel: threading.Event | None, finish: Callable[[dict, bytes, int, int], tuple[Any, str | None]]) -> Any:
+        """One request to the session's interpreter, under the session's lock: `finish` makes
+        the answer of the reply and says whether the session ended, which is then closed before
+        the lock is let go (a next call waiting on it finds it closed, never half-closed)."""
         with self._lock:
             self._check_open()
             self._busy.set()
@@ -131,15 +138,17 @@ class Session:
                 events = _either(cancel, self._cancel)
                 try:
                     header, body = self._jail.call(self._sid, request, lim, relay, events)
+                    peak, kills = self._cgroup.end(start)
+                    peak += start.usage  # the whole session's peak: its limit covers its state too
                 except SlotDied as exc:
                     self._end(f"the session's jail failed: {exc}")
-                    header = {"status": "setup_failed", "detail": f"{exc}; the session ended"}
-                    return header, b"", 0, 0
+                    header, body, peak, kills = {"status": "setup_failed", "detail": f"{exc}; the session ended"}, b"", 0, 0
                 finally:
                     self.expires_at = time.time() + self.ttl
-                peak, kills = self._cgroup.end(start)
-                # The whole session's peak during the call: its limit covers its state too.
-                return header, body, peak + start.usage, kills
+                answer, ended = finish(header, body, peak, kills)
+                if ended:
+                    self._end(ended)
+                return answer
             finally:
                 self._busy.clear()
 
@@ -151,9 +160,9 @@ class Session:
                   "limits": lim.replace(timeout_seconds=min(lim.timeout_seconds, 30)).guest(),
                   "profile": lim.profile(), "files": [], "stdin": 0}
         request = protocol.encode(header, [data] if data else [])
-        header, body, _, _ = self._call(request, lim, None, None)
+        header, body = self._call(request, lim, None, None, lambda h, b, _p, _k: (
+            (h, b), None if h.get("alive") is True else "the session's interpreter ended during a file operation"))
         if header.get("alive") is not True:
-            self._end("the session's interpreter ended during a file operation")
             raise SessionClosedError(self.close_reason or "the session ended")
         try:
             blobs = protocol.split_blobs(body, header.get("blob_sizes"))
@@ -533,10 +542,13 @@ class AsyncSession:
     async def stream(self, code: str, files: Files | None = None, **kwargs: Any) -> AsyncIterator[Output | Result]:
         """Run like run(), yielding Output(stream, text) events as the code writes, then the Result."""
         session = self._s()
-        async for event in self._owner._events(
-                lambda on_stdout, on_stderr, cancel: session.run(code, files, on_stdout=on_stdout,
-                                                                 on_stderr=on_stderr, cancel=cancel, **kwargs)):
-            yield event
+        events = self._owner._events(lambda on_stdout, on_stderr, cancel: session.run(
+            code, files, on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, **kwargs))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # at once, not when the inner generator is collected: it kills the call
 
     async def files(self) -> list[FileInfo]:
         return await self._owner._call(lambda _: self._s().files())
