@@ -136,6 +136,11 @@ class RemoteSandbox:
         doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": None if limits is None else dict(limits)})
         return RemoteSession(self, doc)
 
+    def get_session(self, session_id: str) -> RemoteSession:
+        """A session this key opened before (from another process too); SessionClosedError if it has
+        ended, is unknown, or is another key's."""
+        return RemoteSession(self, self._request("GET", "/v1/sessions/" + urllib.parse.quote(session_id, safe="")))
+
     def _execute(self, path: str, code: str, files: Files | None, *, stdin: bytes | str | None,
                  timeout: float | None, limits: Limits | Mapping[str, Any] | None, filename: str,
                  on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> Result:

@@ -1,6 +1,7 @@
 """`/v1/sessions`: stateful sessions over HTTP, each owned by the API key that made it.
 
     POST   /v1/sessions                      {ttl?, limits?} -> 201 {session_id, expires_at, ttl}
+    GET    /v1/sessions                      -> {sessions: [...]}, this key's open sessions
     GET    /v1/sessions/{id}                 -> {session_id, expires_at, ttl}
     DELETE /v1/sessions/{id}                 -> 204
     POST   /v1/sessions/{id}/execute         the body and answers of /v1/execute (NDJSON too); state carries over
@@ -123,6 +124,10 @@ class Sessions:
         events = session.stream(code, files, **kwargs)
         return self.metrics.stream(events) if self.metrics is not None else events
 
+    def owned_by(self, owner: str) -> list[AsyncSession]:
+        self.prune()
+        return [o.session for o in self._open.values() if o.owner == owner]
+
     def count(self) -> int:
         self.prune()
         return len(self._open)
@@ -194,6 +199,10 @@ class SessionInfo(BaseModel):
     ttl: float = Field(description="idle seconds before the session closes")
 
 
+class SessionList(BaseModel):
+    sessions: list[SessionInfo]
+
+
 class FileEntry(BaseModel):
     path: str
     size: int
@@ -227,6 +236,11 @@ async def create(sb: SandboxDep, owner: OwnerDep, sessions: SessionsDep, request
     check_ceiling(request.app.state.ceiling, None, body.limits)
     session = await sessions.create(sb, owner, body.ttl, body.limits)
     return _info(session)
+
+
+@router.get("", response_model=SessionList, summary="This key's open sessions", responses={401: ERRORS[401]})
+async def list_sessions(owner: OwnerDep, sessions: SessionsDep) -> SessionList:
+    return SessionList(sessions=[_info(s) for s in sessions.owned_by(owner)])
 
 
 @router.get("/{session_id}", response_model=SessionInfo, summary="A session's expiry", responses=ERRORS)
