@@ -11,6 +11,9 @@ import time
 import httpx
 import pytest
 
+from sandbox import SessionLimitError
+from sandbox.remote import RemoteSandbox
+
 from .conftest import KEY, OTHER_KEY, Server
 
 NDJSON = {"Accept": "application/x-ndjson"}
@@ -238,6 +241,8 @@ def test_session_cap_per_key_is_429_with_retry_after(tmp_path):
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "session_limit", refused.text
         assert 1 <= int(refused.headers["retry-after"]) <= 30
         assert theirs.post("/v1/sessions", json={}).status_code == 201     # another key is not affected
+        with RemoteSandbox(s.url, api_key=KEY) as remote, pytest.raises(SessionLimitError):
+            remote.session()                                                # the client's exception for it
         mine.delete(f"/v1/sessions/{ids[0]}")
         assert mine.post("/v1/sessions", json={}).status_code == 201       # a freed place is usable at once
     finally:
