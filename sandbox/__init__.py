@@ -6,15 +6,18 @@
 """
 
 from .client import AsyncSandbox, Sandbox
-from .errors import (ImageError, InvalidInputError, QueueFullError, SandboxClosedError, SandboxError,
-                     SandboxUnavailableError)
+from .errors import (ImageError, InvalidInputError, NoSuchFileError, QueueFullError, RunCancelledError,
+                     SandboxClosedError, SandboxError, SandboxUnavailableError, SessionClosedError,
+                     SessionLimitError)
 from .limits import Limits
 from .pool import PoolStats
 from .results import ExecError, File, Image, Outcome, Output, Result, Usage
+from .sessions import AsyncSession, FileInfo, Session
 
 __all__ = [
     "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "Output", "ExecError", "Image", "File", "Usage",
     "SandboxError", "InvalidInputError", "QueueFullError", "SandboxUnavailableError", "SandboxClosedError",
-    "ImageError",
+    "ImageError", "Session", "AsyncSession", "FileInfo", "SessionClosedError", "SessionLimitError",
+    "RunCancelledError", "NoSuchFileError",
 ]
 __version__ = "0.1.0"

@@ -100,6 +100,20 @@ class SlotCgroup:
             self.dirs = [ROOT / c / PARENT / name for c in V1_CONTROLLERS]
         if not self.mem.is_dir():
             raise OSError(f"jail cgroup {self.mem} does not exist")
+        self._open_counters()
+
+    @classmethod
+    def _at(cls, mem: Path, pids: Path) -> SlotCgroup:
+        """The counters of an existing cgroup (a session's, made by child())."""
+        self = cls.__new__(cls)
+        self.v2 = version() == 2
+        self.mem, self.pids, self.cpu = mem, pids, pids
+        self.dirs = list(dict.fromkeys([mem, pids]))
+        self._open_counters()
+        return self
+
+    def _open_counters(self) -> None:
+        self._leaf: Path | None = None
         names = ("memory.current", "memory.peak", "memory.events") if self.v2 else \
             ("memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control")
         self._usage = os.open(self.mem / names[0], os.O_RDONLY | os.O_CLOEXEC)
@@ -138,19 +152,50 @@ class SlotCgroup:
                 pass
 
     def remove(self, wait: float = 2.0) -> None:
-        """rmdir this jail's cgroups, retrying while killed tasks are still leaving them."""
+        """rmdir this jail's cgroups (sessions' below them first), retrying while killed tasks
+        are still leaving them."""
         deadline = time.monotonic() + wait
         for d in self.dirs:
-            while True:
+            _rmdir_tree(d, deadline)
+
+    # -- cgroups below a jail's: one per session ----------------------------------------------
+
+    def delegate(self) -> None:
+        """Make room for cgroups below this one. On v2 a cgroup that passes controllers down may
+        hold no process itself, so the jail's processes move to a leaf ("jail") first; the
+        loop catches a process forked meanwhile, which starts in the parent."""
+        if not self.v2:
+            return
+        leaf = self.mem / "jail"
+        leaf.mkdir(exist_ok=True)
+        for _ in range(1000):
+            pids = (self.mem / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
                 try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.01)
+                    (leaf / "cgroup.procs").write_text(pid)
+                except ProcessLookupError:
+                    pass
+        (self.mem / "cgroup.subtree_control").write_text("+memory +pids")
+        self._leaf = leaf
+
+    def procs(self) -> list[int]:
+        """Host pids of the processes in the jail's own cgroup (not in a session's below it)."""
+        where = self._leaf or self.mem
+        return [int(p) for p in (where / "cgroup.procs").read_text().split()]
+
+    def child(self, name: str) -> SlotCgroup:
+        """A new cgroup below this one (memory and pids), with its own counters."""
+        mem, pids = self.mem / name, self.pids / name
+        for d in dict.fromkeys([mem, pids]):
+            d.mkdir()
+        return SlotCgroup._at(mem, pids)
+
+    def add(self, pid: int) -> None:
+        """Move a process (by host pid) into this cgroup; what it forks later starts here too."""
+        for d in self.dirs:
+            (d / "cgroup.procs").write_text(str(pid))
 
     def _reset_peak(self) -> None:
         os.pwrite(self._peak, b"0", 0)  # type: ignore[arg-type]
@@ -282,6 +327,26 @@ class _PeakSampler:
             time.sleep(self.INTERVAL)
 
 
+def _rmdir_tree(d: Path, deadline: float) -> None:
+    """rmdir a cgroup and the cgroups below it (bottom up), retrying until `deadline`."""
+    try:
+        subs = [c for c in d.iterdir() if c.is_dir()]
+    except OSError:
+        subs = []
+    for sub in subs:
+        _rmdir_tree(sub, deadline)
+    while True:
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
 def remove_stale() -> int:
     """Remove empty slot cgroups left by jails that died with their host process. Returns how many."""
     removed = 0
@@ -295,9 +360,6 @@ def remove_stale() -> int:
             except ValueError:
                 continue
             if not os.path.exists(f"/proc/{pid}"):
-                try:
-                    child.rmdir()
-                    removed += 1
-                except OSError:
-                    pass
+                _rmdir_tree(child, time.monotonic())
+                removed += not child.exists()
     return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import os
 import queue
@@ -12,10 +13,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from . import cgroups, doctor, image as images, wire
-from .errors import InvalidInputError, SandboxClosedError
-from .limits import JailSettings, Limits, seccomp_policy
+from .errors import InvalidInputError, RunCancelledError, SandboxClosedError
+from .limits import JailSettings, Limits, SessionSettings, seccomp_policy
 from .pool import Pool, PoolStats
 from .results import Output, Result
+from .session_jail import SessionJail
+from .sessions import AsyncSession, Session, SessionManager
 from .slot import Slot, SlotDied
 
 Files = Mapping[str, "bytes | str"]
@@ -61,6 +64,10 @@ class Sandbox:
         def factory(index: int) -> Slot:
             return Slot(index, self.image, settings, seccomp, self.limits, preload=modules)
 
+        session_settings = SessionSettings.from_policy()
+        self._sessions = SessionManager(
+            lambda: SessionJail(self.image, settings, seccomp, self.limits, modules, session_settings),
+            session_settings, self.limits)
         self._pool = Pool(slots or os.cpu_count() or 1, factory, max_queue=max_queue, recycle_after=recycle_after)
         self._pool.start()
         self.start_seconds = time.monotonic() - t0
@@ -68,26 +75,30 @@ class Sandbox:
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
-            on_stderr: TextCallback | None = None) -> Result:
+            on_stderr: TextCallback | None = None, cancel: threading.Event | None = None) -> Result:
         """Run `code` with `files` placed in its working directory and `stdin` as its standard
         input; never raises for what the code does. `on_stdout`/`on_stderr` receive the text as
         the program writes it (in order, on a thread of their own, all of it before run()
-        returns); the Result holds the same text."""
+        returns); the Result holds the same text. Setting `cancel` (from another thread) kills
+        the run within about 50 ms; run() then raises RunCancelledError."""
         lim = self._limits_for(timeout, limits)
         live = on_stdout is not None or on_stderr is not None
         request = wire.encode_request(code, files, lim, filename, stdin, stream=live)  # InvalidInputError first
         relay = _Relay(on_stdout, on_stderr) if live else None
         try:
-            return self._execute(request, lim, relay)
+            return self._execute(request, lim, relay, cancel)
         finally:
             if relay is not None:
                 relay.close()
 
-    def _execute(self, request: bytes, lim: Limits, relay: _Relay | None) -> Result:
+    def _execute(self, request: bytes, lim: Limits, relay: _Relay | None,
+                 cancel: threading.Event | None = None) -> Result:
+        if cancel is not None and cancel.is_set():
+            raise RunCancelledError("the run was cancelled before it started")
         slot = self._pool.acquire()
         t0 = time.monotonic()
         try:
-            header, body, peak, kills = slot.execute(request, lim, relay)
+            header, body, peak, kills = slot.execute(request, lim, relay, cancel)
         except (SlotDied, OSError) as exc:
             self._pool.release(slot, broken=True)
             return wire.sandbox_error(f"the jail failed during the run ({exc}); it was replaced, retry the call",
@@ -97,7 +108,27 @@ class Sandbox:
             raise
         broken = header.get("status") == "setup_failed"
         self._pool.release(slot, broken=broken)
+        if header.get("cancelled") is True:
+            raise RunCancelledError("the run was cancelled; it was killed")
         return wire.decode_reply(header, body, peak, kills, lim)
+
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> Session:
+        """A stateful interpreter: variables, imports and files carry over from call to call.
+        Closed after `ttl` idle seconds (policy default 600), at its maximum lifetime, by close()
+        or when the Sandbox closes. `limits` are the session's own (memory and processes cover
+        everything it holds). The first session starts the session jail (seconds); later ones
+        take a waiting interpreter (milliseconds). SessionLimitError beyond max_sessions."""
+        if self._closed:
+            raise SandboxClosedError("the sandbox is closed")
+        return self._sessions.open(ttl, limits)
+
+    def get_session(self, session_id: str) -> Session:
+        """The open session with that id; SessionClosedError (with the reason) if it ended or never was."""
+        return self._sessions.get(session_id)
+
+    def sessions(self) -> list[Session]:
+        """The sessions open now."""
+        return self._sessions.sessions()
 
     def _limits_for(self, timeout: float | None, limits: Limits | Mapping[str, Any] | None) -> Limits:
         if self._closed:
@@ -118,8 +149,9 @@ class Sandbox:
         return dict(self.image.manifest)
 
     def stats(self) -> PoolStats:
-        """How many slots exist, are running, idle or starting, and how many calls wait."""
-        return self._pool.stats()
+        """How many slots exist, are running, idle or starting, how many calls wait, how many
+        sessions are open."""
+        return dataclasses.replace(self._pool.stats(), sessions=self._sessions.count())
 
     @property
     def capacity(self) -> int:
@@ -127,9 +159,10 @@ class Sandbox:
         return self._pool.size
 
     def close(self) -> None:
-        """Stop every jail. Leaves no process, mount or cgroup behind."""
+        """Stop every jail and end every session. Leaves no process, mount or cgroup behind."""
         if not self._closed:
             self._closed = True
+            self._sessions.close()
             self._pool.close()
             cgroups.remove_stale()
 
@@ -203,36 +236,77 @@ class AsyncSandbox:
                   filename: str = "main.py", on_stdout: TextCallback | None = None,
                   on_stderr: TextCallback | None = None) -> Result:
         """Sandbox.run(), awaited: same arguments, same Result (callbacks run on a worker thread;
-        stream() gives the same output as async events)."""
-        import asyncio
-
+        stream() gives the same output as async events). Cancelling the awaiting task kills the
+        run in its jail."""
         sync = self._started()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: sync.run(
+        return await self._cancellable(lambda cancel: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel))
 
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                      filename: str = "main.py") -> AsyncIterator[Output | Result]:
-        """Run like run(), yielding Output(stream, text) events as the program writes, then the Result."""
+        """Run like run(), yielding Output(stream, text) events as the program writes, then the
+        Result. Closing the iterator early (or cancelling its consumer) kills the run."""
+        sync = self._started()
+        async for event in self._events(lambda on_stdout, on_stderr, cancel: sync.run(
+                code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+                on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel)):
+            yield event
+
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> AsyncSession:
+        """Sandbox.session(), for asyncio: `async with asb.session() as s:` or `s = await asb.session()`."""
+        self._started()
+        return AsyncSession(self, ttl, limits)
+
+    async def get_session(self, session_id: str) -> AsyncSession:
+        """The open session with that id (SessionClosedError if it ended or never was)."""
+        return AsyncSession(self, session=self._started().get_session(session_id))
+
+    async def _call(self, fn: Callable[[Sandbox], Any]) -> Any:
+        """fn(the Sandbox) on the worker threads."""
         import asyncio
 
         sync = self._started()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(sync))
+
+    async def _cancellable(self, fn: Callable[[threading.Event], Any]) -> Any:
+        """fn(cancel) on a worker thread; if the awaiting task is cancelled, `cancel` is set (the
+        run is killed in its jail) and the cancellation goes on."""
+        import asyncio
+
+        cancel = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, cancel)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            future.add_done_callback(_retrieve)
+            raise
+
+    async def _events(self, fn: Callable[..., Result]) -> AsyncIterator[Output | Result]:
+        """fn(on_stdout, on_stderr, cancel) on a worker thread, its output as Output events, then
+        its Result. Leaving the iteration early kills the run."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Output | None] = asyncio.Queue()
+        cancel = threading.Event()
 
         def emit(stream: str) -> TextCallback:
             return lambda text: loop.call_soon_threadsafe(events.put_nowait, Output(stream, text))
 
-        future = loop.run_in_executor(self._executor, lambda: sync.run(
-            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=emit("stdout"), on_stderr=emit("stderr")))
+        future = loop.run_in_executor(self._executor, fn, emit("stdout"), emit("stderr"), cancel)
         # Every Output was queued before run() returned, so this marker comes after the last.
         future.add_done_callback(lambda _: events.put_nowait(None))
-        while (event := await events.get()) is not None:
-            yield event
-        yield await future
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            yield await future
+        finally:
+            if not future.done():
+                cancel.set()
+                future.add_done_callback(_retrieve)
 
     def _started(self) -> Sandbox:
         if self._sync is None:
@@ -264,3 +338,9 @@ class AsyncSandbox:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _retrieve(future: Any) -> None:
+    """Take a finished background call's outcome, so an abandoned one is not logged as lost."""
+    if not future.cancelled():
+        future.exception()

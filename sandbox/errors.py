@@ -23,3 +23,23 @@ class ImageError(SandboxError):
 
 class SandboxClosedError(SandboxError):
     """run() on a sandbox that was closed."""
+
+
+class RunCancelledError(SandboxError):
+    """The caller cancelled the run (a `cancel` event, an asyncio cancellation); it was killed."""
+
+
+class SessionClosedError(SandboxError):
+    """The session has ended: closed, expired, or ended by what a call did. `reason` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SessionLimitError(SandboxError):
+    """The Sandbox already holds its maximum number of open sessions; close one or retry later."""
+
+
+class NoSuchFileError(SandboxError, FileNotFoundError):
+    """The session's working directory has no regular file at that path."""

@@ -125,6 +125,34 @@ class JailSettings:
             raise InvalidInputError(f"bad [jail] table in policy: {exc}") from None
 
 
+@dataclass(frozen=True)
+class SessionSettings:
+    """Lifetimes and capacity of sessions (the [sessions] table of policies/default.toml)."""
+
+    ttl_seconds: float = 600            # idle time after which a session is closed
+    max_ttl_seconds: float = 86400      # the largest ttl a caller may ask for
+    max_lifetime_seconds: float = 86400  # a session is closed this long after it opened, busy or not
+    max_sessions: int = 256             # open sessions per Sandbox
+    spares: int = 2                     # isolated session interpreters kept waiting
+    total_memory_bytes: int = 8 << 30   # every session of a Sandbox together
+    total_processes: int = 4096
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                    or not math.isfinite(value):
+                raise InvalidInputError(f"sessions setting {f.name} must be a positive number, not {value!r}")
+
+    @classmethod
+    def from_policy(cls, path: Path | None = None) -> SessionSettings:
+        table = load_toml(path or policy_dir() / "default.toml").get("sessions", {})
+        try:
+            return cls(**table)
+        except TypeError as exc:
+            raise InvalidInputError(f"bad [sessions] table in policy: {exc}") from None
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:

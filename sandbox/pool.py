@@ -39,6 +39,7 @@ class PoolStats:
     waiting: int        # calls queued for a slot
     replacements: int   # slots replaced since start (deaths and recycles)
     runs: int           # runs served by the live slots
+    sessions: int = 0   # sessions open (Sandbox.session)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -25,6 +25,7 @@ log = logging.getLogger("sandbox.slot")
 
 STARTUP_TIMEOUT = 300.0     # importing the whole stack on a loaded 2-core machine
 REPLY_GRACE = 5.0           # host backstop beyond the zygote's own wall clock
+CANCEL_POLL = 0.05          # how often a cancellable run's event is looked at (seconds)
 
 
 class SlotDied(Exception):
@@ -33,8 +34,9 @@ class SlotDied(Exception):
 
 class Slot:
     def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
-                 preload: list[str] | None = None) -> None:
-        """Start one jail; its zygote imports `preload` (default: the image's whole list)."""
+                 preload: list[str] | None = None, init_extra: dict | None = None) -> None:
+        """Start one jail; its zygote imports `preload` (default: the image's whole list).
+        `init_extra` adds to the zygote's init message (a session jail's mode and spares)."""
         self.index = index
         self.runs = 0
         self.alive = False
@@ -42,6 +44,8 @@ class Slot:
         self._pending = bytearray()  # read ahead from the jail's output
         self._ending = threading.Lock()
         self._ended = False
+        self._cancel: threading.Event | None = None   # the run in flight's, while execute() waits
+        self._cancel_sent = False
         t0 = time.monotonic()
         self.proc, self._run_dir = jail.spawn(image, settings)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -54,7 +58,8 @@ class Slot:
             preload = image.preload if preload is None else preload
             init = {"policy": policy, "preload": preload, "uid": jail.USER_UID,
                     "gid": jail.USER_GID, "workdir": jail.WORKDIR, "profile": defaults.profile(),
-                    "uids": settings.user_uids, "spares": {"lean": settings.spares_lean if preload else 1, "full": settings.spares_full}}
+                    "uids": settings.user_uids, "spares": {"lean": settings.spares_lean if preload else 1, "full": settings.spares_full},
+                    **(init_extra or {})}
             deadline = time.monotonic() + STARTUP_TIMEOUT
             self._write(protocol.encode(init), deadline)
             self.ready, _ = self._read_frame(deadline, max_body=0)
@@ -108,16 +113,25 @@ class Slot:
             time.sleep(0.0005)
 
     def _wait(self, fd: int, event: int, deadline: float) -> None:
-        """Wait until fd is ready; a jail that dies meanwhile ends the wait at once."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
+        """Wait until fd is ready; a jail that dies meanwhile ends the wait at once. While a run
+        may be cancelled, look at its event every CANCEL_POLL seconds and tell the zygote once."""
         poller = select.poll()
         poller.register(fd, event)
         poller.register(self.pidfd, select.POLLIN)
-        events = poller.poll(remaining * 1000 + 1)
-        if not events:
-            raise TimeoutError
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            watching = self._cancel is not None and not self._cancel_sent
+            events = poller.poll(min(remaining, CANCEL_POLL if watching else 3600) * 1000 + 1)
+            if events:
+                break
+            if watching and self._cancel.is_set():  # type: ignore[union-attr]
+                self._cancel_sent = True
+                try:
+                    os.write(self._in, protocol.encode({"op": "cancel"}))  # whole: far below PIPE_BUF
+                except (BlockingIOError, BrokenPipeError):
+                    pass
         if all(f == self.pidfd for f, _ in events):
             raise SlotDied("the jail died")
 
@@ -161,10 +175,12 @@ class Slot:
     # -- executions -------------------------------------------------------------------------
 
     def execute(self, request: bytes, limits: Limits,
-                on_output: Callable[[str, bytes], None] | None = None) -> tuple[dict, bytes, int, int]:
+                on_output: Callable[[str, bytes], None] | None = None,
+                cancel: threading.Event | None = None) -> tuple[dict, bytes, int, int]:
         """Send one request; return (reply header, reply body, peak memory bytes, OOM kills).
         With `on_output` (a request that asked for live output), each chunk the program writes
-        arrives there first, within the same caps as the reply's copy."""
+        arrives there first, within the same caps as the reply's copy. Setting `cancel` kills
+        the run; its reply then says "cancelled"."""
         # The zygote, the fork servers and their waiting children are always in the cgroup.
         self.cgroup.set_limits(self.baseline + limits.memory_bytes, limits.max_processes + self.pids_overhead)
         start = self.cgroup.begin()
@@ -172,20 +188,30 @@ class Slot:
         self._write(request, deadline)
         cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
         room = {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes}
-        while True:
-            header, body = self._read_frame(deadline, cap, last=False)
-            if header.get("status") != "output":
-                break
-            stream = header.get("stream")
-            if on_output is None or stream not in room or len(body) > room[stream]:
-                raise SlotDied("the jail sent output it was not asked for, or beyond the caps")
-            room[stream] -= len(body)
-            on_output(stream, body)
+        self._cancel, self._cancel_sent = cancel, False
+        try:
+            while True:
+                header, body = self._read_frame(deadline, cap, last=False)
+                if header.get("status") != "output":
+                    break
+                self._output(header, body, on_output, room)
+        finally:
+            self._cancel = None
         if self._pending:
             raise SlotDied("the jail sent bytes after its reply")
         peak, kills = self.cgroup.end(start)
         self.runs += 1
         return header, body, peak, kills
+
+    @staticmethod
+    def _output(header: dict, body: bytes, on_output: Callable[[str, bytes], None] | None,
+                room: dict[str, int]) -> None:
+        """One live-output frame: checked against what was asked and the caps, then handed on."""
+        stream = header.get("stream")
+        if on_output is None or stream not in room or len(body) > room[stream]:
+            raise SlotDied("the jail sent output it was not asked for, or beyond the caps")
+        room[stream] -= len(body)
+        on_output(stream, body)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -71,8 +71,9 @@ def flavor(code: str) -> str:
 
 
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
-                   stdin: bytes | str | None = None, stream: bool = False) -> bytes:
-    """The request frame: header, then each input file's bytes, then stdin's."""
+                   stdin: bytes | str | None = None, stream: bool = False, extra: Mapping | None = None) -> bytes:
+    """The request frame: header, then each input file's bytes, then stdin's. `extra` adds to
+    the header (a session call's op and session number)."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
     try:
@@ -114,7 +115,8 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
     if total + len(stdin) > limits.max_input_bytes:
         raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
     header = {"code": code, "filename": filename, "files": entries, "stdin": len(stdin),
-              "limits": limits.guest(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream}
+              "limits": limits.guest(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream,
+              **(extra or {})}
     return protocol.encode(header, blobs + [stdin])
 
 

@@ -83,7 +83,7 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int) -> tuple[int, lis
             finally:
                 os._exit(70)
         try:
-            runner.serve()
+            runner.serve_session() if profile.get("session") else runner.serve()
         finally:
             os._exit(70)
     for fd in (req_r, out_w, err_w, res_w):
@@ -397,6 +397,10 @@ class ForkServer:
         while self.dying[child.pid] is None:
             self.handle(block=True)
         return self.dying[child.pid]
+
+    def forget_reaped(self) -> None:
+        """Drop the answers of finished reaps nobody waits for (a session zygote never settles)."""
+        self.dying = {pid: answer for pid, answer in self.dying.items() if answer is None}
 
     def settle(self) -> None:
         """Wait until every retired execution is reaped: its memory and pids then no longer

@@ -106,8 +106,11 @@ def limit_resources(profile: dict) -> None:
     # hundred processes still cannot starve the zygote's wall clock. Without CAP_SYS_NICE
     # (and RLIMIT_NICE 0) the code cannot lower it again.
     os.setpriority(os.PRIO_PROCESS, 0, 19)
+    # A session lives across calls: its CPU time is counted per call by the zygote instead
+    # (guest/sessions.py), as RLIMIT_CPU would add up every call the session makes.
+    cpu = resource.RLIM_INFINITY if profile.get("session") else profile["cpu_seconds"]
     for res, value in (
-        (resource.RLIMIT_CPU, profile["cpu_seconds"]),
+        (resource.RLIMIT_CPU, cpu),
         (resource.RLIMIT_FSIZE, profile["file_size_bytes"]),
         (resource.RLIMIT_NOFILE, profile["open_files"]),
         (resource.RLIMIT_CORE, 0),

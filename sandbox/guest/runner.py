@@ -4,7 +4,8 @@ Runs after isolation.isolate(), so everything here already sits behind the secco
 The user's code shares this process, so nothing the runner reports is trusted by the zygote
 or the host: they cap and validate it again.
 
-fds: 0 = request (read to EOF), 1/2 = stdout/stderr pipes, 3 = result channel.
+fds: 0 = request (read to EOF; a session's requests keep coming on it), 1/2 = stdout/stderr pipes,
+3 = result channel.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _describe(exc: BaseException, tb, filename: str) -> dict:
             "traceback": _clip(text, MAX_TRACEBACK)}
 
 
-def _place_inputs(entries: list, blobs: list[bytes]) -> dict[str, bytes]:
+def _place_inputs(entries: list, blobs: list[bytes], overwrite: bool = False) -> dict[str, bytes]:
     inputs = {}
     for entry, data in zip(entries, blobs):
         name = entry["name"]
@@ -126,14 +127,18 @@ def _place_inputs(entries: list, blobs: list[bytes]) -> dict[str, bytes]:
             raise ValueError(f"bad input file name {name!r}")
         if len(parts) > 1:
             os.makedirs("/".join(parts[:-1]), exist_ok=True)
-        with open(name, "xb") as f:
+        # A session's call may replace a file an earlier call left; a fresh run has none.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if overwrite else os.O_EXCL), 0o644)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         inputs[name] = data
     return inputs
 
 
-def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int) -> tuple[list, int]:
-    """Regular files in the work dir that are new or changed. Links are never followed."""
+def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int,
+                   before: dict[str, tuple] | None = None) -> tuple[list, int]:
+    """Regular files in the work dir that are new or changed (against the inputs, or for a
+    session against `before`). Links are never followed."""
     found, dropped, total = [], 0, 0
     stack = [""]
     while stack:
@@ -155,6 +160,8 @@ def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int) -> 
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     continue
+                if before is not None and before.get(path) == _identity(st):
+                    continue  # a session's file this call did not touch
                 same_size_input = path in inputs and st.st_size == len(inputs[path])
                 if not same_size_input and (len(found) >= max_files or total + st.st_size > max_bytes):
                     dropped += 1
@@ -207,9 +214,115 @@ def _set_stdin(data: bytes) -> None:
 def serve() -> None:
     """Read the request from fd 0, run it, write the result to fd 3, and exit."""
     header, body = protocol.read_frame(REQUEST_FD, max_body=1 << 40)
-    # From now on this is the running execution: the OOM killer's first choice (isolation.limit_resources).
+    _running()
+    result, blobs = _execute(header, body, _new_main(), session=False)
+    protocol.write_all(RESULT_FD, protocol.encode(result, blobs))
+    os._exit(result["exit_code"])
+
+
+def _running() -> None:
+    """From now on this is a running execution: the OOM killer's first choice (see
+    isolation.limit_resources)."""
     os.write(isolation.OOM_FD, str(isolation.OOM_SCORE_RUNNING).encode())
     os.close(isolation.OOM_FD)
+
+
+def _new_main():
+    main = type(sys)("__main__")
+    main.__builtins__ = builtins
+    return main
+
+
+def serve_session() -> None:
+    """A session's interpreter: serve requests one after another in the same `__main__`, like
+    the cells of a notebook, until the zygote kills the session. Between requests the zygote
+    keeps every process of the session stopped (SIGSTOP).
+
+    The requests keep coming on the pipe that was fd 0, moved to another fd: fd 0 becomes each
+    call's own stdin. Besides "run", a request may list, read, write or delete a file of the
+    working directory (the host's view of the session's files)."""
+    requests = os.dup(REQUEST_FD)
+    main = _new_main()
+    first = True
+    while True:
+        header, body = protocol.read_frame(requests, max_body=1 << 40)
+        if first:
+            _running()
+            first = False
+        kind = header.get("kind", "run")
+        if kind == "run":
+            result, blobs = _execute(header, body, main, session=True)
+        else:
+            result, blobs = _file_op(kind, header, body)
+        protocol.write_all(RESULT_FD, protocol.encode(result, blobs))
+
+
+MAX_LISTED = 10_000
+
+
+def _file_op(kind: str, header: dict, body: bytes) -> tuple[dict, list[bytes]]:
+    """One of the host's file operations on the working directory. Paths were checked by the
+    host; links are never followed (the files are the session's own, but so is its honesty)."""
+    path = header.get("path", "")
+    try:
+        if kind == "list":
+            found = _scan(MAX_LISTED)
+            return {"files": [{"path": p, "size": st.st_size} for p, st in found.items()]}, []
+        if not isinstance(path, str) or path.startswith("/") or any(
+                p in ("", ".", "..") for p in path.split("/")):
+            raise ValueError(f"bad path {path!r}")
+        if kind == "read":
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise IsADirectoryError(f"{path} is not a regular file")
+                data = f.read(header.get("max_bytes", 0) + 1)
+            return {"files": [{"path": path, "size": len(data)}]}, [data]
+        if kind == "write":
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return {"files": []}, []
+        if kind == "delete":
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                raise IsADirectoryError(f"{path} is a directory")
+            os.unlink(path)
+            return {"files": []}, []
+        raise ValueError(f"unknown request kind {kind!r}")
+    except (OSError, ValueError) as exc:
+        return {"error": {"type": type(exc).__name__, "message": _clip(str(exc), 1000), "line": None,
+                          "traceback": ""}}, []
+
+
+def _scan(limit: int) -> dict[str, os.stat_result]:
+    """Regular files under the working directory (links not followed), at most `limit`."""
+    found: dict[str, os.stat_result] = {}
+    stack = [""]
+    while stack and len(found) < limit:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(rel or "."), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            path = f"{rel}/{e.name}" if rel else e.name
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(path)
+            elif stat.S_ISREG(st.st_mode) and len(found) < limit:
+                found[path] = st
+    return found
+
+
+def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list[bytes]]:
+    """Run one request's code in `main` (a module): place the inputs, execute, collect the
+    figures and the files that are new or changed. Returns the result header and blobs."""
     sizes = [f["size"] for f in header["files"]]
     blobs = protocol.split_blobs(body, sizes + [header["stdin"]])
     del body
@@ -217,15 +330,19 @@ def serve() -> None:
     workdir = os.getcwd()
     limits = header["limits"]
     filename = header["filename"]
+    FIGURES.images, FIGURES.dropped = [], 0
     FIGURES.max_images = limits["max_images"]
     FIGURES.max_bytes = limits["max_image_bytes"]
 
     error, exit_code = None, 0
     try:
-        inputs = _place_inputs(header["files"], blobs)
+        inputs = _place_inputs(header["files"], blobs, overwrite=session)
     except (OSError, ValueError) as exc:
         inputs, error, exit_code = {}, _describe(exc, None, filename), 1
     del blobs
+    # A session returns what this call changed: what was there before it (inputs included) is
+    # compared by size, time and inode.
+    before = {p: _identity(st) for p, st in _scan(1 << 20).items()} if session else None
 
     if error is None:
         code = header["code"]
@@ -233,13 +350,11 @@ def serve() -> None:
         sys.argv = [filename]
         # As for `python main.py`: the script's directory first on the path, so the inputs'
         # .py files import; the engine's own directory is not the user's business.
-        sys.path[:] = [workdir] + [p for p in sys.path if p != os.path.dirname(GUEST_DIR)]
-        main_path = _place_script(filename, code, inputs)
-        main = type(sys)("__main__")
-        main.__file__ = main_path
-        main.__builtins__ = builtins
+        sys.path[:] = [workdir] + [p for p in sys.path if p not in (workdir, os.path.dirname(GUEST_DIR))]
+        main.__file__ = _place_script(filename, code, inputs)
         sys.modules["__main__"] = main
-        atexit._clear()  # the zygote's exit handlers are not the user's
+        if not session:
+            atexit._clear()  # the zygote's exit handlers are not the user's
         try:
             exec(compile(code, filename, "exec"), main.__dict__)
         except SystemExit as exc:
@@ -248,10 +363,11 @@ def serve() -> None:
             error, exit_code = _describe(exc, exc.__traceback__.tb_next or exc.__traceback__, filename), 1
             if isinstance(exc, SyntaxError):
                 error["traceback"] = _clip("".join(traceback.format_exception_only(type(exc), exc)), MAX_TRACEBACK)
-        try:
-            atexit._run_exitfuncs()
-        except BaseException:  # noqa: BLE001
-            pass
+        if not session:  # a session's exit handlers would run at its end, which is a kill
+            try:
+                atexit._run_exitfuncs()
+            except BaseException:  # noqa: BLE001
+                pass
 
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -265,7 +381,7 @@ def serve() -> None:
             error, exit_code = _describe(exc, None, filename), 1
     try:
         os.chdir(workdir)  # the program may have moved elsewhere; outputs are what it left here
-        files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"])
+        files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"], before)
     except OSError:
         files, files_dropped = [], 0
 
@@ -277,8 +393,11 @@ def serve() -> None:
         "files": [{"path": p, "size": len(d)} for p, d in files],
         "files_dropped": files_dropped,
     }
-    protocol.write_all(RESULT_FD, protocol.encode(result, [d for _, d in FIGURES.images] + [d for _, d in files]))
-    os._exit(exit_code)
+    return result, [d for _, d in FIGURES.images] + [d for _, d in files]
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 SCRIPT_DIR = "/tmp/.main"  # on the execution's own /tmp: the work dir stays exactly the user's files

@@ -11,7 +11,8 @@ past requests and results, so every child comes from a fork server, forked befor
 request.
 
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
-  host -> init    {policy, preload, uid, gid, workdir, profile, spares}
+  host -> init    {policy, preload, uid, gid, workdir, profile, spares, uids, lean_uids?, mode?}
+  (mode "sessions": the loop of guest/sessions.py instead of serve() below)
   zygote -> ready {python, modules, import_ms, pids_overhead}
   host -> request {code, filename, files, stdin, limits, profile, flavor, stream}   (+ input blobs)
   zygote -> output {status: "output", stream}    (+ the chunk)   only with "stream": live output, 0..n
@@ -111,13 +112,14 @@ def _frame_length(res: Stream) -> int | None:
 
 
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
-              relay: Callable[[str, bytes], None] | None = None) -> tuple[dict, list[bytes]]:
+              relay: Callable[[str, bytes], None] | None = None, control: int | None = None) -> tuple[dict, list[bytes]]:
     """Run one request in the pre-forked child and build the reply.
 
     Fast path: the runner's result frame is the last thing it does before _exit, so once a
     complete frame is in, the reply goes out without waiting for the kernel to tear down the
     child's copy of the zygote's address space (milliseconds); the caller kills and reaps after.
     Slow path (no result: crash, kill, timeout, os._exit): the wait status and rusage decide.
+    A "cancel" frame from the host on `control` kills the execution (its caller went away).
     """
     limits = header["limits"]
     setup = child.wait_ready()
@@ -146,8 +148,10 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
     for fd in streams:
         poller.register(fd, select.POLLIN)
     poller.register(child.pidfd, select.POLLIN)
+    if control is not None:
+        poller.register(control, select.POLLIN)
     open_fds = set(streams)
-    timed_out = exited = finished = False
+    timed_out = exited = finished = cancelled = False
     frame_length = None
     # Wait for both: all pipes at EOF *and* the main process gone (a child that closes its
     # pipes and spins must still meet the wall clock); or for a complete result frame.
@@ -169,6 +173,16 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
                 t_end = t_end or time.monotonic()
                 # The execution is over when its main process ends: nothing it left behind runs on.
                 child.kill()
+                continue
+            if fd == control:
+                poller.unregister(fd)
+                try:  # the host writes a cancel frame whole (it is far below PIPE_BUF)
+                    cancelled = protocol.read_frame(control, max_body=0)[0].get("op") == "cancel"
+                except protocol.ProtocolError:  # the host is gone: nobody waits for this run
+                    cancelled = True
+                if cancelled:
+                    t_end = t_end or time.monotonic()
+                    child.kill()
                 continue
             _drain(fd, streams[fd], poller, open_fds)
         if not exited and not timed_out:
@@ -206,6 +220,7 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
 
     reply = {
         "status": "done",
+        "cancelled": cancelled,
         "timed_out": timed_out,
         "exit_code": exit_code,
         "wall_ms": round(wall * 1000, 3),
@@ -248,8 +263,10 @@ def main() -> None:
     t0 = time.monotonic()
     servers, versions = warm_up(init, close_in_child=[proto_in, proto_out])
     profile = init["profile"]
+    # A session jail's spares are session interpreters (guest/sessions.py).
+    spare_profile = dict(profile, session=True) if init.get("mode") == "sessions" else profile
     for server in servers.values():
-        server.refill(profile)
+        server.refill(spare_profile)
         while server.forking:
             server.handle(block=True)
         for child in server.ready:
@@ -262,7 +279,12 @@ def main() -> None:
         # but the one the execution itself is (it may create max_processes more).
         "pids_overhead": sum(1 + s.spares for s in servers.values()),
     }))
-    serve(proto_in, proto_out, servers, profile)
+    if init.get("mode") == "sessions":
+        from . import sessions  # imported here: it builds on this module's supervision helpers
+
+        sessions.serve(proto_in, proto_out, servers.get("full") or servers["lean"], profile)
+    else:
+        serve(proto_in, proto_out, servers, profile)
     kill_all_but_me()
     reap_all()
 
@@ -274,7 +296,8 @@ def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer
     spares = init.get("spares", {})
     # Disjoint uid ranges: no child of one server may share a uid with a child of the other.
     first, count = init["uid"], init.get("uids", 1)
-    lean_uids = range(first, first + (count // 2 if init["preload"] else count))
+    lean_count = init.get("lean_uids") or (count // 2 if init["preload"] else count)
+    lean_uids = range(first, first + min(lean_count, count))
     full_uids = range(lean_uids.stop, first + count)
     preload.prepare_matplotlib()
     preload.install_hook()
@@ -326,6 +349,8 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         head = protocol.read_exact(proto_in, head_len)
         body = protocol.read_exact(proto_in, body_len) if body_len else b""
         header = protocol.parse_header(head)
+        if header.get("op") == "cancel":
+            continue  # for a run that had already answered
         # The host chose the flavor from the code's imports; without a full server, lean it is.
         server = servers.get(header.get("flavor")) or servers.get("full") or servers["lean"]
         # Mount sizes and rlimits are fixed before a child sees a request; a call with other
@@ -334,7 +359,7 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         for s in servers.values():
             s.settle()
             s.refill(profile)  # a fork refused while the dying filled the pids limit: again now
-        reply, blobs = supervise(child, server, prefix + head + body, header, relay)
+        reply, blobs = supervise(child, server, prefix + head + body, header, relay, proto_in)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs
         # After the reply, off the caller's clock: end the execution, reap it in the background.

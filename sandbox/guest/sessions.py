@@ -1,0 +1,281 @@
+"""The zygote's loop in a session jail: many interpreters that outlive one request, each a child
+of the same warm fork server, each stopped between its calls.
+
+A session is a child forked and isolated exactly like a stateless execution's (forkserver.py,
+isolation.py: own uid, mount and IPC namespaces, tmpfs work dir, /tmp and /dev/shm, seccomp),
+that runs runner.serve_session() instead of serving one request and exiting. The host puts it in
+a cgroup of its own (memory and pids limits for the whole session) before its first request.
+
+Host protocol (frames on fds 0 and 1; every frame names its session with "sid", a number the
+host chose; the secret session id never enters the jail):
+  host -> {op: "open", sid, profile}      zygote -> {op: "opened", sid, pid} | {op: "opened", sid, error}
+  host -> {op: "call", sid, ...request}   zygote -> {op: "output", sid, stream} (+ chunk), 0..n
+  (+ the request's blobs)                 zygote -> {op: "done", sid, alive, ...reply as zygote.supervise}
+  host -> {op: "cancel", sid}             the call in flight is killed (its "done" says so)
+  host -> {op: "close", sid}              zygote -> {op: "closed", sid}
+
+Calls of different sessions run at once, one thread each: the zygote only moves bytes and
+watches clocks, so its threads wait on poll() and never run user code. Replies from several
+threads are whole frames, written under one lock.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import protocol
+from .forkserver import Child, ForkServer
+from .zygote import Stream, _cpu_ns, _drain, _frame_length, _result_frame
+
+CPU_CHECK = 0.05   # how often a running call's CPU time is compared with its limit (seconds)
+
+
+@dataclass
+class _Session:
+    sid: int
+    child: Child
+    busy: bool = False
+    cancelled: bool = False
+    closing: bool = False
+    ended: bool = False
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+class _Host:
+    """The zygote's end of the host protocol: whole frames, from any thread."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, header: dict, blobs: list[bytes] = ()) -> None:
+        frame = protocol.encode(header, blobs)
+        with self.lock:
+            protocol.write_all(self.fd, frame)
+
+
+def _signal_group(child: Child, sig: int) -> None:
+    """A signal to every process of a session (its process group, which nothing can leave)."""
+    for target in (-child.pid, child.pid):
+        try:
+            os.kill(target, sig)
+        except ProcessLookupError:
+            pass
+
+
+def serve(proto_in: int, proto_out: int, server: ForkServer, profile: dict) -> None:
+    """Serve the host until it closes our input."""
+    host = _Host(proto_out)
+    forks = threading.Lock()   # the fork server's socket and state: one user at a time
+    sessions: dict[int, _Session] = {}
+    spare_profile = dict(profile, session=True)
+    with forks:
+        server.refill(spare_profile)
+    while True:
+        try:
+            prefix = protocol.read_exact(proto_in, protocol.PREFIX.size)
+        except protocol.ProtocolError:
+            break  # the host closed our input: shut down
+        head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
+        head = protocol.read_exact(proto_in, head_len)
+        body = protocol.read_exact(proto_in, body_len) if body_len else b""
+        header = protocol.parse_header(head)
+        op, sid = header.get("op"), header.get("sid")
+        live = sessions.get(sid)
+        if op == "open":
+            profile_ = dict(header.get("profile") or profile, session=True)
+            try:
+                with forks:
+                    while server.handle(block=False):
+                        pass
+                    server.forget_reaped()
+                    child = server.take(profile_)
+                    server.refill(spare_profile)
+                ready = child.wait_ready()
+            except (OSError, RuntimeError) as exc:
+                host.send({"op": "opened", "sid": sid, "error": str(exc)[:2000]})
+                continue
+            if ready != b"R":
+                _retire(_Session(sid, child), server, forks)
+                host.send({"op": "opened", "sid": sid, "error": ready[1:].decode(errors="replace")[:2000]
+                           or "the session's interpreter died during setup"})
+                continue
+            sessions[sid] = _Session(sid, child)
+            host.send({"op": "opened", "sid": sid, "pid": child.pid})
+        elif op == "call" and live is not None and not live.busy:
+            live.busy, live.cancelled = True, False
+            live.thread = threading.Thread(target=_call, args=(live, prefix + head + body, header, host, server, forks),
+                                           daemon=True)
+            live.thread.start()
+        elif op == "cancel" and live is not None:
+            if live.busy:
+                live.cancelled = True
+                live.child.kill()
+        elif op == "close":
+            if live is not None:
+                del sessions[sid]
+                live.closing = True
+                live.child.kill()
+                if not live.busy:  # else the call's thread retires it once it has answered
+                    _retire(live, server, forks)
+            host.send({"op": "closed", "sid": sid})
+        else:
+            host.send({"op": "error", "sid": sid, "error": f"cannot {op!r} session {sid!r} now"})
+        del prefix, head, body
+
+
+def _call(live: _Session, request: bytes, header: dict, host: _Host, server: ForkServer,
+          forks: threading.Lock) -> None:
+    """One call in a session (a thread of its own): wake the session, send the request, relay
+    its output, wait for its result frame, stop the session again, answer."""
+    try:
+        reply, blobs = _supervise(live, request, header, host, server, forks)
+    except Exception as exc:  # noqa: BLE001 - the session ends, the zygote goes on
+        live.child.kill()
+        reply, blobs = {"status": "setup_failed", "detail": f"session call failed: {exc}"[:2000], "alive": False}, []
+    reply.update(op="done", sid=live.sid)
+    live.busy = False  # before the answer: the host may send this session's next call at once
+    host.send(reply, blobs)
+    if not reply["alive"] or live.closing:
+        _retire(live, server, forks)
+
+
+def _retire(live: _Session, server: ForkServer, forks: threading.Lock) -> None:
+    """Kill a session and have it reaped in the background; once only (its fds get reused)."""
+    with forks:
+        if not live.ended:
+            live.ended = True
+            server.retire(live.child)
+
+
+def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server: ForkServer,
+               forks: threading.Lock) -> tuple[dict, list[bytes]]:
+    """As zygote.supervise, for a child that stays: the call ends with its result frame (the
+    session lives on, stopped), or with the child's death, the wall clock or the CPU limit
+    (the session ends)."""
+    child, sid = live.child, live.sid
+    limits = header["limits"]
+    cpu_limit_ns = int(header["profile"]["cpu_seconds"] * 1e9)
+    for fd in (child.req_w, child.out_r, child.err_r, child.res_r):
+        os.set_blocking(fd, False)
+    # Wake the session. Its processes were stopped since its last call (or are a fresh child
+    # blocked on its request pipe).
+    _signal_group(child, signal.SIGCONT)
+    cpu0 = _cpu_ns(child.pid)
+    t0 = time.monotonic()
+    deadline = t0 + limits["timeout"]
+    t_end = None
+
+    def relay(stream: str):
+        return lambda data: host.send({"op": "output", "sid": sid, "stream": stream}, [data])
+
+    live_output = header.get("stream")
+    out = Stream(limits["max_stdout_bytes"], relay("stdout") if live_output else None)
+    err = Stream(limits["max_stderr_bytes"], relay("stderr") if live_output else None)
+    res = Stream(limits["max_result_bytes"])
+    streams = {child.out_r: out, child.err_r: err, child.res_r: res}
+    poller = select.poll()
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    poller.register(child.pidfd, select.POLLIN)
+    pending = memoryview(request)
+    poller.register(child.req_w, select.POLLOUT)
+    open_fds = set(streams)
+    timed_out = exited = finished = cpu_out = False
+    frame_length = None
+    while not finished:
+        if exited and not open_fds:
+            break
+        if exited or timed_out or cpu_out:
+            timeout_ms = None  # dead or dying: drain to EOF
+        else:
+            timeout_ms = max(0, min(int((deadline - time.monotonic()) * 1000) + 1, int(CPU_CHECK * 1000)))
+        events = poller.poll(timeout_ms)
+        for fd, _ in events:
+            if fd == child.pidfd:
+                poller.unregister(fd)
+                exited = True
+                t_end = t_end or time.monotonic()
+                child.kill()  # the session is over: nothing it left behind runs on
+            elif fd == child.req_w:
+                try:
+                    pending = pending[os.write(fd, pending):]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the session closed its request pipe: it will not answer
+                    pending = pending[len(pending):]
+                if not pending:
+                    poller.unregister(fd)
+            else:
+                _drain(fd, streams[fd], poller, open_fds)
+        if exited or timed_out or cpu_out:
+            continue
+        now = time.monotonic()
+        if now >= deadline:
+            timed_out = True
+        elif _cpu_ns(child.pid) - cpu0 >= cpu_limit_ns:
+            cpu_out = True
+        if timed_out or cpu_out:
+            t_end = now
+            child.kill()
+            continue
+        if frame_length is None:
+            frame_length = _frame_length(res)
+        if frame_length == -1:  # the program wrote garbage on the result channel
+            child.kill()
+            frame_length = 0
+        elif frame_length is not None and 0 < frame_length <= res.kept:
+            finished = True
+    wall = (t_end or time.monotonic()) - t0
+    if len(pending):
+        poller.unregister(child.req_w)
+
+    if finished:
+        # Output written before the result frame is in the pipes already; what the session's
+        # other threads write until they are stopped counts for this call too.
+        cpu_ns = _cpu_ns(child.pid) - cpu0
+        _signal_group(child, signal.SIGSTOP)
+        for fd in (child.out_r, child.err_r):
+            if fd in open_fds:
+                _drain(fd, streams[fd], poller, open_fds)
+        result, head, body, problem = _result_frame(res)
+        code = result.get("exit_code") if isinstance(result, dict) else None
+        exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
+        main_cpu_ms = 0.0
+        alive = result is not None and not live.cancelled
+        if not alive:
+            child.kill()
+    else:
+        child.kill()
+        with forks:
+            reaped = server.reaped(child)
+        status = reaped["status"]
+        exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
+        cpu_ns = int(reaped["total_cpu"] * 1e9) - cpu0
+        # A call killed for its CPU time reports what it used, which is at least the limit.
+        main_cpu_ms = round(max(cpu_ns, cpu_limit_ns) / 1e6, 3) if cpu_out else 0.0
+        result, head, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", b"", None)
+        alive = False
+
+    reply = {
+        "status": "done",
+        "alive": alive,
+        "cancelled": live.cancelled,
+        "timed_out": timed_out,
+        "exit_code": exit_code,
+        "wall_ms": round(wall * 1000, 3),
+        "cpu_ms": round(max(cpu_ns, 0) / 1e6, 3),
+        "main_cpu_ms": main_cpu_ms,
+        "stdout_dropped": out.dropped,
+        "stderr_dropped": err.dropped,
+        "result": result is not None,
+        "result_error": problem,
+    }
+    blobs = [out.value(), err.value()] + ([head, body] if result is not None else [])
+    reply["blob_sizes"] = [len(b) for b in blobs]
+    return reply, blobs

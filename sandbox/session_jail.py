@@ -1,0 +1,224 @@
+"""The host's end of a session jail: one jail whose zygote holds many sessions at once.
+
+A session is not a jail of its own (a jail costs ~250 MiB and seconds to start): it is a child of
+this jail's warm fork server, isolated like every execution's child (guest/sessions.py), that
+lives across calls and is stopped between them. The host gives each session a cgroup of its own
+below the jail's, before its first request: the session's memory and process limits hold for
+everything it will ever run, and its OOM kills are counted apart from every other session's.
+
+Calls of several sessions are in flight at once. Requests are whole frames written under a
+lock; one reader thread takes every frame the jail sends and hands it to the op waiting for that
+session. Every byte from the jail is hostile: a frame for a session with nothing in flight, or
+larger than that op's caps, ends the jail (and with it every session in it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import threading
+import time
+from typing import Callable
+
+from . import cgroups
+from .guest import protocol
+from .image import Image
+from .limits import JailSettings, Limits, SessionSettings
+from .slot import Slot, SlotDied
+
+log = logging.getLogger("sandbox.sessions")
+
+OPEN_TIMEOUT = 60.0   # a fork from the warm server, when no spare is waiting (a loaded machine)
+IDLE_WAIT = 3600.0    # the reader's poll between frames (it loops)
+
+
+class _Op:
+    """One request in flight for a session: its reply, or why none will come."""
+
+    def __init__(self, cap: int, on_output: Callable[[str, bytes], None] | None = None,
+                 room: dict[str, int] | None = None) -> None:
+        self.cap = cap
+        self.on_output = on_output
+        self.room = room or {}
+        self.done = threading.Event()
+        self.header: dict = {}
+        self.body = b""
+        self.error: str | None = None
+
+
+class SessionJail(Slot):
+    """A jail in session mode (see the module docstring)."""
+
+    def __init__(self, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
+                 preload: list[str], sessions: SessionSettings) -> None:
+        spares = sessions.spares
+        # A uid for every live session and spare; calls of different sessions may use every core.
+        jail_settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + spares + 4,
+                                            cpus=float(os.cpu_count() or 1))
+        extra = {"mode": "sessions", "lean_uids": 1 if preload else None,
+                 "spares": {"lean": 0 if preload else spares, "full": spares}}
+        super().__init__(-1, image, jail_settings, policy, defaults, preload=preload, init_extra=extra)
+        try:
+            self.cgroup.set_limits(self.baseline + sessions.total_memory_bytes, sessions.total_processes)
+            self.cgroup.delegate()
+        except BaseException:
+            self.kill()
+            raise
+        _raise_fd_limit()  # three counter files stay open per session cgroup
+        self._send_lock = threading.Lock()
+        self._ops_lock = threading.Lock()
+        self._ops: dict[int, _Op] = {}
+        self._children: dict[int, cgroups.SlotCgroup] = {}
+        self.failure: str | None = None
+        self.alive = True
+        threading.Thread(target=self._read_loop, name="sandbox-sessions-reader", daemon=True).start()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _request(self, sid: int, header: dict, blobs: list[bytes] = (), *, op: _Op | None = None,
+                 raw: bytes | None = None) -> _Op:
+        """Send one frame for session `sid`; with `op`, register it first to receive the reply."""
+        if op is not None:
+            with self._ops_lock:
+                if self.failure is not None:
+                    raise SlotDied(self.failure)
+                if sid in self._ops:
+                    raise SlotDied(f"session {sid} already has a request in flight")
+                self._ops[sid] = op
+        frame = raw if raw is not None else protocol.encode(dict(header, sid=sid), blobs)
+        try:
+            with self._send_lock:
+                self._write(frame, time.monotonic() + OPEN_TIMEOUT)
+        except (SlotDied, TimeoutError, OSError) as exc:
+            self._fail(f"the session jail stopped taking requests ({exc})")
+            raise SlotDied(self.failure or str(exc)) from None
+        return op or _Op(0)
+
+    def _await(self, sid: int, op: _Op, deadline: float, cancel: threading.Event | None = None) -> _Op:
+        """Wait for `op`'s reply; tell the zygote once if `cancel` is set; past `deadline` the
+        zygote is not keeping its own clocks, and the whole jail is ended."""
+        cancelled = False
+        while not op.done.wait(0.05 if cancel is not None and not cancelled else 1.0):
+            if cancel is not None and not cancelled and cancel.is_set():
+                cancelled = True
+                self._request(sid, {"op": "cancel"})
+            if time.monotonic() > deadline:
+                self._fail("the session jail did not answer in time")
+                self.kill()
+        if op.error is not None:
+            raise SlotDied(op.error)
+        return op
+
+    def open(self, sid: int, profile: dict, memory_bytes: int, processes: int) -> cgroups.SlotCgroup:
+        """Start session `sid` (a waiting interpreter, forked with `profile`) in a cgroup of its own."""
+        op = self._await(sid, self._request(sid, {"op": "open", "profile": profile}, op=_Op(0)),
+                         time.monotonic() + OPEN_TIMEOUT)
+        if "error" in op.header or not isinstance(op.header.get("pid"), int):
+            raise SlotDied(f"the session could not start: {str(op.header.get('error'))[:500]}")
+        try:
+            host_pid = self._host_pid(op.header["pid"])
+            cgroup = self.cgroup.child(f"session-{sid}")
+            self._children[sid] = cgroup
+            cgroup.set_limits(memory_bytes, processes)
+            # Before its first request: nothing the session ever runs starts outside it.
+            cgroup.add(host_pid)
+        except (OSError, SlotDied) as exc:
+            self.close_session(sid)
+            raise SlotDied(f"the session's cgroup could not be set up: {exc}") from None
+        return cgroup
+
+    def _host_pid(self, ns_pid: int) -> int:
+        """The host pid of a process the zygote names by its pid inside the jail, found among the
+        jail's own cgroup's processes by the kernel's NSpid (the innermost pid comes last)."""
+        for pid in self.cgroup.procs():
+            try:
+                with open(f"/proc/{pid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"NSpid:"):
+                            if int(line.split()[-1]) == ns_pid:
+                                return pid
+                            break
+            except (OSError, ValueError):
+                continue
+        raise SlotDied(f"the session's process ({ns_pid} in the jail) is not in the jail's cgroup")
+
+    def call(self, sid: int, request: bytes, limits: Limits,
+             on_output: Callable[[str, bytes], None] | None = None,
+             cancel: threading.Event | None = None) -> tuple[dict, bytes]:
+        """One call in session `sid`: (reply header, reply body), as Slot.execute's."""
+        cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
+        op = _Op(cap, on_output, {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes})
+        self._request(sid, {}, op=op, raw=request)
+        self._await(sid, op, time.monotonic() + limits.timeout_seconds + 30.0, cancel)
+        return op.header, op.body
+
+    def close_session(self, sid: int) -> None:
+        """End session `sid`: its processes are killed, then its cgroup is removed."""
+        if self.failure is None:
+            try:
+                self._await(sid, self._request(sid, {"op": "close"}, op=_Op(0)), time.monotonic() + 10.0)
+            except SlotDied:
+                pass
+        cgroup = self._children.pop(sid, None)
+        if cgroup is not None:
+            cgroup.close()
+            cgroup.remove(wait=5.0)
+
+    # -- replies -------------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    prefix = self._read_exact(protocol.PREFIX.size, time.monotonic() + IDLE_WAIT)
+                except TimeoutError:
+                    continue
+                deadline = time.monotonic() + 60.0  # the zygote writes its frames whole
+                head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
+                header = protocol.parse_header(self._read_exact(head_len, deadline))
+                sid = header.get("sid")
+                with self._ops_lock:
+                    op = self._ops.get(sid) if isinstance(sid, int) else None
+                if op is None or body_len > op.cap:
+                    raise SlotDied(f"the jail sent an unexpected frame ({header.get('op')!r} for session {sid!r})")
+                body = self._read_exact(body_len, deadline) if body_len else b""
+                if header.get("op") == "output":
+                    Slot._output(header, body, op.on_output, op.room)
+                    continue
+                with self._ops_lock:
+                    del self._ops[sid]
+                op.header, op.body = header, body
+                op.done.set()
+        except (SlotDied, protocol.ProtocolError, TimeoutError, OSError, ValueError) as exc:
+            self._fail(f"the session jail failed: {exc}" if not isinstance(exc, SlotDied) else str(exc))
+            self.kill()
+
+    def _fail(self, why: str, quiet: bool = False) -> None:
+        """Every op in flight ends with `why`; no op is taken any more."""
+        with self._ops_lock:
+            if self.failure is None:
+                self.failure = why
+                if not quiet:
+                    log.warning("%s; its sessions are closed", why)
+            ops, self._ops = list(self._ops.values()), {}
+        for op in ops:
+            op.error = self.failure
+            op.done.set()
+
+    def kill(self) -> None:
+        """End the jail and every session in it; the sessions' cgroups go before the jail's."""
+        if hasattr(self, "_ops_lock"):  # not when the jail failed to start
+            self._fail("the session jail was closed", quiet=True)
+        self.alive = False
+        for cgroup in list(getattr(self, "_children", {}).values()):
+            cgroup.close()
+        super().kill()
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

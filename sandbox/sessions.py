@@ -1,0 +1,495 @@
+"""Stateful sessions: `Sandbox.session()` gives an interpreter whose variables, imports and files
+carry over from call to call, like the cells of one notebook.
+
+Sessions live in one session jail per Sandbox (session_jail.py), started with the first session.
+This module holds what the caller sees: `Session` (and its asyncio twin `AsyncSession`), and the
+`SessionManager` that opens them, enforces the idle ttl, the maximum lifetime and the maximum
+number of open sessions, and closes whatever is left when the Sandbox closes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import mimetypes
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import wire
+from .guest import protocol
+from .errors import (InvalidInputError, NoSuchFileError, RunCancelledError, SandboxClosedError,
+                     SessionClosedError, SessionLimitError)
+from .limits import Limits, SessionSettings
+from .results import Outcome, Output, Result
+from .session_jail import SessionJail
+from .slot import SlotDied
+
+if TYPE_CHECKING:
+    from .client import AsyncSandbox, Files, Sandbox, TextCallback
+
+log = logging.getLogger("sandbox.sessions")
+
+# Fixed when a session opens (its cgroup, mounts and rlimits): a call may not change them.
+SESSION_LIMITS = ("memory_bytes", "max_processes", "file_size_bytes", "open_files", "workdir_bytes",
+                  "tmp_bytes", "shm_bytes")
+MAX_FILE_LISTING = 10_000
+REMEMBERED = 4096   # ids of ended sessions kept with their reason
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A regular file in a session's working directory (its content: Session.read_file)."""
+
+    path: str
+    size: int
+    mime_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ENDINGS = {
+    Outcome.TIMEOUT: "a call ran out of time and its interpreter was killed",
+    Outcome.MEMORY_LIMIT: "a call hit the session's memory limit",
+    Outcome.CPU_LIMIT: "a call used up its CPU time limit",
+    Outcome.POLICY_VIOLATION: "a call made a system call the sandbox does not allow",
+    Outcome.CRASHED: "the session's interpreter crashed",
+    Outcome.SANDBOX_ERROR: "the session's jail failed",
+}
+
+
+class Session:
+    """One stateful interpreter. Calls run one at a time, in order; `run()` returns the same
+    Result as Sandbox.run(), with the figures and files of that call. Thread-safe.
+
+    >>> with sb.session() as s:
+    ...     s.run("x = 41")
+    ...     s.run("print(x + 1)").stdout
+    '42\\n'
+    """
+
+    def __init__(self, manager: SessionManager, jail: SessionJail, sid: int, limits: Limits, ttl: float) -> None:
+        self.id = secrets.token_urlsafe(24)
+        self.ttl = ttl
+        self.limits = limits
+        self.created_at = time.time()
+        self.expires_at = self.created_at + ttl
+        self.closed = False
+        self.close_reason: str | None = None
+        self._manager = manager
+        self._jail = jail
+        self._sid = sid
+        self._cgroup: Any = None
+        self._lock = threading.Lock()       # one call at a time
+        self._busy = threading.Event()      # a call is in flight (for close() and the ttl)
+        self._cancel = threading.Event()    # close() during a call: end the call
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id[:8]}… {'closed: ' + str(self.close_reason) if self.closed else 'open'}>"
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+            timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+            filename: str = "main.py", on_stdout: TextCallback | None = None,
+            on_stderr: TextCallback | None = None, cancel: threading.Event | None = None) -> Result:
+        """Run `code` in the session's interpreter (see Sandbox.run for the arguments). Per-call
+        limits may change the clocks and output caps, not what the session was opened with.
+        Raises SessionClosedError once the session has ended; a call that ends it (timeout,
+        memory limit, crash, policy violation) returns its Result and closes it."""
+        from .client import _Relay
+
+        lim = self._call_limits(timeout, limits)
+        live = on_stdout is not None or on_stderr is not None
+        request = wire.encode_request(code, files, lim, filename, stdin, stream=live,
+                                      extra={"op": "call", "sid": self._sid})
+        relay = _Relay(on_stdout, on_stderr) if live else None
+        try:
+            header, body, peak, kills = self._call(request, lim, relay, cancel)
+        finally:
+            if relay is not None:
+                relay.close()
+        if header.get("cancelled") is True:
+            self._end("a call was cancelled and its interpreter was killed")
+            raise RunCancelledError("the call was cancelled; it was killed and the session ended")
+        result = wire.decode_reply(header, body, peak, kills, lim)
+        if header.get("alive") is not True or kills:
+            self._end(_ENDINGS.get(result.outcome, "the session's interpreter ended"))
+        return result
+
+    def _call(self, request: bytes, lim: Limits, relay: Callable[[str, bytes], None] | None,
+              cancel: threading.Event | None) -> tuple[dict, bytes, int, int]:
+        with self._lock:
+            self._check_open()
+            self._busy.set()
+            try:
+                start = self._cgroup.begin()
+                events = _either(cancel, self._cancel)
+                try:
+                    header, body = self._jail.call(self._sid, request, lim, relay, events)
+                except SlotDied as exc:
+                    self._end(f"the session's jail failed: {exc}")
+                    header = {"status": "setup_failed", "detail": f"{exc}; the session ended"}
+                    return header, b"", 0, 0
+                finally:
+                    self.expires_at = time.time() + self.ttl
+                peak, kills = self._cgroup.end(start)
+                # The whole session's peak during the call: its limit covers its state too.
+                return header, body, peak + start.usage, kills
+            finally:
+                self._busy.clear()
+
+    def _file_op(self, kind: str, path: str = "", data: bytes = b"", max_bytes: int = 0) -> tuple[list, bytes]:
+        """A listing, read, write or delete in the working directory, done by the session's own
+        interpreter (the host never follows a path into a sandbox-writable place)."""
+        lim = self.limits
+        header = {"op": "call", "sid": self._sid, "kind": kind, "path": path, "max_bytes": max_bytes,
+                  "limits": lim.replace(timeout_seconds=min(lim.timeout_seconds, 30)).guest(),
+                  "profile": lim.profile(), "files": [], "stdin": 0}
+        request = protocol.encode(header, [data] if data else [])
+        header, body, _, _ = self._call(request, lim, None, None)
+        if header.get("alive") is not True:
+            self._end("the session's interpreter ended during a file operation")
+            raise SessionClosedError(self.close_reason or "the session ended")
+        try:
+            blobs = protocol.split_blobs(body, header.get("blob_sizes"))
+            doc = protocol.parse_header(blobs[2])
+            meta, content = doc.get("files"), blobs[3]
+        except (protocol.ProtocolError, IndexError, TypeError, AttributeError):
+            raise SessionClosedError(self._end("the session's interpreter answered a file operation wrongly")) from None
+        error = doc.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message"))[:500]
+            if error.get("type") in ("FileNotFoundError", "IsADirectoryError", "NotADirectoryError"):
+                raise NoSuchFileError(f"no regular file {path!r} in the session: {message}")
+            raise InvalidInputError(f"{kind} {path!r} failed in the session: {message}")
+        if not isinstance(meta, list):
+            raise SessionClosedError(self._end("the session's interpreter answered a file operation wrongly"))
+        return meta, content
+
+    def files(self) -> list[FileInfo]:
+        """The regular files in the session's working directory now (links are not followed)."""
+        meta, _ = self._file_op("list")
+        out = []
+        for m in meta[:MAX_FILE_LISTING]:
+            try:
+                path = wire.check_path(m.get("path"), "session file path")
+            except (InvalidInputError, AttributeError):
+                continue
+            size = m.get("size")
+            if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                out.append(FileInfo(path, size, mimetypes.guess_type(path)[0] or "application/octet-stream"))
+        return sorted(out, key=lambda f: f.path)
+
+    def read_file(self, path: str) -> bytes:
+        """The bytes of one file of the working directory (at most the session's max_file_bytes)."""
+        wire.check_path(path, "path")
+        cap = self.limits.max_file_bytes
+        _, content = self._file_op("read", path, max_bytes=cap)
+        if len(content) > cap:
+            raise InvalidInputError(f"{path!r} is larger than max_file_bytes={cap}")
+        return content
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        """Put a file in the working directory (replacing one of the same name)."""
+        wire.check_path(path, "path")
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInputError(f"data must be bytes or str, not {type(data).__name__}")
+        if len(data) > self.limits.max_input_bytes:
+            raise InvalidInputError(f"data is larger than max_input_bytes={self.limits.max_input_bytes}")
+        self._file_op("write", path, bytes(data))
+
+    def delete_file(self, path: str) -> None:
+        """Remove one file of the working directory."""
+        wire.check_path(path, "path")
+        self._file_op("delete", path)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End the session: its processes are killed and its files and memory are gone. Idempotent;
+        a call in flight is cancelled."""
+        if self._busy.is_set():
+            self._cancel.set()
+        with self._lock:
+            self._end("the session was closed")
+
+    def _end(self, reason: str) -> str:
+        """Close the session for `reason` (the first reason stays). Returns the reason."""
+        with self._manager.lock:
+            if self.closed:
+                return self.close_reason or reason
+            self.closed = True
+            self.close_reason = reason
+        self._manager.forget(self)
+        self._jail.close_session(self._sid)
+        return reason
+
+    def _check_open(self) -> None:
+        if not self.closed and not self._jail.alive:
+            self._end("the session's jail ended (killed or failed); the session's state is lost")
+        if self.closed:
+            raise SessionClosedError(self.close_reason or "the session is closed")
+
+    def _call_limits(self, timeout: float | None, limits: Limits | Mapping[str, Any] | None) -> Limits:
+        if isinstance(limits, Limits):
+            changes = {k: getattr(limits, k) for k in limits.__dataclass_fields__
+                       if getattr(limits, k) != getattr(self.limits, k)}
+        elif isinstance(limits, Mapping):
+            changes = dict(limits)
+        elif limits is None:
+            changes = {}
+        else:
+            raise InvalidInputError("limits must be a Limits or a mapping of limit names to values")
+        fixed = sorted(k for k in changes if k in SESSION_LIMITS and changes[k] != getattr(self.limits, k))
+        if fixed:
+            raise InvalidInputError(f"{', '.join(fixed)} is fixed when the session opens: "
+                                    "pass it to session(limits=...)")
+        lim = self.limits.replace(**changes)
+        return lim.replace(timeout_seconds=timeout) if timeout is not None else lim
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Either:
+    """Set when either of two events is (the caller's cancel, or close() during the call)."""
+
+    def __init__(self, a: threading.Event, b: threading.Event) -> None:
+        self._a, self._b = a, b
+
+    def is_set(self) -> bool:
+        return self._a.is_set() or self._b.is_set()
+
+
+def _either(a: threading.Event | None, b: threading.Event) -> Any:
+    return b if a is None else _Either(a, b)
+
+
+class SessionManager:
+    """A Sandbox's sessions: opens them in its session jail (started with the first session and
+    again if it dies), closes the idle and the old, and refuses the one too many."""
+
+    def __init__(self, factory: Callable[[], SessionJail], settings: SessionSettings, defaults: Limits) -> None:
+        self.settings = settings
+        self.defaults = defaults
+        self.lock = threading.Lock()
+        self._factory = factory
+        self._jail: SessionJail | None = None
+        self._starting = threading.Lock()
+        self._open: dict[str, Session] = {}
+        self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._next_sid = 0
+        self._closed = False
+        self._wake = threading.Condition(self.lock)
+        self._janitor: threading.Thread | None = None
+
+    def open(self, ttl: float | None, limits: Limits | Mapping[str, Any] | None) -> Session:
+        if ttl is None:
+            ttl = self.settings.ttl_seconds
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= self.settings.max_ttl_seconds:
+            raise InvalidInputError(f"ttl must be a number of seconds in (0, {self.settings.max_ttl_seconds:g}], not {ttl!r}")
+        if isinstance(limits, Mapping):
+            lim = self.defaults.replace(**limits)
+        elif isinstance(limits, Limits) or limits is None:
+            lim = limits or self.defaults
+        else:
+            raise InvalidInputError("limits must be a Limits or a mapping of limit names to values")
+        with self.lock:
+            if self._closed:
+                raise SandboxClosedError("the sandbox is closed")
+            if len(self._open) >= self.settings.max_sessions:
+                raise SessionLimitError(f"{len(self._open)} sessions are open, the most this sandbox allows "
+                                        f"(max_sessions={self.settings.max_sessions}); close one first")
+            self._next_sid += 1
+            sid = self._next_sid
+            # Held until the session is in _open: concurrent opens cannot pass the cap together.
+            self._open[f"pending-{sid}"] = None  # type: ignore[assignment]
+        try:
+            jail = self._jail_running()
+            session = Session(self, jail, sid, lim, float(ttl))
+            session._cgroup = jail.open(sid, lim.profile(), lim.memory_bytes, lim.max_processes + 1)
+        except SlotDied as exc:
+            raise SessionClosedError(f"the session could not be opened: {exc}") from None
+        finally:
+            with self.lock:
+                del self._open[f"pending-{sid}"]
+        with self.lock:
+            self._open[session.id] = session
+            self._start_janitor()
+            self._wake.notify()
+        return session
+
+    def _jail_running(self) -> SessionJail:
+        with self._starting:
+            if self._jail is None or not self._jail.alive:
+                if self._jail is not None:
+                    self._jail.kill()
+                self._jail = self._factory()
+            return self._jail
+
+    def get(self, session_id: str) -> Session:
+        with self.lock:
+            session = self._open.get(session_id) if isinstance(session_id, str) else None
+            reason = self._ended.get(session_id) if isinstance(session_id, str) else None
+        if session is None:
+            raise SessionClosedError(reason or "no such session")
+        session._check_open()
+        return session
+
+    def sessions(self) -> list[Session]:
+        with self.lock:
+            return [s for s in self._open.values() if s is not None]
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(1 for s in self._open.values() if s is not None)
+
+    def forget(self, session: Session) -> None:
+        with self.lock:
+            if self._open.get(session.id) is session:
+                del self._open[session.id]
+            self._ended[session.id] = session.close_reason or "the session is closed"
+            while len(self._ended) > REMEMBERED:
+                self._ended.popitem(last=False)
+
+    def close(self) -> None:
+        """Close every session and the session jail: nothing is left behind."""
+        with self.lock:
+            self._closed = True
+            sessions = [s for s in self._open.values() if s is not None]
+            self._wake.notify()
+        for s in sessions:
+            with s._manager.lock:
+                s.closed, s.close_reason = True, "the sandbox was closed"
+            self.forget(s)
+        with self._starting:
+            if self._jail is not None:
+                self._jail.kill()
+        if self._janitor is not None:
+            self._janitor.join(timeout=5)
+
+    # -- the janitor: idle ttl and maximum lifetime --------------------------------------------
+
+    def _start_janitor(self) -> None:
+        if self._janitor is None:
+            self._janitor = threading.Thread(target=self._expire_loop, name="sandbox-session-janitor", daemon=True)
+            self._janitor.start()
+
+    def _expire_loop(self) -> None:
+        with self.lock:
+            while not self._closed:
+                now = time.time()
+                due, next_at = [], now + 60
+                for s in self._open.values():
+                    if s is None or s._busy.is_set():
+                        continue
+                    end_of_life = s.created_at + self.settings.max_lifetime_seconds
+                    if now >= end_of_life:
+                        due.append((s, f"the session reached its maximum lifetime of {self.settings.max_lifetime_seconds:g} s"))
+                    elif now >= s.expires_at:
+                        due.append((s, f"the session was idle for more than its ttl of {s.ttl:g} s"))
+                    else:
+                        next_at = min(next_at, s.expires_at, end_of_life)
+                if due:
+                    self.lock.release()
+                    try:
+                        for s, why in due:
+                            if s._lock.acquire(blocking=False):  # not if a call just started
+                                try:
+                                    s._end(why)
+                                finally:
+                                    s._lock.release()
+                    finally:
+                        self.lock.acquire()
+                    continue
+                self._wake.wait(max(0.05, next_at - now))
+
+
+class AsyncSession:
+    """The asyncio twin of Session: `async with asb.session() as s: r = await s.run(...)`,
+    or `s = await asb.session()`."""
+
+    def __init__(self, owner: AsyncSandbox, ttl: float | None = None, limits: Any = None,
+                 session: Session | None = None) -> None:
+        self._owner = owner
+        self._args = (ttl, limits)
+        self._session = session
+
+    def __await__(self):
+        return self._open().__await__()
+
+    async def _open(self) -> AsyncSession:
+        if self._session is None:
+            ttl, limits = self._args
+            self._session = await self._owner._call(lambda sb: sb.session(ttl, limits=limits))
+        return self
+
+    def _s(self) -> Session:
+        if self._session is None:
+            raise SessionClosedError("the session is not open yet: use `async with asb.session() as s` or await it")
+        return self._session
+
+    @property
+    def id(self) -> str:
+        return self._s().id
+
+    @property
+    def ttl(self) -> float:
+        return self._s().ttl
+
+    @property
+    def expires_at(self) -> float:
+        return self._s().expires_at
+
+    @property
+    def closed(self) -> bool:
+        return self._s().closed
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._s().close_reason
+
+    async def run(self, code: str, files: Files | None = None, **kwargs: Any) -> Result:
+        """Session.run(), awaited; cancelling the awaiting task kills the call (and ends the session)."""
+        session = self._s()
+        return await self._owner._cancellable(lambda cancel: session.run(code, files, cancel=cancel, **kwargs))
+
+    async def stream(self, code: str, files: Files | None = None, **kwargs: Any) -> AsyncIterator[Output | Result]:
+        """Run like run(), yielding Output(stream, text) events as the code writes, then the Result."""
+        session = self._s()
+        async for event in self._owner._events(
+                lambda on_stdout, on_stderr, cancel: session.run(code, files, on_stdout=on_stdout,
+                                                                 on_stderr=on_stderr, cancel=cancel, **kwargs)):
+            yield event
+
+    async def files(self) -> list[FileInfo]:
+        return await self._owner._call(lambda _: self._s().files())
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._owner._call(lambda _: self._s().read_file(path))
+
+    async def write_file(self, path: str, data: bytes | str) -> None:
+        await self._owner._call(lambda _: self._s().write_file(path, data))
+
+    async def delete_file(self, path: str) -> None:
+        await self._owner._call(lambda _: self._s().delete_file(path))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._owner._call(lambda _: self._s().close())
+
+    async def __aenter__(self) -> AsyncSession:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
