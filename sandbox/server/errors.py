@@ -26,8 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import (ImageError, InvalidInputError, QueueFullError, SandboxClosedError, SandboxError,
-                      SandboxUnavailableError)
+from ..errors import (ImageError, InvalidInputError, NoSuchFileError, QueueFullError, SandboxClosedError,
+                      SandboxError, SandboxUnavailableError, SessionClosedError, SessionLimitError)
 
 log = logging.getLogger("sandbox.server")
 
