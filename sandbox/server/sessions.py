@@ -18,6 +18,7 @@ caller's own session that has ended answers 410 with the reason while the server
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -58,6 +59,7 @@ class Sessions:
         self.metrics = metrics
         self._open: dict[str, _Owned] = {}
         self._ended: OrderedDict[str, tuple[str, str]] = OrderedDict()   # id -> (owner, reason)
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def create(self, sb: AsyncSandbox, owner: str, ttl: float | None = None,
                      limits: Mapping[str, Any] | None = None) -> AsyncSession:
@@ -113,6 +115,18 @@ class Sessions:
             raise
         await session.close()
         self._forget(session_id, "closed by its owner")
+
+    def abandoned(self, session_id: str) -> None:
+        """A call of the session was killed because its client left: the engine ends a session whose call
+        is cancelled, so it is ended here at once, and closed (which waits for the killed call), so that
+        a next call is a 410 and never races the engine's own ending of it."""
+        owned = self._open.get(session_id)
+        if owned is None:
+            return
+        self._forget(session_id, "a call was cancelled because its client disconnected, and the session ended")
+        task = asyncio.ensure_future(owned.session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def run(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
                   **kwargs: Any) -> Result:
@@ -265,7 +279,12 @@ async def execute(session_id: SessionId, body: ExecuteRequest, owner: OwnerDep, 
                   request: Request) -> Response:
     check_ceiling(request.app.state.ceiling, body.timeout, body.limits)
     files = decode_files(body.files)
-    abandon = request.app.state.metrics.abandoned.inc
+    metrics = request.app.state.metrics
+
+    def abandon() -> None:
+        metrics.abandoned.inc()
+        sessions.abandoned(session_id)
+
     args: dict[str, Any] = {"stdin": body.stdin, "timeout": body.timeout, "limits": body.limits,
                             "filename": body.filename}
     with sessions.call(owner, session_id) as session:
