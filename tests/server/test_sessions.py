@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +20,7 @@ from sandbox.remote import RemoteSandbox
 from .conftest import KEY, OTHER_KEY, Server
 
 NDJSON = {"Accept": "application/x-ndjson"}
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
 @pytest.fixture()
@@ -231,18 +235,32 @@ def test_health_and_metrics_count_open_sessions(client, anon):
     assert 'sandbox_runs_total{outcome="ok"}' in runs
 
 
-def test_session_cap_per_key_is_429_with_retry_after(tmp_path):
-    s = Server(tmp_path, "--slots", "1", "--max-sessions-per-key", "2", "--no-mcp")
+def test_session_caps_are_429_with_retry_after(tmp_path):
+    """Two caps: --max-sessions-per-key (the server's, per key) and max_sessions (the engine's, from the
+    policy; 3 here, through a policy directory of the test's own)."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(POLICIES / "seccomp.toml", policies)
+    default = (POLICIES / "default.toml").read_text()
+    assert "max_sessions = " in default
+    (policies / "default.toml").write_text(re.sub(r"(?m)^max_sessions = \d+", "max_sessions = 3", default))
+    s = Server(tmp_path, "--slots", "1", "--max-sessions-per-key", "2", "--no-mcp",
+               env={"SANDBOX_POLICY_DIR": str(policies)})
     try:
         mine = httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
         theirs = httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60)
         ids = [mine.post("/v1/sessions", json={"ttl": 30}).json()["session_id"] for _ in range(2)]
         refused = mine.post("/v1/sessions", json={"ttl": 30})
         assert refused.status_code == 429 and refused.json()["error"]["type"] == "session_limit", refused.text
+        assert "this key" in refused.json()["error"]["message"]
         assert 1 <= int(refused.headers["retry-after"]) <= 30
-        assert theirs.post("/v1/sessions", json={}).status_code == 201     # another key is not affected
         with RemoteSandbox(s.url, api_key=KEY) as remote, pytest.raises(SessionLimitError):
             remote.session()                                                # the client's exception for it
+        assert theirs.post("/v1/sessions", json={"ttl": 20}).status_code == 201   # another key is not affected...
+        full = theirs.post("/v1/sessions", json={})                               # ...until the engine is full
+        assert full.status_code == 429 and full.json()["error"]["type"] == "session_limit", full.text
+        assert "max_sessions" in full.json()["error"]["message"]
+        assert 1 <= int(full.headers["retry-after"]) <= 30
         mine.delete(f"/v1/sessions/{ids[0]}")
         assert mine.post("/v1/sessions", json={}).status_code == 201       # a freed place is usable at once
     finally:
