@@ -75,9 +75,10 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def busy() -> int:
+        """Runs in flight: the pool's, and calls in sessions (which run in the session jail)."""
         sb = app.state.sandbox
         try:
-            return sb.stats().busy if sb is not None else 0
+            return sb.stats().busy + app.state.sessions.in_flight if sb is not None else 0
         except SandboxError:  # closed meanwhile
             return 0
 

@@ -23,7 +23,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -60,6 +60,7 @@ class Sessions:
         self._open: dict[str, _Owned] = {}
         self._ended: OrderedDict[str, tuple[str, str]] = OrderedDict()   # id -> (owner, reason)
         self._closing: set[asyncio.Future[None]] = set()
+        self.in_flight = 0      # session calls running now (the shutdown waits for them, then kills them)
 
     async def create(self, sb: AsyncSandbox, owner: str, ttl: float | None = None,
                      limits: Mapping[str, Any] | None = None) -> AsyncSession:
@@ -131,12 +132,24 @@ class Sessions:
     async def run(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
                   **kwargs: Any) -> Result:
         call = session.run(code, files, **kwargs)
-        return await (self.metrics.run(call) if self.metrics is not None else call)
+        self.in_flight += 1
+        try:
+            return await (self.metrics.run(call) if self.metrics is not None else call)
+        finally:
+            self.in_flight -= 1
 
-    def stream(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
-               **kwargs: Any) -> AsyncIterator[Output | Result]:
+    async def stream(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
+                     **kwargs: Any) -> AsyncIterator[Output | Result]:
         events = session.stream(code, files, **kwargs)
-        return self.metrics.stream(events) if self.metrics is not None else events
+        if self.metrics is not None:
+            events = self.metrics.stream(events)
+        self.in_flight += 1
+        try:
+            async with aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    yield event
+        finally:
+            self.in_flight -= 1
 
     def owned_by(self, owner: str) -> list[AsyncSession]:
         self.prune()
