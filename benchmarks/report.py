@@ -147,6 +147,10 @@ def targets(results: dict) -> list[list[str]]:
                      yes(None if o["ratio_print"] is None else o["ratio_print"] <= 10)])
         rows.append(["`sandbox run` of a script importing pandas ≤ 1× the image's python running it",
                      times(o["ratio_pandas"]), yes(None if o["ratio_pandas"] is None else o["ratio_pandas"] <= 1)])
+    if "sessions" in w:
+        from .sessions import targets as session_targets
+
+        rows += session_targets(w["sessions"], ms, times, yes)
     return rows
 
 
@@ -339,6 +343,11 @@ def markdown(results: dict) -> str:
         rows = [[f"`{name}`", b["summary_ms"].get("n", 0), ms(b["summary_ms"].get("p50")),
                  ms(b["summary_ms"].get("max"))] for name, b in ow["runners"].items()]
         lines.append(table(["command", "n", "p50 ms", "max ms"], rows))
+
+    if "sessions" in w:
+        from .sessions import markdown as session_markdown
+
+        lines += session_markdown(w["sessions"], ms)
 
     if "startup" in w:
         sw = w["startup"]

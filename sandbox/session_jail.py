@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import resource
 import threading
 import time
@@ -55,7 +56,8 @@ class SessionJail(Slot):
                  preload: list[str], sessions: SessionSettings) -> None:
         spares = sessions.spares
         # A uid for every live session and spare; calls of different sessions may use every core.
-        jail_settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + spares + 4,
+        # (spares waiting in the fork server, and as many opened ahead by the SessionManager)
+        jail_settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + 2 * spares + 4,
                                             cpus=float(os.cpu_count() or 1))
         extra = {"mode": "sessions", "lean_uids": 1 if preload else None,
                  "spares": {"lean": 0 if preload else spares, "full": spares}}
@@ -71,9 +73,11 @@ class SessionJail(Slot):
         self._ops_lock = threading.Lock()
         self._ops: dict[int, _Op] = {}
         self._children: dict[int, cgroups.SlotCgroup] = {}
+        self._leaving: queue.SimpleQueue[cgroups.SlotCgroup | None] = queue.SimpleQueue()
         self.failure: str | None = None
         self.alive = True
         threading.Thread(target=self._read_loop, name="sandbox-sessions-reader", daemon=True).start()
+        threading.Thread(target=self._remove_loop, name="sandbox-sessions-cgroups", daemon=True).start()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -164,7 +168,14 @@ class SessionJail(Slot):
         cgroup = self._children.pop(sid, None)
         if cgroup is not None:
             cgroup.close()
-            cgroup.remove(wait=5.0)
+            # Its processes are killed and being reaped: the cgroup goes once they have left it,
+            # off the caller's clock.
+            self._leaving.put(cgroup)
+
+    def _remove_loop(self) -> None:
+        """Remove the cgroups of closed sessions (retrying while their killed processes leave)."""
+        while (cgroup := self._leaving.get()) is not None:
+            cgroup.remove(wait=10.0)
 
     # -- replies -------------------------------------------------------------------------------
 
@@ -214,7 +225,9 @@ class SessionJail(Slot):
         self.alive = False
         for cgroup in list(getattr(self, "_children", {}).values()):
             cgroup.close()
-        super().kill()
+        super().kill()  # removes the jail's cgroup with every session's below it
+        if hasattr(self, "_leaving"):
+            self._leaving.put(None)
 
 
 def _raise_fd_limit() -> None:

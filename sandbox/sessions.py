@@ -292,6 +292,12 @@ class SessionManager:
         self._closed = False
         self._wake = threading.Condition(self.lock)
         self._janitor: threading.Thread | None = None
+        # Sessions opened ahead with the default limits, each in its cgroup already: moving a
+        # process between cgroups waits for an RCU grace period (about 6 ms per hierarchy),
+        # which would otherwise be on the caller's clock.
+        self._ready: collections.deque[tuple[SessionJail, int, Any]] = collections.deque()
+        self._refill = threading.Condition(self.lock)
+        self._refiller: threading.Thread | None = None
 
     def open(self, ttl: float | None, limits: Limits | Mapping[str, Any] | None) -> Session:
         if ttl is None:
@@ -316,9 +322,15 @@ class SessionManager:
             self._open[f"pending-{sid}"] = None  # type: ignore[assignment]
         try:
             jail = self._jail_running()
-            session = Session(self, jail, sid, lim, float(ttl))
-            session._cgroup = jail.open(sid, lim.profile(), lim.memory_bytes, lim.max_processes + 1)
-        except SlotDied as exc:
+            ready = self._take_ready(jail, lim)
+            if ready is not None:
+                session = Session(self, jail, ready[1], lim, float(ttl))
+                session._cgroup = ready[2]
+                session._cgroup.set_limits(lim.memory_bytes, lim.max_processes + 1)
+            else:
+                session = Session(self, jail, sid, lim, float(ttl))
+                session._cgroup = jail.open(sid, lim.profile(), lim.memory_bytes, lim.max_processes + 1)
+        except (SlotDied, OSError) as exc:
             raise SessionClosedError(f"the session could not be opened: {exc}") from None
         finally:
             with self.lock:
@@ -335,7 +347,56 @@ class SessionManager:
                 if self._jail is not None:
                     self._jail.kill()
                 self._jail = self._factory()
+                with self.lock:
+                    self._ready.clear()
+                    if self._refiller is None:
+                        self._refiller = threading.Thread(target=self._refill_loop, name="sandbox-session-refill",
+                                                          daemon=True)
+                        self._refiller.start()
+                    self._refill.notify()
             return self._jail
+
+    def _take_ready(self, jail: SessionJail, lim: Limits) -> tuple[SessionJail, int, Any] | None:
+        """A session opened ahead, if `lim` opens one like it (same mounts and rlimits)."""
+        if lim.profile() != self.defaults.profile():
+            return None
+        with self.lock:
+            while self._ready:
+                ready = self._ready.popleft()
+                if ready[0] is jail and jail.alive:
+                    self._refill.notify()
+                    return ready
+        return None
+
+    def _refill_loop(self) -> None:
+        """Keep `spares` sessions opened ahead in the running session jail."""
+        lim = self.defaults
+        with self.lock:
+            while not self._closed:
+                jail = self._jail
+                if jail is None or not jail.alive or len(self._ready) >= self.settings.spares:
+                    self._refill.wait(1.0)
+                    continue
+                self._next_sid += 1
+                sid = self._next_sid
+                self.lock.release()
+                try:
+                    cgroup = jail.open(sid, lim.profile(), lim.memory_bytes, lim.max_processes + 1)
+                except (SlotDied, OSError) as exc:
+                    log.debug("could not open a session ahead: %s", exc)
+                    cgroup = None
+                    time.sleep(0.5)
+                finally:
+                    self.lock.acquire()
+                if cgroup is not None:
+                    if self._closed or jail is not self._jail:
+                        self.lock.release()
+                        try:
+                            jail.close_session(sid)
+                        finally:
+                            self.lock.acquire()
+                    else:
+                        self._ready.append((jail, sid, cgroup))
 
     def get(self, session_id: str) -> Session:
         with self.lock:
@@ -368,6 +429,7 @@ class SessionManager:
             self._closed = True
             sessions = [s for s in self._open.values() if s is not None]
             self._wake.notify()
+            self._refill.notify()
         for s in sessions:
             with s._manager.lock:
                 s.closed, s.close_reason = True, "the sandbox was closed"
@@ -375,8 +437,9 @@ class SessionManager:
         with self._starting:
             if self._jail is not None:
                 self._jail.kill()
-        if self._janitor is not None:
-            self._janitor.join(timeout=5)
+        for thread in (self._janitor, self._refiller):
+            if thread is not None:
+                thread.join(timeout=5)
 
     # -- the janitor: idle ttl and maximum lifetime --------------------------------------------
 
@@ -391,7 +454,10 @@ class SessionManager:
                 now = time.time()
                 due, next_at = [], now + 60
                 for s in self._open.values():
-                    if s is None or s._busy.is_set():
+                    if s is None:
+                        continue
+                    if s._busy.is_set():  # its clock restarts when the call ends: look again soon
+                        next_at = min(next_at, now + 0.5)
                         continue
                     end_of_life = s.created_at + self.settings.max_lifetime_seconds
                     if now >= end_of_life:

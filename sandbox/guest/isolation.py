@@ -21,6 +21,7 @@ _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
@@ -64,12 +65,17 @@ class _SockFprog(ctypes.Structure):
 
 
 def private_filesystems(profile: dict, workdir: str, uid: int, gid: int) -> None:
-    """Steps 1-2: own mount and IPC namespaces; fresh size-capped tmpfs for every writable place.
+    """Steps 1-2: own mount and IPC (and, for a session, network) namespaces; fresh size-capped
+    tmpfs for every writable place.
 
     Nothing one execution writes (files, /dev/shm segments, SysV objects) survives it,
     because all of it lives in namespaces that die with the execution's last process.
     """
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(mount, ipc)")
+    # A session runs beside other sessions in the same jail: its own network namespace too,
+    # or an abstract unix socket (a name in the network namespace, no file) would be a channel
+    # from one session to another. A stateless execution never has a neighbour that runs code.
+    net = CLONE_NEWNET if profile.get("session") else 0
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | net), "unshare(mount, ipc)")
     # Without this, mounts below would propagate back into the zygote's namespace.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC

@@ -271,11 +271,13 @@ def _file_op(kind: str, header: dict, body: bytes) -> tuple[dict, list[bytes]]:
         if not isinstance(path, str) or path.startswith("/") or any(
                 p in ("", ".", "..") for p in path.split("/")):
             raise ValueError(f"bad path {path!r}")
+        if kind in ("read", "delete") and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise FileNotFoundError(f"{path} is not a regular file")  # a link, a directory, a fifo
         if kind == "read":
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise IsADirectoryError(f"{path} is not a regular file")
+                    raise FileNotFoundError(f"{path} is not a regular file")
                 data = f.read(header.get("max_bytes", 0) + 1)
             return {"files": [{"path": path, "size": len(data)}]}, [data]
         if kind == "write":
@@ -287,8 +289,6 @@ def _file_op(kind: str, header: dict, body: bytes) -> tuple[dict, list[bytes]]:
                 f.write(body)
             return {"files": []}, []
         if kind == "delete":
-            if stat.S_ISDIR(os.lstat(path).st_mode):
-                raise IsADirectoryError(f"{path} is a directory")
             os.unlink(path)
             return {"files": []}, []
         raise ValueError(f"unknown request kind {kind!r}")
@@ -381,7 +381,10 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
             error, exit_code = _describe(exc, None, filename), 1
     try:
         os.chdir(workdir)  # the program may have moved elsewhere; outputs are what it left here
-        files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"], before)
+        if before is None:
+            files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"])
+        else:
+            files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"], before=before)
     except OSError:
         files, files_dropped = [], 0
 
