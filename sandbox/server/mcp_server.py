@@ -138,6 +138,12 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
             else:
                 with engine.sessions.call(caller(ctx), session_id) as session:
                     result = await engine.sessions.run(session, code, files, timeout=timeout)
+                if session.closed:  # this call ended it (timeout, memory, crash): say so, the next call fails
+                    content = result_content(result)
+                    content.content[0] = TextContent(text=content.content[0].text + (
+                        f"\nthe session has ended ({session.close_reason}); its state is gone: "
+                        "create a new session to go on"))
+                    return content
         except QueueFullError as exc:
             return tool_error(f"the sandbox is busy ({exc}); try again in a moment")
         except ApiError as exc:
@@ -225,7 +231,7 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
         try:
             data = base64.b64decode(content, validate=True) if encoding == "base64" else content.encode()
         except (ValueError, binascii.Error, UnicodeEncodeError):
-            return tool_error("content is not valid base64")
+            return tool_error("content is not valid base64" if encoding == "base64" else "content is not valid text")
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
                 await session.write_file(path, data)

@@ -95,6 +95,13 @@ async def _exercise_sessions(client: Client) -> str:
     unknown = await client.call_tool("list_files", {"session_id": "no-such-session"})
     assert unknown.is_error is True and "no such session" in unknown.content[0].text
 
+    doomed = (await client.call_tool("create_session", {})).structured_content["session_id"]
+    crash = await client.call_tool("run_python", {"code": "import os\nos.abort()", "session_id": doomed})
+    assert crash.is_error is True and crash.structured_content["outcome"] == "crashed"
+    assert "the session has ended" in crash.content[0].text, crash.content[0].text
+    after = await client.call_tool("run_python", {"code": "print(1)", "session_id": doomed})
+    assert after.is_error is True and "ended" in after.content[0].text
+
     kept = await client.call_tool("create_session", {})
     sid = kept.structured_content["session_id"]
     await client.call_tool("run_python", {"code": "secret = 'mine'", "session_id": sid})
