@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import mimetypes
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -331,7 +332,7 @@ async def put_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessi
     data = await _read_capped(request, cap)
     with sessions.call(owner, session_id) as session:
         await session.write_file(path, data)
-    return FileEntry(path=path, size=len(data), mime_type=request.headers.get("content-type") or "application/octet-stream")
+    return FileEntry(path=path, size=len(data), mime_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
 
 @router.get("/{session_id}/files/{path:path}", response_class=Response, summary="Read a file (raw bytes)",

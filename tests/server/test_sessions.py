@@ -86,7 +86,7 @@ def test_files_up_down_and_delete(client, session):
     put = client.put(f"/v1/sessions/{sid}/files/data/in.bin", content=payload,
                      headers={"Content-Type": "application/octet-stream"})
     assert put.status_code == 200, put.text
-    assert put.json()["path"] == "data/in.bin" and put.json()["size"] == len(payload)
+    assert put.json() == {"path": "data/in.bin", "size": len(payload), "mime_type": "application/octet-stream"}
     out = run(client, sid, "b = open('data/in.bin', 'rb').read()\nprint(len(b), b[255])\n"
                            "open('out.csv', 'w').write('a,b\\n1,2\\n')")
     assert out["stdout"] == "2560 255\n", out
