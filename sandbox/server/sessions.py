@@ -19,6 +19,7 @@ caller's own session that has ended answers 410 with the reason while the server
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import mimetypes
 import time
@@ -32,7 +33,7 @@ from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import AsyncSession, SessionClosedError, SessionLimitError
+from .. import AsyncSession, RunCancelledError, SessionClosedError, SessionLimitError
 from ..client import AsyncSandbox
 from ..results import Output, Result
 from .deps import OwnerDep, SandboxDep, require_key
@@ -41,6 +42,7 @@ from .metrics import Metrics
 from .runs import (NDJSON, RESULT_EXAMPLE, Abandoned, ExecuteRequest, abandoned_response, check_ceiling,
                    decode_files, ndjson, until_answered, wants_stream)
 
+log = logging.getLogger("sandbox.server")
 ENDED_KEPT = 4096          # ended sessions remembered (for a 410 with the reason) before they are a plain 404
 NOT_FOUND = "no such session (unknown, or not this key's)"
 
@@ -103,6 +105,9 @@ class Sessions:
         except SessionClosedError as exc:
             self._forget(session_id, str(exc) or _reason(session))
             raise _gone(self._ended[session_id][1]) from None
+        except RunCancelledError:  # closed (DELETE, ttl, shutdown) while this call ran: the call was killed
+            self._forget(session_id, _reason(session))
+            raise _gone(f"{self._ended[session_id][1]}, while this call ran (it was killed)") from None
         finally:
             if session.closed:
                 self._forget(session_id, _reason(session))
@@ -128,6 +133,7 @@ class Sessions:
         self._forget(session_id, "a call was cancelled because its client disconnected, and the session ended")
         task = asyncio.ensure_future(owned.session.close())
         self._closing.add(task)
+        task.add_done_callback(_closed)
         task.add_done_callback(self._closing.discard)
 
     async def run(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
@@ -176,6 +182,11 @@ class Sessions:
             self._ended[session_id] = (owned.owner, reason)
             while len(self._ended) > ENDED_KEPT:
                 self._ended.popitem(last=False)
+
+
+def _closed(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing an abandoned session failed: %s", task.exception())
 
 
 def _expired(session: AsyncSession) -> bool:

@@ -5,6 +5,7 @@ streaming in a session, the per-key cap, and the open-session counts in /v1/heal
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import re
 import shutil
@@ -265,3 +266,18 @@ def test_session_caps_are_429_with_retry_after(tmp_path):
         assert mine.post("/v1/sessions", json={}).status_code == 201       # a freed place is usable at once
     finally:
         s.stop()
+
+
+def test_closing_a_session_during_a_call_kills_the_call(client, server):
+    sid = client.post("/v1/sessions", json={"ttl": 60}).json()["session_id"]
+    run(client, sid, "x = 1")
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        t0 = time.monotonic()
+        call = ex.submit(client.post, f"/v1/sessions/{sid}/execute", json={"code": "import time\ntime.sleep(30)"})
+        time.sleep(1.5)
+        assert client.delete(f"/v1/sessions/{sid}").status_code == 204
+        r = call.result()
+        assert time.monotonic() - t0 < 10
+    assert r.status_code == 410 and r.json()["error"]["type"] == "session_closed", r.text
+    assert "killed" in r.json()["error"]["message"]
+    assert client.get(f"/v1/sessions/{sid}").status_code == 410
