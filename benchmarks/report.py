@@ -196,7 +196,7 @@ def markdown(results: dict) -> str:
     trows = targets(results)
     if trows:
         lines.append("## Targets\n")
-        lines.append(table(["target (issues #3 and #6)", "measured", "met"], trows))
+        lines.append(table(["target (issues #3, #6 and #7)", "measured", "met"], trows))
 
     if "latency" in w:
         lw = w["latency"]

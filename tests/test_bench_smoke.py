@@ -47,13 +47,16 @@ def test_every_runner_produced_results(quick_run):
     _, _, results = quick_run
     w = results["workloads"]
     assert set(w) == {"latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-                      "oneshot"}
+                      "oneshot", "sessions"}
     expected = {
         "latency": {"sandbox", "warm-exec", "jupyter-warm", "subprocess", "nsjail-cold"},
         "backtoback": {"sandbox", "subprocess"},
         "chart": {"sandbox", "jupyter-warm", "warm-exec", "fresh-import", "nsjail-cold"},
         "saturation": {"sandbox", "subprocess", "nsjail-cold"},
     }
+    sessions = w["sessions"]
+    assert sessions["call_ms"]["session"]["n"] > 0 and sessions["call_ms"]["stateless"]["n"] > 0
+    assert sessions["idle_states_sample"] == ["stopped"] and sessions["first_byte_ms"]["session"]["n"] > 0
     for name, runners in expected.items():
         assert set(w[name]["runners"]) == runners, name
         for runner, block in w[name]["runners"].items():

@@ -294,6 +294,10 @@ def test_streaming_in_a_session(sb):
         end = time.monotonic()
         assert "".join(t for _, t in seen) == r.stdout == "first\nsecond\n"
         assert end - seen[0][0] >= 0.8
+        out = []
+        r = s.run("print('x' * 5000)", on_stdout=out.append, limits={"max_stdout_bytes": 3000})
+        assert r.stdout_truncated and "".join(out) == r.stdout == "x" * 3000
+        assert ok(s.run("print('next call')")).stdout == "next call\n"  # the cap ended nothing
 
 
 def test_async_sessions_and_stream():

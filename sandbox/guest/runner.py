@@ -243,12 +243,17 @@ def serve_session() -> None:
     working directory (the host's view of the session's files)."""
     requests = os.dup(REQUEST_FD)
     main = _new_main()
+    home = os.getcwd()
     first = True
     while True:
         header, body = protocol.read_frame(requests, max_body=1 << 40)
         if first:
             _running()
             first = False
+        try:
+            os.chdir(home)  # inputs land, and files are listed, in the working directory
+        except OSError:
+            pass
         kind = header.get("kind", "run")
         if kind == "run":
             result, blobs = _execute(header, body, main, session=True)
