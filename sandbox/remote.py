@@ -1,11 +1,14 @@
-"""`RemoteSandbox`: the `Sandbox.run()` API over HTTP, against `sandbox serve`. Moving a program from
-in-process to remote is one line:
+"""`RemoteSandbox`: the `Sandbox.run()` and `Sandbox.session()` API over HTTP, against `sandbox serve`.
+Moving a program from in-process to remote is one line:
 
     sb = Sandbox()                                      # in-process
     sb = RemoteSandbox("http://host:8080", api_key=k)   # the same run() and Result, one HTTP round trip
+    with sb.session(ttl=600) as s:                      # a RemoteSession: Session's run(), files(),
+        s.run("x = 41"); s.run("print(x + 1)")          #   read_file(), write_file(), delete_file(), close()
 
-The service's error statuses come back as the engine's exceptions: 422 InvalidInputError, 429
-QueueFullError, 503 SandboxUnavailableError; 401 and anything else is a RemoteError.
+The service's errors come back as the engine's exceptions: 413 and 422 InvalidInputError, 429
+QueueFullError (or SessionLimitError), 503 SandboxUnavailableError, an ended or unknown session
+SessionClosedError, a missing file NoSuchFileError; 401 and anything else is a RemoteError.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import logging
 import os
 import queue
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import FileInfo, NoSuchFileError, SessionClosedError, SessionLimitError
 from .errors import InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError
 from .limits import Limits
 from .results import Result
@@ -121,6 +126,24 @@ class RemoteSandbox:
         """Sandbox.run() on the server: same arguments, same Result. With `on_stdout`/`on_stderr` the
         answer is streamed (NDJSON) and each callback gets the text as the program writes it (on the
         calling thread; a callback that raises is logged and called no more)."""
+        return self._execute("/v1/execute", code, files, stdin=stdin, timeout=timeout, limits=limits,
+                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
+        """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
+        if isinstance(limits, Limits):
+            limits = dataclasses.asdict(limits)
+        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": None if limits is None else dict(limits)})
+        return RemoteSession(self, doc)
+
+    def get_session(self, session_id: str) -> RemoteSession:
+        """A session this key opened before (from another process too); SessionClosedError if it has
+        ended, is unknown, or is another key's."""
+        return RemoteSession(self, self._request("GET", "/v1/sessions/" + urllib.parse.quote(session_id, safe="")))
+
+    def _execute(self, path: str, code: str, files: Files | None, *, stdin: bytes | str | None,
+                 timeout: float | None, limits: Limits | Mapping[str, Any] | None, filename: str,
+                 on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> Result:
         if isinstance(stdin, (bytes, bytearray)):
             try:
                 stdin = bytes(stdin).decode()
@@ -135,9 +158,9 @@ class RemoteSandbox:
                       for name, data in (files or {}).items()},
         }
         if on_stdout is not None or on_stderr is not None:
-            doc = self._stream("/v1/execute", body, {"stdout": on_stdout, "stderr": on_stderr})
+            doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr})
         else:
-            doc = self._request("POST", "/v1/execute", body)
+            doc = self._request("POST", path, body)
         try:
             return Result.from_dict(doc)
         except (KeyError, TypeError, ValueError) as exc:
@@ -179,30 +202,117 @@ class RemoteSandbox:
         return final
 
     def _request(self, method: str, path: str, body: Any = None, on_line: Callable[[bytes], None] | None = None,
-                 extra_headers: dict[str, str] | None = None) -> Any:
-        payload = None if body is None else json.dumps(body).encode()
+                 extra_headers: dict[str, str] | None = None, *, raw: bytes | None = None,
+                 raw_answer: bool = False) -> Any:
+        """One call. `body` goes as JSON, or `raw` as bytes; a 200 answer is parsed as JSON unless
+        `raw_answer` (then its bytes are returned). An error status raises the engine's exception."""
+        payload = raw if raw is not None else None if body is None else json.dumps(body).encode()
         headers = {**self._headers, **(extra_headers or {})}
+        if raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
         try:
             status, reason, data = self._http.request(method, path, payload, headers, on_line)
         except (OSError, http.client.HTTPException) as exc:
             raise SandboxUnavailableError(f"cannot reach {self.url}: {exc}") from None
         if on_line is not None and status == 200:
             return None
+        if 200 <= status < 300 and (raw_answer or status == 204):
+            return data
         try:
             doc = json.loads(data)
         except ValueError:
             raise RemoteError(f"{self.url} answered {status} with a body that is not JSON", status) from None
-        if status == 200:
+        if 200 <= status < 300:
             return doc
         err = doc.get("error") if isinstance(doc, dict) else None
         message = err.get("message", reason) if isinstance(err, dict) else reason
-        raise {422: InvalidInputError, 429: QueueFullError, 503: SandboxUnavailableError}.get(
-            status, lambda m: RemoteError(m, status))(message)
+        kind = err.get("type") if isinstance(err, dict) else None
+        if kind in _BY_TYPE:
+            raise _BY_TYPE[kind](message)
+        if status == 404 and path.startswith("/v1/sessions/"):
+            raise SessionClosedError(message)   # an unknown session, as Sandbox.get_session() says it
+        raise {413: InvalidInputError, 422: InvalidInputError, 429: QueueFullError,
+               503: SandboxUnavailableError}.get(status, lambda m: RemoteError(m, status))(message)
 
     def close(self) -> None:
         self._http.close()
 
     def __enter__(self) -> RemoteSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_BY_TYPE: dict[str, Callable[[str], SandboxError]] = {
+    "session_closed": SessionClosedError, "session_limit": SessionLimitError, "no_such_file": NoSuchFileError,
+    "queue_full": QueueFullError, "invalid_input": InvalidInputError, "too_large": InvalidInputError,
+}
+
+
+class RemoteSession:
+    """A session on a `sandbox serve` server, with Session's methods. `expires_at` is the server's at
+    creation, then moved by `ttl` at each call this client makes (the server moves its own likewise)."""
+
+    def __init__(self, sandbox: RemoteSandbox, doc: dict[str, Any]) -> None:
+        self._sb = sandbox
+        self.id: str = doc["session_id"]
+        self.ttl: float = float(doc["ttl"])
+        self.expires_at: float = float(doc["expires_at"])
+        self.closed = False
+        self.close_reason: str | None = None
+        self._path = "/v1/sessions/" + urllib.parse.quote(self.id, safe="")
+
+    def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+            timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+            filename: str = "main.py", on_stdout: TextCallback | None = None,
+            on_stderr: TextCallback | None = None) -> Result:
+        """Session.run() on the server: state carries over from the calls before."""
+        return self._call(lambda: self._sb._execute(
+            self._path + "/execute", code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+            on_stdout=on_stdout, on_stderr=on_stderr))
+
+    def files(self) -> list[FileInfo]:
+        doc = self._call(lambda: self._sb._request("GET", self._path + "/files"))
+        return [FileInfo(f["path"], int(f["size"]), f["mime_type"]) for f in doc["files"]]
+
+    def read_file(self, path: str) -> bytes:
+        return self._call(lambda: self._sb._request("GET", self._file(path), raw_answer=True))
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        self._call(lambda: self._sb._request("PUT", self._file(path), raw=raw))
+
+    def delete_file(self, path: str) -> None:
+        self._call(lambda: self._sb._request("DELETE", self._file(path), raw_answer=True))
+
+    def close(self) -> None:
+        """Close the session on the server (idempotent)."""
+        if self.closed:
+            return
+        try:
+            self._sb._request("DELETE", self._path, raw_answer=True)
+        except SessionClosedError:
+            pass
+        self.closed, self.close_reason = True, self.close_reason or "closed"
+
+    def _file(self, path: str) -> str:
+        if not path:
+            raise InvalidInputError("a file path must not be empty")
+        return self._path + "/files/" + urllib.parse.quote(path, safe="/")
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        if self.closed:
+            raise SessionClosedError(self.close_reason or "closed")
+        try:
+            answer = call()
+        except SessionClosedError as exc:
+            self.closed, self.close_reason = True, str(exc)
+            raise
+        self.expires_at = time.time() + self.ttl
+        return answer
+
+    def __enter__(self) -> RemoteSession:
         return self
 
     def __exit__(self, *exc: object) -> None:

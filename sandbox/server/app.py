@@ -11,9 +11,9 @@ from fastapi import APIRouter, FastAPI
 from .. import __version__
 from .. import image as images
 from ..client import AsyncSandbox
-from ..errors import SandboxClosedError
+from ..errors import SandboxClosedError, SandboxError
 from ..limits import Limits
-from . import errors, health, image, playground, runs
+from . import errors, health, image, playground, runs, sessions
 from .bodycap import BodyCap
 from .metrics import MeteredSandbox, Metrics
 from .metrics import router as metrics_router
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
             metrics.watch(sb)
             app.state.sandbox = sb
             stack.callback(setattr, app.state, "sandbox", None)
+            stack.callback(app.state.sessions.clear)  # closing the sandbox ends every session
             for hook in app.state.lifespan_hooks:
                 await stack.enter_async_context(hook(app))
             yield
@@ -59,10 +60,20 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.retry_after = settings.retry_after_seconds
     app.state.ceiling = Limits.from_policy()  # per-call limits may tighten these, never loosen them
     app.state.sandbox = None
+    app.state.sessions = sessions.Sessions(settings.max_sessions_per_key, metrics)
     app.state.lifespan_hooks = []
+
+    def open_sessions() -> int:
+        sb = app.state.sandbox
+        try:
+            return sb.stats().sessions if sb is not None else 0
+        except SandboxError:  # closed meanwhile
+            return 0
+
+    metrics.open_sessions = open_sessions
     app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for router in (playground.router, health.router, image.router, runs.router, metrics_router, *peer_routers()):
+    for router in (playground.router, health.router, image.router, runs.router, sessions.router, metrics_router, *peer_routers()):
         app.include_router(router)
     app.mount("/static", playground.assets, name="static")
     if settings.mcp:

@@ -3,11 +3,16 @@
 Outcomes of a run are never errors (a timeout is a 200 with the result); these are:
   400 bad_request      the body is not JSON
   401 unauthorized     no API key, or a wrong one
-  404 not_found        no such route or resource
+  404 not_found        no such route or resource; a session that is unknown or belongs to another key
+  404 no_such_file     no such file in the session
   413 too_large        the body is over the cap (refused before it is read)
   415 unsupported_media_type   the body is not sent as application/json
+  410 session_closed   the caller's session has ended (the message says why: closed, expired, its
+                       last call timed out or ran out of memory...); 404 once the server forgets it
   422 invalid_input    the request is well-formed JSON but wrong (engine's InvalidInputError too)
   429 queue_full       every slot busy and the queue full (with Retry-After)
+  429 session_limit    too many sessions open, on the server or for this key (with Retry-After: when
+                       the first of them expires if left idle)
   503 unavailable      the engine is closed, not started, or cannot run jails
   500 internal         anything else; the message never carries a stack trace
 """
@@ -21,13 +26,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import (ImageError, InvalidInputError, QueueFullError, SandboxClosedError, SandboxError,
-                      SandboxUnavailableError)
+from ..errors import (ImageError, InvalidInputError, NoSuchFileError, QueueFullError, SandboxClosedError,
+                      SandboxError, SandboxUnavailableError, SessionClosedError, SessionLimitError)
 
 log = logging.getLogger("sandbox.server")
 
 _TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input",
+          406: "not_acceptable", 410: "session_closed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input",
           429: "queue_full", 503: "unavailable"}
 
 
@@ -51,6 +56,12 @@ def error_response(status: int, type: str, message: str, headers: dict[str, str]
 def engine_error(exc: SandboxError, retry_after: int = 1) -> ApiError:
     """The HTTP answer to an engine exception (peer routes with their own error format read status and
     message from it)."""
+    if isinstance(exc, SessionClosedError):  # before the families it may belong to
+        return ApiError(410, "session_closed", f"the session has ended: {exc}")
+    if isinstance(exc, SessionLimitError):
+        return ApiError(429, "session_limit", str(exc), {"Retry-After": str(retry_after)})
+    if isinstance(exc, NoSuchFileError):
+        return ApiError(404, "no_such_file", str(exc))
     if isinstance(exc, InvalidInputError):
         return ApiError(422, "invalid_input", str(exc))
     if isinstance(exc, QueueFullError):

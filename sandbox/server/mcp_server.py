@@ -1,10 +1,14 @@
-"""The MCP server: a `run_python` tool over the engine, for `sandbox mcp` (stdio) and `/mcp` (streamable
-HTTP on the service, behind its bearer auth).
+"""The MCP server over the engine, for `sandbox mcp` (stdio) and `/mcp` (streamable HTTP on the service,
+behind its bearer auth). Tools: `run_python(code, files?, session_id?, timeout?)`, and for stateful work
+`create_session`, `close_session`, `list_files`, `read_file`, `upload_file`.
 
-The tool returns a text block (outcome, stdout, stderr, the error in a few lines), one image block per
-figure, and the result document as structured content; `is_error` is set when the outcome is not ok.
-A call the engine refuses (bad file name, queue full) is a tool error a model can read and fix, not a
-protocol error.
+`run_python` returns a text block (outcome, stdout, stderr, the error in a few lines), one image block
+per figure, and the result document as structured content; `is_error` is set when the outcome is not
+ok. A call the engine refuses (bad file name, queue full, an ended session) is a tool error a model can
+read and fix, not a protocol error.
+
+Sessions are the HTTP API's (`sessions.Sessions`): over HTTP each belongs to the key of the request
+that made it (another key's session is "no such session"); over stdio the one local caller owns all.
 """
 
 # No `from __future__ import annotations`: the tool's type hints are its schema, evaluated here.
@@ -12,11 +16,13 @@ protocol error.
 import argparse
 import asyncio
 import base64
+import binascii
+import mimetypes
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -30,9 +36,15 @@ from ..client import AsyncSandbox
 from ..errors import QueueFullError, SandboxError
 from ..limits import Limits
 from ..results import Result
+from .deps import LOCAL_OWNER
+from .errors import ApiError
+from .sessions import Sessions
 
 TEXT_TAIL = 20_000        # characters of stdout/stderr in the text block (the structured content has all of it)
 TRACEBACK_LINES = 6
+READ_MAX = 4 << 20        # largest file read_file returns (a model's context is far smaller anyway)
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+OWNER = "sandbox_owner"   # the key's owner id, in the request's scope state (set by Mounted)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,7 @@ class Engine:
     """What the tools read from the lifespan context."""
 
     sandbox: AsyncSandbox
+    sessions: Sessions
 
 
 def describe_environment(manifest: dict[str, Any], limits: Limits) -> str:
@@ -54,8 +67,9 @@ def describe_environment(manifest: dict[str, Any], limits: Limits) -> str:
         f"{limits.memory_bytes >> 20} MiB of memory, no network access, nothing can be installed.\n"
         "Files given in `files` (name -> text content) are in the working directory: open them by their "
         "relative name. Files the code writes in the working directory come back. Show figures with "
-        "plt.show() (or leave them open). Each call starts from a clean interpreter: no state is kept "
-        "between calls, so redefine what you need."
+        "plt.show() (or leave them open). Without `session_id` each call starts from a clean interpreter "
+        "and keeps nothing. With a `session_id` from create_session, variables, imports, functions and the "
+        "working directory's files carry over from call to call, like cells of one notebook."
     )
 
 
@@ -85,31 +99,163 @@ def tool_error(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(text=message)], is_error=True)
 
 
+def caller(ctx: Context[Engine, Any]) -> str:
+    """The owner id of the caller: over HTTP the key of this request (Mounted checked it and put its
+    owner id in the scope); over stdio, the local user. An HTTP request without one is refused."""
+    request = ctx.request_context.request
+    if request is None:
+        return LOCAL_OWNER
+    owner = request.scope.get("state", {}).get(OWNER)
+    if not owner:
+        raise ApiError(401, "unauthorized", "no API key on this request")
+    return owner
+
+
 def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[Engine]], manifest: dict[str, Any],
           limits: Limits) -> MCPServer[Engine]:
-    """The MCP server with its tools; `lifespan` provides the sandbox."""
+    """The MCP server with its tools; `lifespan` provides the sandbox and the session registry."""
     server: MCPServer[Engine] = MCPServer("sandbox", version=__version__, lifespan=lifespan, log_level="WARNING",
-                                          instructions="Run Python in an isolated sandbox with the scientific stack.")
+                                          instructions="Run Python in an isolated sandbox with the scientific stack. "
+                                                       "Use a session to keep state between runs.")
     max_timeout = float(limits.timeout_seconds)
+    SessionId = Annotated[str, Field(min_length=1, max_length=128, description="a session_id from create_session")]
 
     async def run_python(
         code: Annotated[str, Field(description="Python source to run, as a script (print what you want to see)")],
         ctx: Context[Engine, Any],
         files: Annotated[dict[str, str] | None, Field(
             description="input files: relative file name -> text content, placed in the working directory")] = None,
+        session_id: Annotated[str | None, Field(
+            max_length=128, description="run in this session (from create_session) to keep state; "
+                                        "omit for a fresh interpreter")] = None,
         timeout: Annotated[float | None, Field(gt=0, le=max_timeout,
                                                description=f"wall clock limit in seconds (at most {max_timeout:g})")] = None,
     ) -> CallToolResult:
-        sandbox = ctx.request_context.lifespan_context.sandbox
+        engine = ctx.request_context.lifespan_context
         try:
-            result = await sandbox.run(code, files, timeout=timeout)
+            if session_id is None:
+                result = await engine.sandbox.run(code, files, timeout=timeout)
+            else:
+                with engine.sessions.call(caller(ctx), session_id) as session:
+                    result = await engine.sessions.run(session, code, files, timeout=timeout)
+                if session.closed:  # this call ended it (timeout, memory, crash): say so, the next call fails
+                    content = result_content(result)
+                    content.content[0] = TextContent(text=content.content[0].text + (
+                        f"\nthe session has ended ({session.close_reason}); its state is gone: "
+                        "create a new session to go on"))
+                    return content
         except QueueFullError as exc:
             return tool_error(f"the sandbox is busy ({exc}); try again in a moment")
+        except ApiError as exc:
+            return tool_error(exc.message)
         except SandboxError as exc:
             return tool_error(f"the run was refused: {exc}")
         return result_content(result)
 
+    async def create_session(
+        ctx: Context[Engine, Any],
+        ttl: Annotated[float | None, Field(gt=0, le=7 * 86400, description=(
+            "idle seconds before the session closes by itself (default 600)"))] = None,
+    ) -> CallToolResult:
+        engine = ctx.request_context.lifespan_context
+        try:
+            session = await engine.sessions.create(engine.sandbox, caller(ctx), ttl)
+        except ApiError as exc:
+            return tool_error(exc.message)
+        except SandboxError as exc:
+            return tool_error(f"no session: {exc}")
+        doc = {"session_id": session.id, "expires_at": session.expires_at, "ttl": session.ttl}
+        return CallToolResult(content=[TextContent(text=(
+            f"session_id: {session.id}\nPass it to run_python, list_files, read_file and upload_file. It closes "
+            f"after {session.ttl:g} s without a call, or with close_session."))], structured_content=doc)
+
+    async def close_session(session_id: SessionId, ctx: Context[Engine, Any]) -> CallToolResult:
+        engine = ctx.request_context.lifespan_context
+        try:
+            await engine.sessions.close(caller(ctx), session_id)
+        except ApiError as exc:
+            return tool_error(exc.message)
+        return CallToolResult(content=[TextContent(text=f"session {session_id} is closed")],
+                              structured_content={"session_id": session_id, "closed": True})
+
+    async def list_files(session_id: SessionId, ctx: Context[Engine, Any]) -> CallToolResult:
+        engine = ctx.request_context.lifespan_context
+        try:
+            with engine.sessions.call(caller(ctx), session_id) as session:
+                found = await session.files()
+        except ApiError as exc:
+            return tool_error(exc.message)
+        except SandboxError as exc:
+            return tool_error(str(exc))
+        lines = [f"{f.path} ({f.size} bytes, {f.mime_type})" for f in found] or ["(no files)"]
+        return CallToolResult(content=[TextContent(text="\n".join(lines))],
+                              structured_content={"files": [f.to_dict() for f in found]})
+
+    async def read_file(
+        session_id: SessionId,
+        path: Annotated[str, Field(min_length=1, max_length=4096, description="relative path in the working directory")],
+        ctx: Context[Engine, Any],
+    ) -> CallToolResult:
+        engine = ctx.request_context.lifespan_context
+        try:
+            with engine.sessions.call(caller(ctx), session_id) as session:
+                data = await session.read_file(path)
+        except ApiError as exc:
+            return tool_error(exc.message)
+        except SandboxError as exc:
+            return tool_error(str(exc))
+        if len(data) > READ_MAX:
+            return tool_error(f"{path} is {len(data)} bytes, more than the {READ_MAX} this tool returns: "
+                              "print the part you need with run_python instead")
+        mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        doc = {"path": path, "size": len(data), "mime_type": mime}
+        if mime in IMAGE_TYPES:
+            return CallToolResult(content=[ImageContent(data=base64.b64encode(data).decode(), mime_type=mime)],
+                                  structured_content=doc)
+        try:
+            return CallToolResult(content=[TextContent(text=data.decode("utf-8"))], structured_content=doc)
+        except UnicodeDecodeError:
+            return CallToolResult(content=[TextContent(text=(
+                f"{path}: {len(data)} bytes of binary data ({mime}), base64:\n{base64.b64encode(data).decode()}"))],
+                structured_content=doc)
+
+    async def upload_file(
+        session_id: SessionId,
+        path: Annotated[str, Field(min_length=1, max_length=4096, description="relative path in the working directory")],
+        content: Annotated[str, Field(description="the file's content: text, or base64 when encoding is base64")],
+        ctx: Context[Engine, Any],
+        encoding: Annotated[Literal["text", "base64"], Field(
+            description="how content is given: text (written as UTF-8), or base64 for binary files")] = "text",
+    ) -> CallToolResult:
+        engine = ctx.request_context.lifespan_context
+        try:
+            data = base64.b64decode(content, validate=True) if encoding == "base64" else content.encode()
+        except (ValueError, binascii.Error, UnicodeEncodeError):
+            return tool_error("content is not valid base64" if encoding == "base64" else "content is not valid text")
+        try:
+            with engine.sessions.call(caller(ctx), session_id) as session:
+                await session.write_file(path, data)
+        except ApiError as exc:
+            return tool_error(exc.message)
+        except SandboxError as exc:
+            return tool_error(f"not written: {exc}")
+        return CallToolResult(content=[TextContent(text=f"wrote {path} ({len(data)} bytes)")],
+                              structured_content={"path": path, "size": len(data)})
+
     server.add_tool(run_python, description=describe_environment(manifest, limits), title="Run Python")
+    server.add_tool(create_session, title="Create a session", description=(
+        "Open a stateful Python session: runs given its session_id share variables, imports and files, "
+        "like cells of one notebook. Returns the session_id. Close it with close_session when done."))
+    server.add_tool(close_session, title="Close a session",
+                    description="Close a session: its interpreter and files are gone.")
+    server.add_tool(list_files, title="List a session's files",
+                    description="The files in a session's working directory: path, size, type.")
+    server.add_tool(read_file, title="Read a session's file", description=(
+        "Read one file of a session's working directory: text as text, an image as an image, other "
+        "binary data as base64."))
+    server.add_tool(upload_file, title="Upload a file to a session", description=(
+        "Write a file into a session's working directory (text, or base64 with encoding=base64), for "
+        "run_python to open by its relative path."))
     return server
 
 
@@ -119,7 +265,7 @@ class Mounted:
     def __init__(self, app: Any, manifest: dict[str, Any], limits: Limits) -> None:
         @asynccontextmanager
         async def from_app(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
-            yield Engine(app.state.sandbox)
+            yield Engine(app.state.sandbox, app.state.sessions)
 
         self.server = build(from_app, manifest, limits)
         # The app checks keys and (without keys) the Host header itself, so the SDK's loopback-only
@@ -132,13 +278,15 @@ class Mounted:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from .deps import authorize
-        from .errors import ApiError, error_response
+        from .errors import error_response
 
         try:
-            authorize(Request(scope), _bearer(scope))
+            owner = authorize(Request(scope), _bearer(scope))
         except ApiError as exc:
             await error_response(exc.status_code, exc.type, exc.message, exc.headers)(scope, receive, send)
             return
+        # The tools read the caller from here (the SDK hands them a Request on this same scope).
+        scope["state"] = {**scope.get("state", {}), OWNER: owner}
         await self.server.session_manager.handle_request(scope, receive, send)
 
 
@@ -165,7 +313,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     @asynccontextmanager
     async def own_sandbox(_: MCPServer[Engine]) -> AsyncIterator[Engine]:
         async with AsyncSandbox(args.slots, image=args.image) as sb:
-            yield Engine(sb)
+            yield Engine(sb, Sessions())
 
     server = build(own_sandbox, manifest, limits)
     try:

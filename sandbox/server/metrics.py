@@ -4,7 +4,8 @@ share counters): runs by outcome, run latency, queue depth, live slots, open ses
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -29,11 +30,38 @@ class Metrics:
                                 registry=self.registry)
         self.latency = Histogram("sandbox_run_seconds", "Wall time of a run as the service saw it (queueing included)",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.abandoned = Counter("sandbox_runs_abandoned", "Runs killed because their client disconnected",
+                                 registry=self.registry)
         self.open_sessions: Callable[[], int] = lambda: 0
 
     def observe(self, result: Result, seconds: float) -> None:
         self.runs.labels(result.outcome.value).inc()
         self.latency.observe(seconds)
+
+    async def run(self, call: Awaitable[Result]) -> Result:
+        """Await one run (a sandbox's or a session's) and count it, or count why it was refused."""
+        t0 = time.perf_counter()
+        try:
+            result = await call
+        except Exception as exc:
+            self.rejected.labels(type(exc).__name__).inc()
+            raise
+        self.observe(result, time.perf_counter() - t0)
+        return result
+
+    async def stream(self, events: AsyncIterator[Output | Result]) -> AsyncIterator[Output | Result]:
+        """Pass a run's events through, counting its result. Closing this closes `events` (which kills
+        the run if it has not ended)."""
+        t0 = time.perf_counter()
+        async with aclosing(events):  # type: ignore[type-var]
+            try:
+                async for event in events:
+                    if isinstance(event, Result):
+                        self.observe(event, time.perf_counter() - t0)
+                    yield event
+            except Exception as exc:
+                self.rejected.labels(type(exc).__name__).inc()
+                raise
 
     def watch(self, sandbox: AsyncSandbox) -> None:
         self.registry.register(_PoolCollector(sandbox, self))
@@ -70,29 +98,14 @@ class MeteredSandbox(AsyncSandbox):
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                   filename: str = "main.py", on_stdout: TextCallback | None = None,
                   on_stderr: TextCallback | None = None) -> Result:
-        t0 = time.perf_counter()
-        try:
-            result = await super().run(code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-                                       on_stdout=on_stdout, on_stderr=on_stderr)
-        except Exception as exc:
-            self.metrics.rejected.labels(type(exc).__name__).inc()
-            raise
-        self.metrics.observe(result, time.perf_counter() - t0)
-        return result
+        return await self.metrics.run(super().run(code, files, stdin=stdin, timeout=timeout, limits=limits,
+                                                  filename=filename, on_stdout=on_stdout, on_stderr=on_stderr))
 
-    async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
-                     timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-                     filename: str = "main.py") -> AsyncIterator[Output | Result]:
-        t0 = time.perf_counter()
-        try:
-            async for event in super().stream(code, files, stdin=stdin, timeout=timeout, limits=limits,
-                                              filename=filename):
-                if isinstance(event, Result):
-                    self.metrics.observe(event, time.perf_counter() - t0)
-                yield event
-        except Exception as exc:
-            self.metrics.rejected.labels(type(exc).__name__).inc()
-            raise
+    def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+               timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+               filename: str = "main.py") -> AsyncIterator[Output | Result]:
+        return self.metrics.stream(super().stream(code, files, stdin=stdin, timeout=timeout, limits=limits,
+                                                  filename=filename))
 
 
 router = APIRouter(tags=["health"])

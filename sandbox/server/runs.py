@@ -3,25 +3,38 @@ only a request that could not run is an error (see errors.py).
 
 With `Accept: application/x-ndjson` the answer is one JSON object per line: `{"type": "stdout", "text"}`
 and `{"type": "stderr", "text"}` as the program writes, then `{"type": "result", ...the result...}`.
+
+A client that disconnects has its run killed: a plain call races the run against the connection's
+`http.disconnect` (`until_answered`), a streamed one closes the engine's event stream when Starlette
+stops sending (`ndjson`). Session routes (sessions.py) use the same two helpers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import dataclasses
 import binascii
+import dataclasses
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import anyio
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import Receive, Scope, Send
 
 from ..errors import SandboxError
 from ..limits import Limits
 from ..results import Output, Result
 from .deps import SandboxDep, require_key
 from .errors import ApiError
+
+log = logging.getLogger("sandbox.server")
+T = TypeVar("T")
 
 
 class ExecuteRequest(BaseModel):
@@ -97,25 +110,98 @@ def event_line(event: Output | Result) -> bytes:
     return json.dumps(doc).encode() + b"\n"
 
 
-async def ndjson(events: AsyncIterator[Output | Result]) -> StreamingResponse:
+class Abandoned(Exception):
+    """The client went away before its answer: the run was killed, nobody is left to answer."""
+
+
+async def _until_disconnect(request: Request) -> None:
+    # The body is read already, so the next message is the disconnect (uvicorn sends it only then).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_answered(request: Request, run: Awaitable[T], on_abandon: Callable[[], None] | None = None) -> T:
+    """Await `run` unless the client disconnects first: then cancel it (the engine kills the run in its
+    jail), wait for that, and raise Abandoned."""
+    task = asyncio.ensure_future(run)
+    watch = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))  # the kill is done when the engine's call returns
+    if task.cancelled():
+        if on_abandon is not None:
+            on_abandon()
+        log.info("%s %s: the client disconnected; its run was killed", request.method, request.url.path)
+        raise Abandoned
+    return task.result()
+
+
+def abandoned_response() -> Response:
+    return Response(status_code=499)  # never sent: there is no client to send it to
+
+
+async def _close(events: AsyncIterator[object]) -> None:
+    """Close an async generator even inside a cancelled scope (a disconnect cancels the response)."""
+    with anyio.CancelScope(shield=True):
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+class _NDJSONResponse(StreamingResponse):
+    """A stream whose body and the engine's events under it are always closed, so the run is killed
+    whether the client left while the body waited for output, while it was being sent, or before the
+    body started (`async for` alone would leave a generator suspended until garbage collection)."""
+
+    def __init__(self, body: AsyncIterator[bytes], events: AsyncIterator[Output | Result]) -> None:
+        super().__init__(body, media_type=NDJSON, headers={"X-Accel-Buffering": "no"})
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _close(self.body_iterator)
+            await _close(self.events)
+
+
+async def ndjson(request: Request, events: AsyncIterator[Output | Result],
+                 on_abandon: Callable[[], None] | None = None) -> Response:
     """Stream the events as JSON lines. The first event is awaited before answering, so an engine
-    error before the run starts (queue full, bad input) is still an HTTP error status."""
-    first = await anext(events)
+    error before the run starts (queue full, bad input) is still an HTTP error status; a client that
+    leaves meanwhile has its run killed, as it does later on (then `events` is closed)."""
+    try:
+        first = await until_answered(request, anext(events), on_abandon)
+    except Abandoned:
+        await _close(events)
+        return abandoned_response()
+    except BaseException:
+        await _close(events)
+        raise
 
     async def body() -> AsyncIterator[bytes]:
         event = first
+        finished = False
         try:
             while True:
                 yield event_line(event)
                 if isinstance(event, Result):
+                    finished = True
                     return
                 event = await anext(events)
         except SandboxError as exc:  # after the 200 was sent: say so in the stream
+            finished = True
             yield json.dumps({"type": "error", "error": {"type": type(exc).__name__, "message": str(exc)}}).encode()
         finally:
-            await events.aclose()
+            await _close(events)
+            if not finished:
+                if on_abandon is not None:
+                    on_abandon()
+                log.info("a streamed run ended before its result (the client left); the run was killed")
 
-    return StreamingResponse(body(), media_type=NDJSON, headers={"X-Accel-Buffering": "no"})
+    return _NDJSONResponse(body(), events)
 
 
 router = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(require_key)])
@@ -134,9 +220,13 @@ RESULT_EXAMPLE = {"outcome": "ok", "stdout": "2\n", "stderr": "", "stdout_trunca
 async def execute(body: ExecuteRequest, sb: SandboxDep, request: Request) -> Response:
     check_ceiling(request.app.state.ceiling, body.timeout, body.limits)
     files = decode_files(body.files)
+    abandon = request.app.state.metrics.abandoned.inc
     if wants_stream(request):
-        return await ndjson(sb.stream(body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits,
-                                      filename=body.filename))
-    result = await sb.run(body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits,
-                          filename=body.filename)
+        return await ndjson(request, sb.stream(body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits,
+                                      filename=body.filename), abandon)
+    try:
+        result = await until_answered(request, sb.run(body.code, files, stdin=body.stdin, timeout=body.timeout,
+                                                      limits=body.limits, filename=body.filename), abandon)
+    except Abandoned:
+        return abandoned_response()
     return Response(result.to_json(), media_type="application/json")

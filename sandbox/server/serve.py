@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB (default 64)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds runs in flight get at shutdown before they are killed (default 5)")
+    p.add_argument("--max-sessions-per-key", type=int, default=0,
+                   help="sessions one API key may hold open (default 0: only the engine's own cap)")
     p.add_argument("--no-mcp", action="store_true", help="do not serve MCP at /mcp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     settings = Settings(host=args.host, port=args.port, slots=args.slots, image=args.image, max_queue=args.max_queue,
                         max_body_bytes=args.max_body_mb << 20, shutdown_grace_seconds=args.grace,
-                        mcp=not args.no_mcp).with_keys_from(args.api_key_file)
+                        mcp=not args.no_mcp, max_sessions_per_key=max(0, args.max_sessions_per_key)).with_keys_from(args.api_key_file)
     settings.check_bind()
     return settings
 
@@ -73,9 +75,10 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def busy() -> int:
+        """Runs in flight: the pool's, and calls in sessions (which run in the session jail)."""
         sb = app.state.sandbox
         try:
-            return sb.stats().busy if sb is not None else 0
+            return sb.stats().busy + app.state.sessions.in_flight if sb is not None else 0
         except SandboxError:  # closed meanwhile
             return 0
 

@@ -26,6 +26,7 @@ class Settings:
     retry_after_seconds: int = 1          # the Retry-After of a 429
     shutdown_grace_seconds: float = 5.0   # runs in flight get this long at shutdown, then are killed
     mcp: bool = True                      # serve MCP at /mcp
+    max_sessions_per_key: int = 0         # sessions one key may hold open (0: only the engine's cap applies)
 
     @property
     def auth_required(self) -> bool:

@@ -1,11 +1,13 @@
 """The playground page in real headless Chromium (Debian's package, driven by Playwright): type code
-that prints and plots, upload a file, click Run, see the text, the figure and the written file."""
+that prints and plots, upload a file, click Run, see the text, the figure and the written file; with
+the session toggle on, state carries over between runs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import expect, sync_playwright
 
 from .conftest import KEY
@@ -59,6 +61,31 @@ def test_type_run_and_see_text_figure_and_file(server, tmp_path):
             assert page.locator("#outcome").text_content() == ""   # no result yet: the run goes on
             expect(page.locator("#outcome")).to_have_text("ok", timeout=60_000)
             expect(page.locator("#stdout")).to_have_text("early\nlate\n")
+
+            # With "Keep state" on, the runs share a session; off, it is closed and runs start fresh.
+            sessions_before = httpx.get(server.url + "/v1/health").json()["sessions"]
+            page.set_input_files("#files", [])
+            page.check("#session")
+            expect(page.locator("#session-status")).to_contain_text("session open", timeout=30_000)
+            assert httpx.get(server.url + "/v1/health").json()["sessions"] == sessions_before + 1
+            page.fill("#code", "x = 41")
+            page.click("#run")
+            expect(page.locator("#outcome")).to_have_text("ok", timeout=60_000)
+            page.fill("#code", "print(x + 1)")
+            page.click("#run")
+            expect(page.locator("#outcome")).to_have_text("ok", timeout=60_000)
+            expect(page.locator("#stdout")).to_have_text("42\n")
+            page.screenshot(path=str(SHOTS / "playground-session.png"), full_page=True)
+            page.uncheck("#session")
+            expect(page.locator("#session-status")).to_contain_text("closed", timeout=30_000)
+            page.click("#run")
+            expect(page.locator("#outcome")).to_have_text("error", timeout=60_000)
+            expect(page.locator("#error")).to_contain_text("NameError")
+            deadline = 50
+            while httpx.get(server.url + "/v1/health").json()["sessions"] != sessions_before and deadline:
+                page.wait_for_timeout(100)
+                deadline -= 1
+            assert httpx.get(server.url + "/v1/health").json()["sessions"] == sessions_before
 
             # An error shows its traceback and outcome; a wrong key shows the server's message.
             page.fill("#code", "print('before')\n1/0")

@@ -1,4 +1,5 @@
-"""RemoteSandbox and `sandbox run --url` against a real server: the same run() and Result as in-process."""
+"""RemoteSandbox and `sandbox run --url` against a real server: the same run() and Result as in-process,
+and the same session() as Sandbox.session()."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import time
 
 import pytest
 
-from sandbox import InvalidInputError, Outcome, Result
+from sandbox import FileInfo, InvalidInputError, NoSuchFileError, Outcome, Result, SessionClosedError
 from sandbox.remote import RemoteError, RemoteSandbox
 
-from .conftest import KEY
+from .conftest import KEY, OTHER_KEY
 
 
 def test_run_returns_a_real_result(server):
@@ -102,3 +103,61 @@ def test_live_output_callbacks(server):
         assert r.stdout == "1\n2\n"
         with pytest.raises(InvalidInputError):
             sb.run("print(1)", files={"../x": b""}, on_stdout=print)
+
+
+def test_session_keeps_state_and_files(server):
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        t0 = time.time()
+        with sb.session(ttl=120) as s:
+            assert len(s.id) >= 16 and s.ttl == 120 and t0 + 110 < s.expires_at < time.time() + 130
+            assert not s.closed
+            r = s.run("import pandas as pd\ndf = pd.read_csv('sales.csv')", files={"sales.csv": b"total\n3\n4\n"})
+            assert r.outcome is Outcome.OK, r.error
+            r = s.run("print(df.total.sum())\ndf.to_csv('copy.csv', index=False)")
+            assert r.stdout == "7\n" and [f.path for f in r.files] == ["copy.csv"]
+            s.write_file("notes.txt", "written remotely")
+            s.write_file("raw.bin", bytes(range(256)))
+            files = {f.path: f for f in s.files()}
+            assert isinstance(files["copy.csv"], FileInfo) and files["copy.csv"].size == len(b"total\n3\n4\n")
+            assert files["raw.bin"].size == 256 and {"sales.csv", "notes.txt"} <= set(files)
+            assert s.read_file("raw.bin") == bytes(range(256))
+            assert s.run("print(open('notes.txt').read())").stdout == "written remotely\n"
+            s.delete_file("notes.txt")
+            with pytest.raises(NoSuchFileError):
+                s.read_file("notes.txt")
+            with pytest.raises(NoSuchFileError):
+                s.delete_file("notes.txt")
+            with pytest.raises(FileNotFoundError):   # NoSuchFileError is one too
+                s.read_file("never.txt")
+            with pytest.raises(InvalidInputError):
+                s.write_file("../out.txt", b"x")
+            seen = []
+            r = s.run("import time\nprint('a', flush=True)\ntime.sleep(2)\nprint(len(df))", on_stdout=seen.append)
+            assert r.stdout == "a\n2\n" and "".join(seen) == "a\n2\n"
+            again = sb.get_session(s.id)                      # the same session, found by id
+            assert again.run("print(df.total.max())").stdout == "4\n"
+        assert s.closed
+        with pytest.raises(SessionClosedError):
+            s.run("print(1)")
+        with pytest.raises(SessionClosedError):
+            sb.get_session(s.id)
+        s.close()                                             # idempotent
+
+
+def test_session_errors_map_to_the_engines_exceptions(server):
+    with RemoteSandbox(server.url, api_key=KEY) as mine, RemoteSandbox(server.url, api_key=OTHER_KEY) as theirs:
+        s = mine.session(ttl=60)
+        try:
+            with pytest.raises(SessionClosedError):           # another key's session: as if unknown
+                theirs.get_session(s.id)
+            with pytest.raises(InvalidInputError):
+                mine.session(ttl=-1)
+            with pytest.raises(InvalidInputError):
+                mine.session(limits={"bogus": 1})
+        finally:
+            s.close()
+        ended = mine.session(ttl=1)
+        time.sleep(3)
+        with pytest.raises(SessionClosedError):
+            ended.run("print(1)")
+        assert ended.closed and ended.close_reason

@@ -54,10 +54,15 @@ def test_full_queue_is_429_with_retry_after(tmp_path):
 def test_shutdown_finishes_short_runs_kills_long_ones_and_leaves_nothing(tmp_path):
     s = Server(tmp_path, "--slots", "2", "--grace", "3", "--no-mcp")
     server = psutil.Process(s.proc.pid)
-    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+    sid = httpx.post(s.url + "/v1/sessions", json={}, headers=AUTH, timeout=60).json()["session_id"]
+    in_session = f"{s.url}/v1/sessions/{sid}/execute"
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
         short = ex.submit(_post, s.url, "import time; time.sleep(1.5); print('finished')")
         long = ex.submit(_post, s.url, "import time; print('started', flush=True); time.sleep(600)")
+        session_long = ex.submit(httpx.post, in_session, json={"code": "import time; time.sleep(600)"}, headers=AUTH,
+                                 timeout=120)
         _wait_for(s.url, lambda p: p["busy"] == 2)
+        time.sleep(0.5)  # the session call is under way too
         family = server.children(recursive=True)
         assert any(p.name() == "nsjail" for p in family)
         t0 = time.monotonic()
@@ -66,6 +71,9 @@ def test_shutdown_finishes_short_runs_kills_long_ones_and_leaves_nothing(tmp_pat
         killed = long.result()                                    # after it: killed, and told so
         assert killed.status_code == 200 and killed.json()["outcome"] == "sandbox_error", killed.text
         assert killed.json()["stdout"] == "" or "started" in killed.json()["stdout"]
+        in_session_killed = session_long.result()                 # a session's call likewise
+        assert in_session_killed.status_code == 200, in_session_killed.text
+        assert in_session_killed.json()["outcome"] == "sandbox_error", in_session_killed.text
         code = s.proc.wait(60)
         elapsed = time.monotonic() - t0
     assert code in (0, -signal.SIGTERM), s.output()
@@ -73,5 +81,5 @@ def test_shutdown_finishes_short_runs_kills_long_ones_and_leaves_nothing(tmp_pat
     _, alive = psutil.wait_procs(family, timeout=10)
     assert alive == [], [(p.pid, p.name()) for p in alive]
     out = s.output()
-    assert "Traceback" not in out and "killing 1 run(s) still in flight" in out, out
+    assert "Traceback" not in out and "killing 2 run(s) still in flight" in out, out
     s.stop()

@@ -1,5 +1,6 @@
 // The playground: posts the code and files to /v1/execute (streamed as NDJSON) and shows the output
-// live, then the result document.
+// live, then the result document. With "Keep state" on, it opens a session (POST /v1/sessions), runs
+// in it (/v1/sessions/{id}/execute) so variables carry over, and closes it when turned off.
 // Everything the program produced is shown with textContent or as data, never as HTML.
 "use strict";
 
@@ -81,24 +82,68 @@ async function readEvents(response, onEvent) {
   }
 }
 
+function authHeaders() {
+  const key = $("key").value.trim();
+  sessionStorage.setItem("sandbox-key", key);
+  const headers = { "Content-Type": "application/json" };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+async function errorText(r) {
+  const doc = await r.json().catch(() => ({}));
+  return `${r.status}: ${doc.error ? doc.error.message : r.statusText}`;
+}
+
+let sessionId = null;   // the open session while "Keep state" is on
+
+function sessionEnded(message) {
+  sessionId = null;
+  $("session").checked = false;
+  $("session-status").className = "";
+  $("session-status").textContent = message;
+}
+
+async function toggleSession() {
+  const box = $("session");
+  box.disabled = true;
+  try {
+    if (box.checked) {
+      const r = await fetch("/v1/sessions", { method: "POST", headers: authHeaders(), body: "{}" });
+      if (!r.ok) { sessionEnded(`no session: ${await errorText(r)}`); return; }
+      const doc = await r.json();
+      sessionId = doc.session_id;
+      $("session-status").className = "on";
+      $("session-status").textContent = `session open: state is kept between runs (closes after ${doc.ttl} s idle)`;
+    } else if (sessionId) {
+      const id = sessionId;
+      sessionEnded("session closed: each run starts fresh");
+      await fetch(`/v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() });
+    }
+  } catch (e) {
+    sessionEnded(`session request failed: ${e}`);
+  } finally {
+    box.disabled = false;
+  }
+}
+
 async function run() {
   const button = $("run");
   button.disabled = true;
   clear();
   $("status").textContent = "running…";
-  const key = $("key").value.trim();
-  sessionStorage.setItem("sandbox-key", key);
   try {
     const body = { code: $("code").value, files: await readFiles($("files")) };
     const timeout = parseFloat($("timeout").value);
     if (timeout > 0) body.timeout = timeout;
-    const headers = { "Content-Type": "application/json", Accept: "application/x-ndjson" };
-    if (key) headers.Authorization = `Bearer ${key}`;
+    const headers = { ...authHeaders(), Accept: "application/x-ndjson" };
+    const url = sessionId ? `/v1/sessions/${encodeURIComponent(sessionId)}/execute` : "/v1/execute";
     const t0 = performance.now();
-    const r = await fetch("/v1/execute", { method: "POST", headers, body: JSON.stringify(body) });
+    const r = await fetch(url, { method: "POST", headers, body: JSON.stringify(body) });
     if (!r.ok) {
-      const doc = await r.json().catch(() => ({}));
-      $("status").textContent = `${r.status}: ${doc.error ? doc.error.message : r.statusText}`;
+      const message = await errorText(r);
+      $("status").textContent = message;
+      if (sessionId && (r.status === 404 || r.status === 410)) sessionEnded(`session ended (${message}); run again to start fresh`);
       return;
     }
     let finished = false;
@@ -123,6 +168,11 @@ async function run() {
 document.addEventListener("DOMContentLoaded", () => {
   $("key").value = sessionStorage.getItem("sandbox-key") || "";
   $("run").addEventListener("click", run);
+  $("session").checked = false;
+  $("session").addEventListener("change", toggleSession);
+  window.addEventListener("pagehide", () => {   // leave no session open behind the page
+    if (sessionId) fetch(`/v1/sessions/${encodeURIComponent(sessionId)}`, { method: "DELETE", headers: authHeaders(), keepalive: true });
+  });
   $("code").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); }
   });
