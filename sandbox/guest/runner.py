@@ -140,44 +140,36 @@ def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int,
     """Regular files in the work dir that are new or changed (against the inputs, or for a
     session against `before`). Links are never followed."""
     found, dropped, total = [], 0, 0
-    stack = [""]
-    while stack:
-        rel = stack.pop()
+    for path in _scan(MAX_SCANNED):
         try:
-            entries = sorted(os.scandir(rel or "."), key=lambda e: e.name)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
-        for e in entries:
-            path = f"{rel}/{e.name}" if rel else e.name
-            if e.is_dir(follow_symlinks=False):
-                stack.append(path)
+        try:
+            st = os.fstat(fd)  # the file as opened: it may have changed since the scan
+            if not stat.S_ISREG(st.st_mode):
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
+            if before is not None and before.get(path) == _identity(st):
+                continue  # a session's file this call did not touch
+            same_size_input = path in inputs and st.st_size == len(inputs[path])
+            if not same_size_input and (len(found) >= max_files or total + st.st_size > max_bytes):
+                dropped += 1
                 continue
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if before is not None and before.get(path) == _identity(st):
-                    continue  # a session's file this call did not touch
-                same_size_input = path in inputs and st.st_size == len(inputs[path])
-                if not same_size_input and (len(found) >= max_files or total + st.st_size > max_bytes):
-                    dropped += 1
-                    continue
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    data = f.read(max(st.st_size, max_bytes - total) + 1)
-                if same_size_input and data == inputs[path]:
-                    continue  # an input the program left as it was
-                if len(found) >= max_files or total + len(data) > max_bytes:
-                    dropped += 1
-                    continue
-                total += len(data)
-                found.append((path, data))
-            finally:
-                os.close(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(max(st.st_size, max_bytes - total) + 1)
+            if same_size_input and data == inputs[path]:
+                continue  # an input the program left as it was
+            if len(found) >= max_files or total + len(data) > max_bytes:
+                dropped += 1
+                continue
+            total += len(data)
+            found.append((path, data))
+        finally:
+            os.close(fd)
     return found, dropped
+
+
+MAX_SCANNED = 1 << 20
 
 
 def prepare() -> None:
@@ -347,7 +339,7 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     del blobs
     # A session returns what this call changed: what was there before it (inputs included) is
     # compared by size, time and inode.
-    before = {p: _identity(st) for p, st in _scan(1 << 20).items()} if session else None
+    before = {p: _identity(st) for p, st in _scan(MAX_SCANNED).items()} if session else None
 
     if error is None:
         code = header["code"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 from .forkserver import Child, ForkServer
-from .zygote import Stream, _cpu_ns, _drain, _frame_length, _result_frame
+from .zygote import Stream, _cpu_ns, _drain, _frame_length, _result_frame, build_reply
 
 CPU_CHECK = 0.05   # how often a running call's CPU time is compared with its limit (seconds)
 
@@ -262,20 +262,5 @@ def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server
         result, head, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", b"", None)
         alive = False
 
-    reply = {
-        "status": "done",
-        "alive": alive,
-        "cancelled": live.cancelled,
-        "timed_out": timed_out,
-        "exit_code": exit_code,
-        "wall_ms": round(wall * 1000, 3),
-        "cpu_ms": round(max(cpu_ns, 0) / 1e6, 3),
-        "main_cpu_ms": main_cpu_ms,
-        "stdout_dropped": out.dropped,
-        "stderr_dropped": err.dropped,
-        "result": result is not None,
-        "result_error": problem,
-    }
-    blobs = [out.value(), err.value()] + ([head, body] if result is not None else [])
-    reply["blob_sizes"] = [len(b) for b in blobs]
-    return reply, blobs
+    return build_reply(out, err, (result, head, body, problem), timed_out=timed_out, exit_code=exit_code,
+                       wall=wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, alive=alive, cancelled=live.cancelled)

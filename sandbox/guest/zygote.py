@@ -218,9 +218,18 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
         result, head, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", b"", None)
     main_cpu_ms = 0.0 if finished else round(main_cpu * 1000, 3)
 
+    return build_reply(out, err, (result, head, body, problem), timed_out=timed_out, exit_code=exit_code,
+                       wall=wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, cancelled=cancelled)
+
+
+def build_reply(out: Stream, err: Stream, frame: tuple, *, timed_out: bool, exit_code: int, wall: float,
+                cpu_ns: int, main_cpu_ms: float, **extra: object) -> tuple[dict, list[bytes]]:
+    """The reply to the host and its blobs: stdout, stderr and, if the child sent one, its
+    result frame's raw header and body (see _result_frame)."""
+    result, head, body, problem = frame
     reply = {
         "status": "done",
-        "cancelled": cancelled,
+        **extra,
         "timed_out": timed_out,
         "exit_code": exit_code,
         "wall_ms": round(wall * 1000, 3),
