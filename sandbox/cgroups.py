@@ -141,16 +141,8 @@ class SlotCgroup:
         """rmdir this jail's cgroups, retrying while killed tasks are still leaving them."""
         deadline = time.monotonic() + wait
         for d in self.dirs:
-            while True:
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.01)
+            while not remove_tree(d) and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def _reset_peak(self) -> None:
         os.pwrite(self._peak, b"0", 0)  # type: ignore[arg-type]
@@ -294,10 +286,21 @@ def remove_stale() -> int:
                 pid = int(child.name.split(".", 1)[1])
             except ValueError:
                 continue
-            if not os.path.exists(f"/proc/{pid}"):
-                try:
-                    child.rmdir()
-                    removed += 1
-                except OSError:
-                    pass
+            if not os.path.exists(f"/proc/{pid}") and remove_tree(child):
+                removed += 1
     return removed
+
+
+def remove_tree(cgroup: Path) -> bool:
+    """rmdir a cgroup and every cgroup the host made below it (a session's, or the leaf a v2 jail's
+    processes move to), deepest first: a cgroup with children cannot be removed. True when it is gone;
+    False while processes are still leaving (the caller retries)."""
+    found = [Path(d) for d, _, _ in os.walk(cgroup)]  # every cgroup after its parent
+    for d in reversed(found):
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return True
