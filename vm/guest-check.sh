@@ -75,6 +75,6 @@ tests=(vm/guest_tests tests/test_cgroups.py tests/security/test_resources.py tes
 step "cgroup-dependent tests" 5400 .venv/bin/python -m pytest -v --color=no -p no:cacheprovider "${tests[@]}"
 
 # Cleanup: no jail, no slot cgroup left behind.
-left=$(find /sys/fs/cgroup/sandbox -mindepth 1 -maxdepth 1 -type d -name 'NSJAIL.*' 2>/dev/null)
-if [[ -n "$left" ]]; then say "cgroups left behind: $left"; fail=1; else say "no NSJAIL.* cgroup left under /sys/fs/cgroup/sandbox"; fi
+left=$(find /sys/fs/cgroup/sandbox -mindepth 1 -type d 2>/dev/null | tr '\n' ' ')
+if [[ -n "$left" ]]; then say "cgroups left behind: $left"; fail=1; else say "no cgroup left under /sys/fs/cgroup/sandbox"; fi
 if pgrep -x nsjail >/dev/null; then say "nsjail processes left: $(pgrep -a -x nsjail)"; fail=1; else say "no nsjail process left"; fi
