@@ -7,6 +7,7 @@ outcome is derived from (OOM kills, peak memory). Never trust the child's exit c
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandbox"
 CONTROLLERS = ("memory", "pids", "cpu")
 V1_CONTROLLERS = CONTROLLERS
+log = logging.getLogger(__name__)
 
 
 def version(root: Path = ROOT) -> int | None:
@@ -138,11 +140,22 @@ class SlotCgroup:
                 pass
 
     def remove(self, wait: float = 2.0) -> None:
-        """rmdir this jail's cgroups, retrying while killed tasks are still leaving them."""
+        """rmdir this jail's cgroups, retrying while killed tasks are still leaving them.
+
+        Killed processes can take longer than `wait` to leave (tearing down a large zygote on a
+        slow or loaded host: seconds under emulation): what is still there then is removed by a
+        background thread that keeps trying for REMOVE_PATIENCE seconds, so a dead slot's cgroup
+        does not linger until the sandbox closes."""
         deadline = time.monotonic() + wait
+        left = []
         for d in self.dirs:
-            while not remove_tree(d) and time.monotonic() < deadline:
+            while not remove_tree(d):
+                if time.monotonic() > deadline:
+                    left.append(d)
+                    break
                 time.sleep(0.01)
+        if left:
+            threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True).start()
 
     def _reset_peak(self) -> None:
         os.pwrite(self._peak, b"0", 0)  # type: ignore[arg-type]
@@ -289,6 +302,19 @@ def remove_stale() -> int:
             if not os.path.exists(f"/proc/{pid}") and remove_tree(child):
                 removed += 1
     return removed
+
+
+REMOVE_PATIENCE = 120.0
+
+
+def _remove_later(dirs: list[Path]) -> None:
+    deadline = time.monotonic() + REMOVE_PATIENCE
+    while dirs and time.monotonic() < deadline:
+        time.sleep(0.1)
+        dirs = [d for d in dirs if not remove_tree(d)]
+    if dirs:
+        log.warning("cgroups still busy after %.0f s, left for the next start: %s", REMOVE_PATIENCE,
+                    ", ".join(map(str, dirs)))
 
 
 def remove_tree(cgroup: Path) -> bool:

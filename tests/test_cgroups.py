@@ -113,3 +113,30 @@ def test_stale_slot_cgroups_are_removed_with_what_is_below_them():
     finally:
         for d in dirs:
             cgroups.remove_tree(d)
+
+
+def test_a_cgroup_whose_processes_leave_late_is_still_removed():
+    # A killed jail's processes can take longer to leave than the slot waits (seconds under
+    # emulation, as in the cgroup v2 VM): the cgroup is removed once they are gone, not at close.
+    import subprocess
+
+    from sandbox import cgroups
+
+    cgroups.ensure_parents()
+    late = subprocess.Popen(["sleep", "1.5"])
+    dirs = cgroup_dirs(late.pid)
+    try:
+        for d in dirs:
+            d.mkdir()
+            (d / "cgroup.procs").write_text(str(late.pid))
+        cg = cgroups.SlotCgroup(late.pid)
+        cg.close()
+        cg.remove(wait=0.1)
+        assert all(d.exists() for d in dirs)  # still in use: handed to the background
+        late.wait()
+        assert wait_until(lambda: not any(d.exists() for d in dirs), 10), [str(d) for d in dirs if d.exists()]
+    finally:
+        late.kill()
+        late.wait()
+        for d in dirs:
+            cgroups.remove_tree(d)
