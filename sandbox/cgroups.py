@@ -7,6 +7,7 @@ outcome is derived from (OOM kills, peak memory). Never trust the child's exit c
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandbox"
 CONTROLLERS = ("memory", "pids", "cpu")
 V1_CONTROLLERS = CONTROLLERS
+log = logging.getLogger(__name__)
 
 
 def version(root: Path = ROOT) -> int | None:
@@ -153,10 +155,22 @@ class SlotCgroup:
 
     def remove(self, wait: float = 2.0) -> None:
         """rmdir this jail's cgroups (sessions' below them first), retrying while killed tasks
-        are still leaving them."""
+        are still leaving them.
+
+        Killed processes can take longer than `wait` to leave (tearing down a large zygote on a
+        slow or loaded host: seconds under emulation): what is still there then is removed by a
+        background thread that keeps trying for REMOVE_PATIENCE seconds, so a dead slot's cgroup
+        does not linger until the sandbox closes."""
         deadline = time.monotonic() + wait
+        left = []
         for d in self.dirs:
-            _rmdir_tree(d, deadline)
+            while not remove_tree(d):
+                if time.monotonic() > deadline:
+                    left.append(d)
+                    break
+                time.sleep(0.01)
+        if left:
+            threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True).start()
 
     # -- cgroups below a jail's: one per session ----------------------------------------------
 
@@ -327,26 +341,6 @@ class _PeakSampler:
             time.sleep(self.INTERVAL)
 
 
-def _rmdir_tree(d: Path, deadline: float) -> None:
-    """rmdir a cgroup and the cgroups below it (bottom up), retrying until `deadline`."""
-    try:
-        subs = [c for c in d.iterdir() if c.is_dir()]
-    except OSError:
-        subs = []
-    for sub in subs:
-        _rmdir_tree(sub, deadline)
-    while True:
-        try:
-            d.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
-
-
 def remove_stale() -> int:
     """Remove empty slot cgroups left by jails that died with their host process. Returns how many."""
     removed = 0
@@ -359,7 +353,34 @@ def remove_stale() -> int:
                 pid = int(child.name.split(".", 1)[1])
             except ValueError:
                 continue
-            if not os.path.exists(f"/proc/{pid}"):
-                _rmdir_tree(child, time.monotonic())
-                removed += not child.exists()
+            if not os.path.exists(f"/proc/{pid}") and remove_tree(child):
+                removed += 1
     return removed
+
+
+REMOVE_PATIENCE = 120.0
+
+
+def _remove_later(dirs: list[Path]) -> None:
+    deadline = time.monotonic() + REMOVE_PATIENCE
+    while dirs and time.monotonic() < deadline:
+        time.sleep(0.1)
+        dirs = [d for d in dirs if not remove_tree(d)]
+    if dirs:
+        log.warning("cgroups still busy after %.0f s, left for the next start: %s", REMOVE_PATIENCE,
+                    ", ".join(map(str, dirs)))
+
+
+def remove_tree(cgroup: Path) -> bool:
+    """rmdir a cgroup and every cgroup the host made below it (a session's, or the leaf a v2 jail's
+    processes move to), deepest first: a cgroup with children cannot be removed. True when it is gone;
+    False while processes are still leaving (the caller retries)."""
+    found = [Path(d) for d, _, _ in os.walk(cgroup)]  # every cgroup after its parent
+    for d in reversed(found):
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return True

@@ -81,3 +81,62 @@ def test_closing_removes_the_slot_cgroups():
     finally:
         s.close()
     assert wait_until(lambda: not any(d.exists() for d in dirs), 10), [str(d) for d in dirs if d.exists()]
+
+
+def test_closing_removes_cgroups_made_below_a_slots_own():
+    # Sessions put their children in cgroups below the slot's (and on v2 the jail's own processes
+    # move to a leaf first): closing the slot removes those too, deepest first.
+    s = Sandbox(slots=1)
+    try:
+        run_ok(s, "print(1)")
+        (slot,) = s._pool._live.values()
+        dirs = cgroup_dirs(slot.jail_pid)
+        below = [d / "session-test" / "inner" for d in dirs]
+        for d in below:
+            d.mkdir(parents=True)
+    finally:
+        s.close()
+    assert wait_until(lambda: not any(d.exists() for d in dirs), 10), [str(d) for d in dirs if d.exists()]
+
+
+def test_stale_slot_cgroups_are_removed_with_what_is_below_them():
+    from sandbox import cgroups
+
+    cgroups.ensure_parents()
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have this pid
+    dirs = cgroup_dirs(dead)
+    for d in dirs:
+        (d / "session-test" / "inner").mkdir(parents=True)
+    try:
+        assert cgroups.remove_stale() >= len(dirs)
+        assert not any(d.exists() for d in dirs)
+    finally:
+        for d in dirs:
+            cgroups.remove_tree(d)
+
+
+def test_a_cgroup_whose_processes_leave_late_is_still_removed():
+    # A killed jail's processes can take longer to leave than the slot waits (seconds under
+    # emulation, as in the cgroup v2 VM): the cgroup is removed once they are gone, not at close.
+    import subprocess
+
+    from sandbox import cgroups
+
+    cgroups.ensure_parents()
+    late = subprocess.Popen(["sleep", "1.5"])
+    dirs = cgroup_dirs(late.pid)
+    try:
+        for d in dirs:
+            d.mkdir()
+            (d / "cgroup.procs").write_text(str(late.pid))
+        cg = cgroups.SlotCgroup(late.pid)
+        cg.close()
+        cg.remove(wait=0.1)
+        assert all(d.exists() for d in dirs)  # still in use: handed to the background
+        late.wait()
+        assert wait_until(lambda: not any(d.exists() for d in dirs), 10), [str(d) for d in dirs if d.exists()]
+    finally:
+        late.kill()
+        late.wait()
+        for d in dirs:
+            cgroups.remove_tree(d)
