@@ -170,7 +170,9 @@ class SlotCgroup:
                     break
                 time.sleep(0.01)
         if left:
-            threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True).start()
+            thread = threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True)
+            _removing.add(thread)
+            thread.start()
 
     # -- cgroups below a jail's: one per session ----------------------------------------------
 
@@ -359,9 +361,25 @@ def remove_stale() -> int:
 
 
 REMOVE_PATIENCE = 120.0
+_removing: set[threading.Thread] = set()
+
+
+def settle(timeout: float) -> None:
+    """Wait (at most `timeout` seconds) for the background removals to finish: a closing Sandbox
+    leaves no cgroup behind, even where killed processes take seconds to leave (emulated hosts)."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_removing):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _remove_later(dirs: list[Path]) -> None:
+    try:
+        _retry_removal(dirs)
+    finally:
+        _removing.discard(threading.current_thread())
+
+
+def _retry_removal(dirs: list[Path]) -> None:
     deadline = time.monotonic() + REMOVE_PATIENCE
     while dirs and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -164,6 +164,7 @@ class Sandbox:
             self._closed = True
             self._sessions.close()
             self._pool.close()
+            cgroups.settle(timeout=60)  # cgroups whose killed processes were slow to leave
             cgroups.remove_stale()
 
     def __enter__(self) -> Sandbox:

@@ -68,9 +68,9 @@ ls -l results/ 2>/dev/null
 say "pip cache after the install: $(du -sh /root/.cache/pip 2>&1 | cut -f1) ($(.venv/bin/pip cache dir 2>&1))"
 step "sandbox doctor" 300 .venv/bin/sandbox doctor
 
-# tests/test_sessions.py (per-session cgroups below a jail's) runs here as soon as it exists.
+# tests/test_sessions.py and tests/security/test_sessions.py: per-session cgroups below a jail's (a v2 leaf).
 tests=(vm/guest_tests tests/test_cgroups.py tests/security/test_resources.py tests/test_limits.py
-       tests/test_outcomes.py tests/test_pool.py tests/test_fail_closed.py $(ls tests/test_session*.py 2>/dev/null))
+       tests/test_outcomes.py tests/test_pool.py tests/test_fail_closed.py $(ls tests/test_session*.py tests/security/test_session*.py 2>/dev/null))
 [[ -s /mnt/out/tests ]] && read -r -a tests </mnt/out/tests
 step "cgroup-dependent tests" 5400 .venv/bin/python -m pytest -v --color=no -p no:cacheprovider "${tests[@]}"
 
