@@ -232,6 +232,8 @@ class SlotCgroup:
 
     def set_limits(self, memory_bytes: int, pids: int) -> None:
         if memory_bytes != self._memory_limit:
+            if self._memory_limit is not None and memory_bytes < self._memory_limit:
+                self._wait_below(memory_bytes)
             if self.v2:
                 (self.mem / "memory.max").write_text(str(memory_bytes))
             else:
@@ -248,6 +250,16 @@ class SlotCgroup:
         if pids != self._pids_limit:
             (self.pids / "pids.max").write_text(str(pids))
             self._pids_limit = pids
+
+    def _wait_below(self, limit: int, patience: float = 5.0) -> None:
+        """Before lowering the memory limit, wait until the cgroup holds less than the new one.
+        A limit written below what is charged makes the kernel OOM-kill in the cgroup at once:
+        the last execution may still be tearing down (its reap is asynchronous, and slow on a
+        loaded or emulated host), and the victim would be the child about to run the next
+        request, whose run would then look crashed."""
+        deadline = time.monotonic() + patience
+        while self.usage() > limit and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def set_cpu(self, cpus: float, period_ms: int) -> None:
         """CPU bandwidth: `cpus` cores' worth in every period of `period_ms`.
