@@ -155,10 +155,7 @@ class SlotCgroup:
                     break
                 time.sleep(0.01)
         if left:
-            t = threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True)
-            with _later_lock:
-                _later.append(t)
-            t.start()
+            threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True).start()
 
     def _reset_peak(self) -> None:
         os.pwrite(self._peak, b"0", 0)  # type: ignore[arg-type]
@@ -291,11 +288,7 @@ class _PeakSampler:
 
 
 def remove_stale() -> int:
-    """Remove empty slot cgroups left by jails that died with their host process. Returns how many.
-
-    Waits first for this process's removals in flight (settle()): a closing sandbox calls this
-    last, and leaves no cgroup behind even where killed jails take seconds to empty theirs."""
-    settle()
+    """Remove empty slot cgroups left by jails that died with their host process. Returns how many."""
     removed = 0
     dirs = [ROOT / PARENT] if version() == 2 else [ROOT / c / PARENT for c in V1_CONTROLLERS]
     for d in dirs:
@@ -312,21 +305,6 @@ def remove_stale() -> int:
 
 
 REMOVE_PATIENCE = 120.0
-SETTLE = 30.0  # how long remove_stale() (so a closing sandbox) waits for the removals in flight
-_later: list[threading.Thread] = []
-_later_lock = threading.Lock()
-
-
-def settle(timeout: float = SETTLE) -> bool:
-    """Wait for the cgroup removals handed to the background. True when none is left."""
-    deadline = time.monotonic() + timeout
-    with _later_lock:
-        threads = list(_later)
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    with _later_lock:
-        _later[:] = [t for t in _later if t.is_alive()]
-        return not _later
 
 
 def _remove_later(dirs: list[Path]) -> None:

@@ -140,30 +140,3 @@ def test_a_cgroup_whose_processes_leave_late_is_still_removed():
         late.wait()
         for d in dirs:
             cgroups.remove_tree(d)
-
-
-def test_closing_waits_for_the_cgroups_still_being_emptied():
-    # Sandbox.close() ends with remove_stale(): it returns once the removals in flight are done.
-    import subprocess
-    import threading
-
-    from sandbox import cgroups
-
-    cgroups.ensure_parents()
-    late = subprocess.Popen(["sleep", "1.5"])
-    dirs = cgroup_dirs(late.pid)
-    try:
-        for d in dirs:
-            d.mkdir()
-            (d / "cgroup.procs").write_text(str(late.pid))
-        cg = cgroups.SlotCgroup(late.pid)
-        cg.close()
-        cg.remove(wait=0.1)
-        threading.Thread(target=late.wait, daemon=True).start()  # reaped as the pool reaps nsjail
-        cgroups.remove_stale()
-        assert not any(d.exists() for d in dirs), [str(d) for d in dirs if d.exists()]
-    finally:
-        late.kill()
-        late.wait()
-        for d in dirs:
-            cgroups.remove_tree(d)
