@@ -30,7 +30,7 @@ log "VM image: $vm ($(cat "$vm/kernel-version"))"
 run=$(mktemp -d "$VM_CACHE/run.XXXXXX")
 qemu=
 # Whatever ends this script (a CI timeout, Ctrl-C) ends the VM too.
-trap '[[ -n $qemu ]] && kill "$qemu" 2>/dev/null; rm -rf "$run"' EXIT
+trap '{ [[ -n $qemu ]] && kill "$qemu" 2>/dev/null; } || true; rm -rf "$run"' EXIT
 trap 'exit 130' INT TERM HUP
 # The guest gets what a fresh clone has: the files git tracks (with their working-tree content).
 if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
