@@ -143,6 +143,11 @@ class SlotCgroup:
         self._peak_before = 0
 
     def close(self) -> None:
+        """Close the counter files. Once only: a second close would hit fd numbers that other
+        objects (a jail's pipes) have been given since."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         if self._sampler is not None:
             self._sampler.close()
         for fd in (self._usage, self._peak, self._events):

@@ -224,7 +224,7 @@ class SessionJail(Slot):
             self._fail("the session jail was closed", quiet=True)
         self.alive = False
         for cgroup in list(getattr(self, "_children", {}).values()):
-            cgroup.close()
+            cgroup.close()  # idempotent: close_session of a session of this dead jail may close it again
         super().kill()  # removes the jail's cgroup with every session's below it
         if hasattr(self, "_leaving"):
             self._leaving.put(None)

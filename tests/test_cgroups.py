@@ -140,3 +140,24 @@ def test_a_cgroup_whose_processes_leave_late_is_still_removed():
         late.wait()
         for d in dirs:
             cgroups.remove_tree(d)
+
+
+def test_closing_a_cgroup_twice_leaves_other_fds_alone():
+    """A session of a dead jail is closed after the jail closed its cgroup: the second close must
+    not close fd numbers handed out since (it broke other jails' pipes: EBADF, dead slots)."""
+    import os
+
+    from sandbox import Sandbox
+
+    with Sandbox(slots=1, preload=False) as sb:
+        s = sb.session()
+        cgroup = s._cgroup
+        cgroup.close()
+        r, w = os.pipe()  # likely given the numbers just freed
+        try:
+            cgroup.close()
+            os.fstat(r)
+            os.fstat(w)
+        finally:
+            os.close(r)
+            os.close(w)
