@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 __all__ = ["Sandbox", "AsyncSandbox", "Files", "TextCallback"]
 
 
+def image_manifest(image: str = "default") -> dict[str, Any]:
+    """An image's manifest (Python version, packages, preloaded modules) without starting a Sandbox."""
+    return dict(images.load_any(image).manifest)
+
+
+def check_host() -> None:
+    """Raise SandboxUnavailableError (saying what is missing) unless this host can run jails safely:
+    the checks of `sandbox doctor`, which Sandbox() also makes before it starts."""
+    doctor.require_safe_host()
+
+
 class Sandbox:
     """A pool of warm jails. Thread-safe: call run() from as many threads as you like.
 
@@ -63,11 +74,11 @@ class Sandbox:
         t0 = time.monotonic()
 
         def factory(index: int) -> Slot:
-            return Slot(index, self.image, settings, seccomp, self.limits, preload=modules)
+            return Slot(index, self.image, settings, seccomp, self.limits, preload=modules).start()
 
         session_settings = SessionSettings.from_policy()
         self._sessions = SessionManager(
-            lambda: SessionJail(self.image, settings, seccomp, self.limits, modules, session_settings),
+            lambda: SessionJail(self.image, settings, seccomp, self.limits, modules, session_settings).start(),
             session_settings, self.limits)
         self._pool = Pool(slots or os.cpu_count() or 1, factory, max_queue=max_queue, recycle_after=recycle_after)
         self._pool.start()

@@ -13,12 +13,13 @@ import re
 import signal
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..errors import InvalidInputError
 from ..guest import protocol
 from ..limits import Limits
 from ..results import ExecError, Figure, File, Outcome, Result, Usage
+from .jail_process import SlotDied
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # `import a.b, c as d` and `from a.b import c`, anywhere on a line of their own (indented too).
@@ -138,6 +139,17 @@ def _error(raw: object) -> ExecError | None:
         return None
     clean = lambda t: t.encode("utf-8", "backslashreplace").decode("utf-8")  # noqa: E731 - lone surrogates
     return ExecError(type=clean(typ[:256]), message=clean(msg), line=line, traceback=clean(tb))
+
+
+def take_output(header: dict, body: bytes, on_output: Callable[[str, bytes], None] | None,
+                room: dict[str, int]) -> None:
+    """One live-output frame of a call: checked against what was asked (a stream, with room left
+    under its cap) and handed on. A frame nobody asked for, or beyond the caps, breaks the jail."""
+    stream = header.get("stream")
+    if on_output is None or stream not in room or len(body) > room[stream]:
+        raise SlotDied("the jail sent output it was not asked for, or beyond the caps")
+    room[stream] -= len(body)
+    on_output(stream, body)
 
 
 def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
