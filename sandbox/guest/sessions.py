@@ -22,7 +22,6 @@ threads are whole frames, written under one lock.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import threading
 import time
@@ -30,10 +29,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 from .forkserver import Child, ForkServer
-from .supervise import Stream, build_reply, cpu_time_ns, drain, exit_code_of, frame_length, result_frame
-
-CPU_CHECK = 0.05   # how often a running call's CPU time is compared with its limit (seconds)
-
+from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 @dataclass
 class _Session:
@@ -161,92 +157,31 @@ def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server
     child, sid = live.child, live.sid
     limits = header["limits"]
     cpu_limit_ns = int(header["profile"]["cpu_seconds"] * 1e9)
-    for fd in (child.req_w, child.out_r, child.err_r, child.res_r):
-        os.set_blocking(fd, False)
     # Wake the session. Its processes were stopped since its last call (or are a fresh child
     # blocked on its request pipe).
     _signal_group(child, signal.SIGCONT)
     cpu0 = cpu_time_ns(child.pid)
-    t0 = time.monotonic()
-    deadline = t0 + limits["timeout"]
-    t_end = None
 
     def relay(stream: str):
         return lambda data: host.send({protocol.OP: protocol.OUTPUT, "sid": sid, "stream": stream}, [data])
 
     live_output = header.get("stream")
-    out = Stream(limits["max_stdout_bytes"], relay("stdout") if live_output else None)
-    err = Stream(limits["max_stderr_bytes"], relay("stderr") if live_output else None)
-    res = Stream(limits["max_result_bytes"])
-    streams = {child.out_r: out, child.err_r: err, child.res_r: res}
-    poller = select.poll()
-    for fd in streams:
-        poller.register(fd, select.POLLIN)
-    poller.register(child.pidfd, select.POLLIN)
-    pending = memoryview(request)
-    poller.register(child.req_w, select.POLLOUT)
-    open_fds = set(streams)
-    timed_out = exited = finished = cpu_out = False
-    expected = None
-    while not finished:
-        if exited and not open_fds:
-            break
-        if exited or timed_out or cpu_out:
-            timeout_ms = None  # dead or dying: drain to EOF
-        else:
-            timeout_ms = max(0, min(int((deadline - time.monotonic()) * 1000) + 1, int(CPU_CHECK * 1000)))
-        events = poller.poll(timeout_ms)
-        for fd, _ in events:
-            if fd == child.pidfd:
-                poller.unregister(fd)
-                exited = True
-                t_end = t_end or time.monotonic()
-                child.kill()  # the session is over: nothing it left behind runs on
-            elif fd == child.req_w:
-                try:
-                    pending = pending[os.write(fd, pending):]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the session closed its request pipe: it will not answer
-                    pending = pending[len(pending):]
-                if not pending:
-                    poller.unregister(fd)
-            else:
-                drain(fd, streams[fd], poller, open_fds)
-        if exited or timed_out or cpu_out:
-            continue
-        now = time.monotonic()
-        if now >= deadline:
-            timed_out = True
-        elif cpu_time_ns(child.pid) - cpu0 >= cpu_limit_ns:
-            cpu_out = True
-        if timed_out or cpu_out:
-            t_end = now
-            child.kill()
-            continue
-        if expected is None:
-            expected = frame_length(res)
-        if expected == -1:  # the program wrote garbage on the result channel
-            child.kill()
-            expected = 0
-        elif expected is not None and 0 < expected <= res.kept:
-            finished = True
-    wall = (t_end or time.monotonic()) - t0
-    if len(pending):
-        poller.unregister(child.req_w)
-
-    if finished:
+    w = Watch(child, request,
+              out=Stream(limits["max_stdout_bytes"], relay("stdout") if live_output else None),
+              err=Stream(limits["max_stderr_bytes"], relay("stderr") if live_output else None),
+              res=Stream(limits["max_result_bytes"]),
+              deadline=time.monotonic() + limits["timeout"], stays=True,
+              cpu_limit_ns=cpu_limit_ns, cpu0=cpu0).run()
+    if w.finished:
         # Output written before the result frame is in the pipes already; what the session's
         # other threads write until they are stopped counts for this call too.
         cpu_ns = cpu_time_ns(child.pid) - cpu0
         _signal_group(child, signal.SIGSTOP)
-        for fd in (child.out_r, child.err_r):
-            if fd in open_fds:
-                drain(fd, streams[fd], poller, open_fds)
-        result, head, body, problem = result_frame(res)
-        exit_code = exit_code_of(result)
+        w.drain_rest()
+        frame = result_frame(w.res)
+        exit_code = exit_code_of(frame[0])
         main_cpu_ms = 0.0
-        alive = result is not None and not live.cancelled
+        alive = frame[0] is not None and not live.cancelled
         if not alive:
             child.kill()
     else:
@@ -257,9 +192,8 @@ def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
         cpu_ns = int(reaped["total_cpu"] * 1e9) - cpu0
         # A call killed for its CPU time reports what it used, which is at least the limit.
-        main_cpu_ms = round(max(cpu_ns, cpu_limit_ns) / 1e6, 3) if cpu_out else 0.0
-        result, head, body, problem = result_frame(res) if exited and not timed_out else (None, b"", b"", None)
+        main_cpu_ms = round(max(cpu_ns, cpu_limit_ns) / 1e6, 3) if w.cpu_out else 0.0
+        frame = result_frame(w.res) if w.exited and not w.timed_out else (None, b"", b"", None)
         alive = False
-
-    return build_reply(out, err, (result, head, body, problem), timed_out=timed_out, exit_code=exit_code,
-                       wall=wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, alive=alive, cancelled=live.cancelled)
+    return build_reply(w.out, w.err, frame, timed_out=w.timed_out, exit_code=exit_code,
+                       wall=w.wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, alive=alive, cancelled=live.cancelled)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
-from .supervise import Stream, build_reply, cpu_time_ns, drain, exit_code_of, frame_length, result_frame
+from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
               relay: Callable[[str, bytes], None] | None = None, control: int | None = None) -> tuple[dict, list[bytes]]:
@@ -48,100 +48,30 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
     setup = child.wait_ready()
     if setup != b"R":
         return {protocol.OP: protocol.SETUP_FAILED, "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
-    for fd in (child.out_r, child.err_r, child.res_r):
-        os.set_blocking(fd, False)
-
     cpu0 = cpu_time_ns(child.pid)  # the child's own setup, not the user's
-    t0 = time.monotonic()
-    t_end = None
-    deadline = t0 + limits["timeout"]
-    try:
-        protocol.write_all(child.req_w, request)
-    except BrokenPipeError:
-        pass
-    os.close(child.req_w)
-    child.req_w = -1
-
     live = relay if header.get("stream") else None
-    out = Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data)))
-    err = Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data)))
-    res = Stream(limits["max_result_bytes"])
-    streams = {child.out_r: out, child.err_r: err, child.res_r: res}
-    poller = select.poll()
-    for fd in streams:
-        poller.register(fd, select.POLLIN)
-    poller.register(child.pidfd, select.POLLIN)
-    if control is not None:
-        poller.register(control, select.POLLIN)
-    open_fds = set(streams)
-    timed_out = exited = finished = cancelled = False
-    expected = None
-    # Wait for both: all pipes at EOF *and* the main process gone (a child that closes its
-    # pipes and spins must still meet the wall clock); or for a complete result frame.
-    while open_fds or not exited:
-        if exited or timed_out:
-            timeout_ms = None  # everything is dead or dying: drain to EOF
-        else:
-            timeout_ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
-        events = poller.poll(timeout_ms)
-        if not events:
-            timed_out = True
-            t_end = t_end or time.monotonic()
-            child.kill()
-            continue
-        for fd, _ in events:
-            if fd == child.pidfd:
-                poller.unregister(fd)
-                exited = True
-                t_end = t_end or time.monotonic()
-                # The execution is over when its main process ends: nothing it left behind runs on.
-                child.kill()
-                continue
-            if fd == control:
-                poller.unregister(fd)
-                try:  # the host writes a cancel frame whole (it is far below PIPE_BUF)
-                    cancelled = protocol.read_frame(control, max_body=0)[0].get(protocol.OP) == protocol.CANCEL
-                except protocol.ProtocolError:  # the host is gone: nobody waits for this run
-                    cancelled = True
-                if cancelled:
-                    t_end = t_end or time.monotonic()
-                    child.kill()
-                continue
-            drain(fd, streams[fd], poller, open_fds)
-        if not exited and not timed_out:
-            if time.monotonic() >= deadline:
-                timed_out = True
-                t_end = t_end or time.monotonic()
-                child.kill()
-            else:
-                if expected is None:
-                    expected = frame_length(res)
-                if expected is not None and 0 < expected <= res.kept:
-                    finished = True
-                    break
-    wall = (t_end or time.monotonic()) - t0
-
-    if finished:
-        # Whatever the runner wrote before its result is already in the pipes.
-        for fd in (child.out_r, child.err_r):
-            if fd in open_fds:
-                drain(fd, streams[fd], poller, open_fds)
-        result, head, body, problem = result_frame(res)
-        exit_code = exit_code_of(result)
+    w = Watch(child, request,
+              out=Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data))),
+              err=Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data))),
+              res=Stream(limits["max_result_bytes"]),
+              deadline=time.monotonic() + limits["timeout"], control=control).run()
+    if w.finished:
+        w.drain_rest()
+        frame = result_frame(w.res)
+        exit_code = exit_code_of(frame[0])
         cpu_ns = cpu_time_ns(child.pid) - cpu0
+        main_cpu_ms = 0.0
     else:
         child.kill()
         reaped = server.reaped(child)
         status = reaped["status"]
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
-        main_cpu = reaped["main_cpu"]  # what RLIMIT_CPU counted: setup included
+        main_cpu_ms = round(reaped["main_cpu"] * 1000, 3)  # what RLIMIT_CPU counted: setup included
         # Every process of the execution, the child's setup excluded.
         cpu_ns = int(reaped["total_cpu"] * 1e9) - cpu0
-        result, head, body, problem = result_frame(res) if exited and not timed_out else (None, b"", b"", None)
-    main_cpu_ms = 0.0 if finished else round(main_cpu * 1000, 3)
-
-    return build_reply(out, err, (result, head, body, problem), timed_out=timed_out, exit_code=exit_code,
-                       wall=wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, cancelled=cancelled)
+        frame = result_frame(w.res) if w.exited and not w.timed_out else (None, b"", b"", None)
+    return build_reply(w.out, w.err, frame, timed_out=w.timed_out, exit_code=exit_code,
+                       wall=w.wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, cancelled=w.cancelled)
 
 
 def main() -> None:

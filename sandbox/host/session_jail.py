@@ -100,6 +100,10 @@ class SessionJail:
     def jail_pid(self) -> int:
         return self.jail.zygote_pid
 
+    @property
+    def proc(self):
+        return self.jail.proc
+
     def diagnostics(self) -> str:
         return self.jail.diagnostics()
 
