@@ -208,17 +208,27 @@ def test_every_fence_names_a_known_language() -> None:
     assert not bad, "fences without a known language (use text for output and trees): " + ", ".join(bad)
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    text = FENCE.sub("", page.read_text())
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
 def test_relative_links_resolve() -> None:
     broken = []
     for page in PAGES:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"[a-z]+:", target):
                 continue
-            path = target.split("#", 1)[0]
-            if not (page.parent / path).exists():
+            path, _, fragment = target.partition("#")
+            file = (page.parent / path) if path else page
+            if not file.exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
-            elif not (page.parent / path).resolve().is_relative_to(ROOT):
+            elif not file.resolve().is_relative_to(ROOT):
                 broken.append(f"{page.relative_to(ROOT)}: {target} is outside the repository")
+            elif fragment and file.suffix == ".md" and fragment not in anchors(file):
+                broken.append(f"{page.relative_to(ROOT)}: {target}: no such heading")
     assert not broken, broken
 
 
