@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from functools import cache
@@ -30,7 +31,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+FENCE = re.compile(r"^[ \t]*```(\S*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)  # indented in lists too
 LANGUAGES = {"python", "sh", "console", "text", "json", "http", "toml"}
 BLOCK_TIMEOUT = 120  # seconds; a block that starts a pool takes 5-10 s on a loaded 2-core machine
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -44,7 +45,7 @@ def blocks(language: str | None = None) -> list[tuple[str, str, str]]:
         for m in FENCE.finditer(text):
             line = text.count("\n", 0, m.start()) + 1
             if language is None or m.group(1) == language:
-                found.append((f"{page.relative_to(ROOT)}:{line}", m.group(1), m.group(2)))
+                found.append((f"{page.relative_to(ROOT)}:{line}", m.group(1), textwrap.dedent(m.group(2))))
     return found
 
 
