@@ -14,7 +14,6 @@ SessionClosedError, a missing file NoSuchFileError; 401 and anything else is a R
 from __future__ import annotations
 
 import base64
-import dataclasses
 import http.client
 import json
 import logging
@@ -26,13 +25,13 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import FileInfo, NoSuchFileError, SessionClosedError, SessionLimitError
-from .errors import InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError
+from .errors import (InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError, SessionClosedError,
+                     from_wire)
 from .limits import Limits
 from .results import Result
+from .sessions import FileInfo
+from .types import Files, TextCallback
 
-Files = Mapping[str, "bytes | str"]
-TextCallback = Callable[[str], object]
 log = logging.getLogger("sandbox.remote")
 
 
@@ -131,9 +130,7 @@ class RemoteSandbox:
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
-        if isinstance(limits, Limits):
-            limits = dataclasses.asdict(limits)
-        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": None if limits is None else dict(limits)})
+        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": Limits.changes(limits)})
         return RemoteSession(self, doc)
 
     def get_session(self, session_id: str) -> RemoteSession:
@@ -149,11 +146,9 @@ class RemoteSandbox:
                 stdin = bytes(stdin).decode()
             except UnicodeDecodeError:
                 raise InvalidInputError("stdin must be UTF-8 text for a remote run") from None
-        if isinstance(limits, Limits):
-            limits = dataclasses.asdict(limits)
         body: dict[str, Any] = {
             "code": code, "filename": filename, "stdin": stdin, "timeout": timeout,
-            "limits": None if limits is None else dict(limits),
+            "limits": Limits.changes(limits),
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
@@ -227,8 +222,9 @@ class RemoteSandbox:
         err = doc.get("error") if isinstance(doc, dict) else None
         message = err.get("message", reason) if isinstance(err, dict) else reason
         kind = err.get("type") if isinstance(err, dict) else None
-        if kind in _BY_TYPE:
-            raise _BY_TYPE[kind](message)
+        known = from_wire(kind, message) if kind != "sandbox_error" else None
+        if known is not None:
+            raise known
         if status == 404 and path.startswith("/v1/sessions/"):
             raise SessionClosedError(message)   # an unknown session, as Sandbox.get_session() says it
         raise {413: InvalidInputError, 422: InvalidInputError, 429: QueueFullError,
@@ -242,12 +238,6 @@ class RemoteSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_BY_TYPE: dict[str, Callable[[str], SandboxError]] = {
-    "session_closed": SessionClosedError, "session_limit": SessionLimitError, "no_such_file": NoSuchFileError,
-    "queue_full": QueueFullError, "invalid_input": InvalidInputError, "too_large": InvalidInputError,
-}
 
 
 class RemoteSession:

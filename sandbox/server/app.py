@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from .. import __version__
-from .. import image as images
+from ..host import image as images
 from ..client import AsyncSandbox
 from ..errors import SandboxClosedError, SandboxError
 from ..limits import Limits

@@ -301,7 +301,7 @@ def _bearer(scope: Scope) -> str | None:
 # `sandbox mcp`: stdio, with a sandbox of its own.
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from .. import image as images
+    from ..host import image as images
 
     try:
         manifest = images.load_any(args.image).manifest

@@ -114,7 +114,7 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .. import doctor
+    from ..host import doctor
     from .app import create_app
 
     try:

@@ -24,9 +24,9 @@ import time
 from typing import Callable
 
 from . import cgroups
-from .guest import protocol
+from ..guest import protocol
 from .image import Image
-from .limits import JailSettings, Limits, SessionSettings
+from ..limits import JailSettings, Limits, SessionSettings
 from .slot import Slot, SlotDied
 
 log = logging.getLogger("sandbox.sessions")
@@ -107,7 +107,7 @@ class SessionJail(Slot):
         while not op.done.wait(0.05 if cancel is not None and not cancelled else 1.0):
             if cancel is not None and not cancelled and cancel.is_set():
                 cancelled = True
-                self._request(sid, {"op": "cancel"})
+                self._request(sid, {protocol.OP: protocol.CANCEL})
             if time.monotonic() > deadline:
                 self._fail("the session jail did not answer in time")
                 self.kill()
@@ -117,7 +117,7 @@ class SessionJail(Slot):
 
     def open(self, sid: int, profile: dict, memory_bytes: int, processes: int) -> cgroups.SlotCgroup:
         """Start session `sid` (a waiting interpreter, forked with `profile`) in a cgroup of its own."""
-        op = self._await(sid, self._request(sid, {"op": "open", "profile": profile}, op=_Op(0)),
+        op = self._await(sid, self._request(sid, {protocol.OP: protocol.OPEN, "profile": profile}, op=_Op(0)),
                          time.monotonic() + OPEN_TIMEOUT)
         if "error" in op.header or not isinstance(op.header.get("pid"), int):
             raise SlotDied(f"the session could not start: {str(op.header.get('error'))[:500]}")
@@ -162,7 +162,7 @@ class SessionJail(Slot):
         """End session `sid`: its processes are killed, then its cgroup is removed."""
         if self.failure is None:
             try:
-                self._await(sid, self._request(sid, {"op": "close"}, op=_Op(0)), time.monotonic() + 10.0)
+                self._await(sid, self._request(sid, {protocol.OP: protocol.CLOSE}, op=_Op(0)), time.monotonic() + 10.0)
             except SlotDied:
                 pass
         cgroup = self._children.pop(sid, None)
@@ -193,9 +193,9 @@ class SessionJail(Slot):
                 with self._ops_lock:
                     op = self._ops.get(sid) if isinstance(sid, int) else None
                 if op is None or body_len > op.cap:
-                    raise SlotDied(f"the jail sent an unexpected frame ({header.get('op')!r} for session {sid!r})")
+                    raise SlotDied(f"the jail sent an unexpected frame ({header.get(protocol.OP)!r} for session {sid!r})")
                 body = self._read_exact(body_len, deadline) if body_len else b""
-                if header.get("op") == "output":
+                if header.get(protocol.OP) == protocol.OUTPUT:
                     Slot._output(header, body, op.on_output, op.room)
                     continue
                 with self._ops_lock:

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from . import cgroups, devices, jail
-from .guest import protocol
+from ..guest import protocol
 from .image import Image
-from .limits import JailSettings, Limits
+from ..limits import JailSettings, Limits
 
-log = logging.getLogger("sandbox.slot")
+log = logging.getLogger("sandbox.host.slot")
 
 STARTUP_TIMEOUT = 300.0     # importing the whole stack on a loaded 2-core machine
 REPLY_GRACE = 5.0           # host backstop beyond the zygote's own wall clock
@@ -129,7 +129,7 @@ class Slot:
             if watching and self._cancel.is_set():  # type: ignore[union-attr]
                 self._cancel_sent = True
                 try:
-                    os.write(self._in, protocol.encode({"op": "cancel"}))  # whole: far below PIPE_BUF
+                    os.write(self._in, protocol.encode({protocol.OP: protocol.CANCEL}))  # whole: far below PIPE_BUF
                 except (BlockingIOError, BrokenPipeError):
                     pass
         if all(f == self.pidfd for f, _ in events):
@@ -192,7 +192,7 @@ class Slot:
         try:
             while True:
                 header, body = self._read_frame(deadline, cap, last=False)
-                if header.get("status") != "output":
+                if header.get(protocol.OP) != protocol.OUTPUT:
                     break
                 self._output(header, body, on_output, room)
         finally:
