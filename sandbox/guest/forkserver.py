@@ -74,7 +74,9 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int) -> tuple[int, lis
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for src, dst in ((req_r, 0), (out_w, 1), (err_w, 2), (res_w, 3)):
                 os.dup2(src, dst)
-            isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=uid, gid=uid, parent=parent)
+            isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=uid, gid=uid, parent=parent,
+                              masks=cfg.get("proc_masks", ()),
+                              devices=cfg.get("per_uid_devices") if profile.get("session") else None)
             runner.prepare()
             os.write(runner.RESULT_FD, b"R")
         except BaseException as exc:  # noqa: BLE001 - fail closed, whatever went wrong

@@ -17,13 +17,16 @@ import sys
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.unshare.argtypes = (ctypes.c_int,)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
+MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 24, 22, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -75,7 +78,9 @@ def private_filesystems(profile: dict, workdir: str, uid: int, gid: int) -> None
     # or an abstract unix socket (a name in the network namespace, no file) would be a channel
     # from one session to another. A stateless execution never has a neighbour that runs code.
     net = CLONE_NEWNET if profile.get("session") else 0
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | net), "unshare(mount, ipc)")
+    # Its own cgroup namespace: /proc/self/cgroup shows "/" (a session: its own cgroup's name),
+    # never the jail's host-side name, which carries nsjail's host pid.
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWCGROUP | net), "unshare(mount, ipc, cgroup)")
     # Without this, mounts below would propagate back into the zygote's namespace.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
@@ -84,6 +89,24 @@ def private_filesystems(profile: dict, workdir: str, uid: int, gid: int) -> None
     _mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={profile['shm_bytes']},mode=1777")
     # A private /proc that hides processes of other uids (the zygote runs as another uid).
     _mount("proc", "/proc", "proc", flags, "hidepid=invisible")
+
+
+def mask_proc(masks: list) -> None:
+    """Step 1c: a fixed stand-in (host/jail.proc_masks) over each /proc file that counts what the
+    whole host does (locks, load, CPU and memory totals, the last pid handed out): none of them
+    may carry another tenant's activity to this one."""
+    for src, dst in masks:
+        _mount(src, dst, None, MS_BIND)
+
+
+def private_devices(devices: dict, uid: int) -> None:
+    """Step 1b, a session's child only: its uid's own device nodes over the jail's (/dev/null,
+    /dev/urandom, ...), so a file lock on one is never seen by another session of the same jail;
+    then the other uids' sets go out of this mount namespace."""
+    base = f"{devices['dir']}/{uid}"
+    for name in devices["names"]:
+        _mount(f"{base}/{name}", f"/dev/{name}", None, MS_BIND)
+    _check(_libc.umount2(devices["dir"].encode(), MNT_DETACH), f"umount {devices['dir']}")
 
 
 def close_fds(keep_below: int) -> None:
@@ -167,15 +190,25 @@ def reseed() -> None:
         sympy_random.rng.seed()
 
 
-def own_process_group() -> None:
+def own_process_group(profile: dict) -> None:
     """Step 0: the execution's own process group. The filter refuses setsid and setpgid, so
-    every process the code makes stays in it, and one kill(-pgid) ends them all."""
-    os.setpgid(0, 0)
+    every process the code makes stays in it, and one kill(-pgid) ends them all. A session's,
+    beside other sessions in one jail, is also its own POSIX session: SIGCONT may be sent to any
+    process of the sender's session whatever its uid, so in a shared one, one session's
+    kill(-1, SIGCONT) would resume another between its calls."""
+    if profile.get("session"):
+        os.setsid()
+    else:
+        os.setpgid(0, 0)
 
 
-def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int, parent: int) -> None:
-    own_process_group()
+def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int, parent: int,
+            masks: list = (), devices: dict | None = None) -> None:
+    own_process_group(profile)
     private_filesystems(profile, workdir, uid, gid)
+    mask_proc(masks)
+    if devices:
+        private_devices(devices, uid)
     close_fds(keep_below=4)
     limit_resources(profile)
     drop_privileges(uid, gid, parent)

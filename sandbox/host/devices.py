@@ -1,14 +1,20 @@
-"""Device nodes of a jail's own, so file locks cannot cross jails.
+"""Device nodes of a jail's own, so file locks cannot cross jails (or sessions).
 
-Every jail binds /dev/null, /dev/zero and /dev/full read-write. Bound from the host's /dev, all
-jails share those inodes, and a program may take a write lock on them (it can open them for
-writing): one execution's lock on /dev/null is seen by another's lock attempt in another jail,
-a covert channel of about 1.4 kbit/s measured here (tests/security/README.md, "File locks").
-Nodes made per jail (host root's mknod, in the jail's run directory) are the same devices with
-inodes of their own, so locks on them stay inside the jail.
+Every jail binds /dev/null, /dev/zero, /dev/full, /dev/random and /dev/urandom, all writable.
+Bound from the host's /dev, all jails share those inodes, and a program may take a write lock
+on them (it can open them for writing): one execution's lock on /dev/null is seen by another's
+lock attempt in another jail, a covert channel of about 1.4 kbit/s measured here
+(tests/security/README.md, "File locks"). Nodes made per jail (host root's mknod, in the jail's
+run directory) are the same devices with inodes of their own, so locks on them stay inside the
+jail.
 
-jail.spawn() makes them in the jail's run directory and binds them; the slot removes the
-directory when the jail ends.
+A session jail holds many tenants at once, so it gets one more set per uid its children may
+have (every live session has a uid of its own): a session's child binds its uid's set over the
+jail's before it drops its capabilities, and unmounts the directory of the others
+(guest/isolation.private_devices).
+
+jail.spawn() makes them in the jail's run directory and binds them; the jail's end removes the
+directory.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import stat
 from pathlib import Path
 
 # name -> (major, minor) of the Linux memory devices (Documentation/admin-guide/devices.txt)
-NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7)}
+NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
+PER_UID_MOUNT = "/dev/.per-uid"   # where a session jail's per-uid sets appear in the jail
 
 
 def private_nodes(directory: Path) -> dict[str, Path]:
@@ -38,6 +45,18 @@ def private_nodes(directory: Path) -> dict[str, Path]:
             raise RuntimeError(f"{node} is not the device {major}:{minor}")
         made[f"/dev/{name}"] = node
     return made
+
+
+def per_uid_nodes(directory: Path, uids: range, owner: int) -> Path:
+    """A set of nodes for each uid in `uids`, in `directory`/<uid>/; the directory belongs to the
+    jail's root (`owner`, its host uid) and no one else may enter it, so a session's code, which
+    runs as one of those uids, can open none of them (and its child unmounts them anyway)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for uid in uids:
+        private_nodes(directory / str(uid))
+    os.chown(directory, owner, owner)
+    os.chmod(directory, 0o700)
+    return directory
 
 
 def nsjail_mounts(nodes: dict[str, Path]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import cgroups, devices
 from .image import Image, check_bindable, state_dir
-from ..limits import JailSettings
+from ..limits import JailSettings, Limits
 
 GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
 GUEST_MOUNT = "/opt/sandbox"        # the guest package appears here as `guest`
@@ -73,6 +73,68 @@ def _tmpfs(dst: str, size: int) -> str:
     return f'mount {{ dst: "{dst}" fstype: "tmpfs" rw: true options: "size={size}" is_dir: true }}\n'
 
 
+MASK_DIR = "/opt/sandbox-proc"     # the stand-ins for /proc's global counters (see proc_masks)
+
+
+def proc_masks() -> dict[str, str]:
+    """/proc files whose content moves with what every other tenant of the host does (other
+    sessions' locks and forks, other jails' CPU, memory, disk and interrupts): each execution's
+    child binds a stand-in over them on its private /proc (guest/isolation.mask_proc), so no
+    counter carries one tenant's activity to another. The stand-ins are fixed at jail start and
+    keep the files' formats, so code that reads them (os.getloadavg, psutil) still works."""
+    cpus = os.cpu_count() or 1
+    zeros = " 0" * 10
+    try:
+        with open("/proc/meminfo") as f:
+            total_kb = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        total_kb = 1 << 20
+    masks = {
+        "/proc/locks": "",
+        "/proc/loadavg": "0.00 0.00 0.00 1/1 1\n",
+        "/proc/uptime": "1000.00 1000.00\n",
+        "/proc/stat": "".join([f"cpu {zeros}\n", *(f"cpu{i}{zeros}\n" for i in range(cpus)),
+                               "intr 0\nctxt 0\nbtime 0\nprocesses 1\nprocs_running 1\nprocs_blocked 0\nsoftirq 0\n"]),
+        "/proc/meminfo": (f"MemTotal:       {total_kb} kB\nMemFree:        {total_kb // 2} kB\n"
+                          f"MemAvailable:   {total_kb // 2} kB\nBuffers:               0 kB\nCached:                0 kB\n"
+                          "SwapTotal:             0 kB\nSwapFree:              0 kB\n"),
+        "/proc/vmstat": "",
+        "/proc/diskstats": "",
+        "/proc/interrupts": "",
+        "/proc/softirqs": "",
+        "/proc/schedstat": "",
+        "/proc/sys/kernel/ns_last_pid": "",
+        "/proc/sys/kernel/random/entropy_avail": "256\n",
+        "/proc/sys/fs/file-nr": "0\t0\t0\n",
+        "/proc/sys/fs/inode-nr": "0\t0\n",
+        "/proc/sys/fs/dentry-state": "0\t0\t45\t0\t0\t0\n",
+    }
+    return {path: content for path, content in masks.items() if os.path.exists(path)}  # as this kernel has them
+
+
+def _mask_name(proc_path: str) -> str:
+    return proc_path.removeprefix("/proc/").replace("/", ".")
+
+
+def write_masks(directory: Path) -> Path:
+    """The stand-ins of proc_masks() as files in `directory`, readable by all and writable by no
+    one in the jail (their owner, host root, is no uid of the jail's)."""
+    directory.mkdir(mode=0o755)
+    for path, content in proc_masks().items():
+        target = directory / _mask_name(path)
+        target.write_text(content)
+        os.chmod(target, 0o444)
+    return directory
+
+
+def zygote_init(policy: dict, preload: list[str], defaults: Limits, settings: JailSettings,
+                spares: dict[str, int], **extra: object) -> dict:
+    """The zygote's init frame: what every jail's zygote needs to warm up and fork children."""
+    return {"policy": policy, "preload": preload, "uid": USER_UID, "gid": USER_GID, "workdir": WORKDIR,
+            "profile": defaults.profile(), "uids": settings.user_uids, "spares": spares,
+            "proc_masks": [[f"{MASK_DIR}/{_mask_name(p)}", p] for p in proc_masks()], **extra}
+
+
 def environment(image: Image) -> dict[str, str]:
     """The whole environment of the zygote and its children (allow-list, nothing from the host)."""
     return {
@@ -94,8 +156,11 @@ def environment(image: Image) -> dict[str, str]:
     }
 
 
-def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path]) -> str:
-    """nsjail's protobuf-text configuration for one slot."""
+def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path], per_uid: Path | None = None,
+           masks: Path | None = None) -> str:
+    """nsjail's protobuf-text configuration for one jail; `per_uid`: a session jail's per-uid
+    device sets (devices.per_uid_nodes), bound at devices.PER_UID_MOUNT; `masks`: the stand-ins
+    for /proc's global counters (write_masks), bound read-only at MASK_DIR."""
     check_bindable(image.path)
     lines = [
         'name: "sandbox-slot"\n',
@@ -139,11 +204,9 @@ def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path]) -> 
         _bind("/sbin", mandatory=False),  # ctypes.util.find_library runs ldconfig -p
         _bind("/etc/ld.so.cache", mandatory=False),
         _bind("/etc/localtime", mandatory=False),
-        # The jail's own /dev/null, /dev/zero, /dev/full (see devices.py): file locks on them
-        # stay inside the jail.
+        # The jail's own /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom (see
+        # devices.py): file locks on them stay inside the jail.
         devices.nsjail_mounts(dev_nodes),
-        _bind("/dev/random"),
-        _bind("/dev/urandom"),
         _bind(image.path),
         _bind(guest_dir(), GUEST_MOUNT),
         # Mount points for the child's own tmpfs mounts; the zygote's copies hold only its
@@ -158,6 +221,10 @@ def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path]) -> 
         + "".join(f'sandbox:x:{USER_GID + i}:\\n' for i in range(settings.user_uids)) + '" }\n',
         'mount { dst: "/etc/hosts" src_content: "127.0.0.1 localhost sandbox\\n" }\n',
     ]
+    if per_uid is not None:
+        lines.append(_bind(per_uid, devices.PER_UID_MOUNT))
+    if masks is not None:
+        lines.append(_bind(masks, MASK_DIR))
     if not str(image.base_prefix).startswith("/usr"):
         lines.append(_bind(image.base_prefix))
     lines += [f'envar: "{k}={v}"\n' for k, v in environment(image).items()]
@@ -165,16 +232,25 @@ def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path]) -> 
     return "".join(lines)
 
 
-def spawn(image: Image, settings: JailSettings) -> tuple[subprocess.Popen, Path]:
+def _escape(text: str) -> str:
+    """A string for nsjail's protobuf text format."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+
+
+def spawn(image: Image, settings: JailSettings, per_uid_devices: bool = False) -> tuple[subprocess.Popen, Path]:
     """Start nsjail with the zygote inside; returns the process and the jail's run directory
-    (its config file and device nodes), which the caller removes when the jail ends."""
+    (its config file and device nodes), which the caller removes when the jail ends.
+    `per_uid_devices`: a set of device nodes for every uid of the jail (a session jail)."""
     run_dir = Path(tempfile.mkdtemp(prefix="jail-", dir=_mkdirs(state_dir() / "run")))
     try:
         os.chmod(run_dir, 0o755)  # the jail's root (an unprivileged host uid) binds the nodes from it
         path = run_dir / "nsjail.cfg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # read by nsjail (root) only
         with os.fdopen(fd, "w") as f:
-            f.write(config(image, settings, devices.private_nodes(run_dir / "dev")))
+            uids = range(USER_UID, USER_UID + settings.user_uids)
+            per_uid = devices.per_uid_nodes(run_dir / "dev-uids", uids, settings.outside_uid) if per_uid_devices else None
+            f.write(config(image, settings, devices.private_nodes(run_dir / "dev"), per_uid,
+                           write_masks(run_dir / "proc")))
         cmd = [str(nsjail_binary()), "--config", str(path), "--quiet", "--",
                str(image.python), "-I", "-B", "-c", BOOT]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

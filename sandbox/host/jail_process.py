@@ -37,10 +37,11 @@ class JailProcess:
     """A jail's process and pipes. The constructor only stores; `start()` spawns the jail and does
     the handshake (as gunicorn's Worker.__init__ / init_process)."""
 
-    def __init__(self, image: Image, settings: JailSettings, name: str) -> None:
+    def __init__(self, image: Image, settings: JailSettings, name: str, per_uid_devices: bool = False) -> None:
         self.image = image
         self.settings = settings
         self.name = name
+        self.per_uid_devices = per_uid_devices  # a session jail: device nodes per uid (devices.py)
         self.proc: object = None            # the nsjail subprocess.Popen, once started
         self.pidfd = -1
         self.zygote_pid = 0                 # host pid of the jail's pid 1
@@ -59,7 +60,7 @@ class JailProcess:
         """Spawn the jail, send the zygote its `init` frame and return its ready frame; find the
         zygote's host pid and set up the jail's cgroup (CPU share, baseline memory). On any
         failure the jail is killed and SlotDied carries its last words."""
-        self.proc, self._run_dir = jail.spawn(self.image, self.settings)
+        self.proc, self._run_dir = jail.spawn(self.image, self.settings, self.per_uid_devices)
         proc = self.proc
         assert proc.stdin and proc.stdout and proc.stderr
         self._in, self._out = proc.stdin.fileno(), proc.stdout.fileno()

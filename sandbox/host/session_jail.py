@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable
 
-from . import cgroups, jail, wire
+from . import cgroups, devices, jail, wire
 from ..guest import protocol
 from .image import Image
 from ..limits import JailSettings, Limits, SessionSettings
@@ -60,12 +60,13 @@ class SessionJail:
         # (spares waiting in the fork server, and as many opened ahead by the SessionManager)
         self._settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + 2 * spares + 4,
                                              cpus=float(os.cpu_count() or 1))
-        self._init = {"policy": policy, "preload": preload, "uid": jail.USER_UID, "gid": jail.USER_GID,
-                      "workdir": jail.WORKDIR, "profile": defaults.profile(), "uids": self._settings.user_uids,
-                      "mode": "sessions", "lean_uids": 1 if preload else None,
-                      "spares": {"lean": 0 if preload else spares, "full": spares}}
+        self._init = jail.zygote_init(
+            policy, preload, defaults, self._settings, spares={"lean": 0 if preload else spares, "full": spares},
+            mode="sessions", lean_uids=1 if preload else None,
+            # Each session's child binds its uid's own device nodes (devices.py).
+            per_uid_devices={"dir": devices.PER_UID_MOUNT, "names": list(devices.NODES)})
         self._sessions = sessions
-        self.jail = JailProcess(image, self._settings, "sessions")
+        self.jail = JailProcess(image, self._settings, "sessions", per_uid_devices=True)
         self.ready: dict = {}
         self._send_lock = threading.Lock()
         self._ops_lock = threading.Lock()

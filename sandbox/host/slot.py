@@ -48,10 +48,9 @@ class Slot:
         """Start the jail and wait for its zygote's imports; SlotDied (with its last words) if it fails."""
         t0 = time.monotonic()
         settings = self._settings
-        self.ready = self.jail.start({
-            "policy": self._policy, "preload": self._preload, "uid": jail.USER_UID, "gid": jail.USER_GID,
-            "workdir": jail.WORKDIR, "profile": self._defaults.profile(), "uids": settings.user_uids,
-            "spares": {"lean": settings.spares_lean if self._preload else 1, "full": settings.spares_full}})
+        self.ready = self.jail.start(jail.zygote_init(
+            self._policy, self._preload, self._defaults, settings,
+            spares={"lean": settings.spares_lean if self._preload else 1, "full": settings.spares_full}))
         self.pids_overhead = pids_overhead(self.ready)
         self.start_seconds = time.monotonic() - t0
         self.alive = True

@@ -152,6 +152,31 @@ def take_output(header: dict, body: bytes, on_output: Callable[[str, bytes], Non
     on_output(stream, body)
 
 
+def _clashes(paths: list[str]) -> set[int]:
+    """Indices of every path that repeats another or is a file and a directory of another at once
+    (all of them: the runner, walking a real directory, never sends either, so only a forged frame
+    has them). Sorted with "/" as the lowest character, a path's descendants follow it in one
+    block, so one pass with a stack of its ancestors finds every clash: O(n log n) comparisons of
+    at most MAX_PATH bytes, never one of every pair."""
+    order = sorted(range(len(paths)), key=lambda i: paths[i].replace("/", "\0"))
+    clashing: set[int] = set()
+    stack: list[int] = []  # the current path's ancestors (or equals), outermost first
+    for i in order:
+        key = paths[i]
+        while stack and not (key == paths[stack[-1]] or key.startswith(paths[stack[-1]] + "/")):
+            stack.pop()
+        if stack:
+            clashing.add(i)
+            # Every path on the stack is an ancestor of this one. Marked ones form the bottom of
+            # the stack (each marking marks all below it), so stop at the first marked.
+            for j in reversed(stack):
+                if j in clashing:
+                    break
+                clashing.add(j)
+        stack.append(i)
+    return clashing
+
+
 def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
     """The result of a run the engine could not complete (the caller may retry)."""
     return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
@@ -195,7 +220,11 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
     if isinstance(result, dict):
         error = _error(result.get("error"))
         img_meta, file_meta = result.get("images"), result.get("files")
-        if not isinstance(img_meta, list) or not isinstance(file_meta, list):
+        # The caps before any per-entry work: the runner never sends more entries than them (it
+        # counts the rest as dropped), so more is a forged frame, refused at a cost independent
+        # of its size (a 4 MiB header holds ~145,000 entries).
+        if not isinstance(img_meta, list) or not isinstance(file_meta, list) \
+                or len(img_meta) > limits.max_images or len(file_meta) > limits.max_files:
             img_meta, file_meta = [], []
             notes.append("the program's result was malformed; figures and files were discarded")
         try:
@@ -213,20 +242,19 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
                 notes.append("a figure that was not a valid PNG within the caps was discarded")
                 continue
             images.append(Figure(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data))
-        total = 0
-        taken: set[str] = set()
+        entries = []
         for meta, data in zip(file_meta, parts[len(img_meta):]):
             try:
-                path = check_path(meta.get("path"), "output file path")
+                entries.append((check_path(meta.get("path"), "output file path"), data))
             except InvalidInputError:
                 notes.append("an output file with an unsafe path was discarded")
-                continue
+        clashing = _clashes([path for path, _ in entries])
+        total = 0
+        for i, (path, data) in enumerate(entries):
             # A path may appear once, and never both as a file and as a directory of another.
-            parents = {"/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)}
-            if path in taken or parents & taken or any(t.startswith(path + "/") for t in taken):
-                notes.append(f"an output file whose path clashes with another ({path!r}) was discarded")
+            if i in clashing:
+                notes.append(f"an output file whose path clashes with another ({path[:200]!r}) was discarded")
                 continue
-            taken.add(path)
             total += len(data)
             if len(files) >= limits.max_files or total > limits.max_file_bytes:
                 notes.append("an output file beyond the caps was discarded")
