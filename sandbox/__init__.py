@@ -10,12 +10,12 @@ from .errors import (ImageError, InvalidInputError, NoSuchFileError, QueueFullEr
                      SandboxClosedError, SandboxError, SandboxUnavailableError, SessionClosedError,
                      SessionLimitError)
 from .limits import Limits
-from .pool import PoolStats
-from .results import ExecError, File, Image, Outcome, Output, Result, Usage
+from .host.pool import PoolStats
+from .results import ExecError, Figure, File, Image, Outcome, Output, Result, Usage
 from .sessions import AsyncSession, FileInfo, Session
 
 __all__ = [
-    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "Output", "ExecError", "Image", "File", "Usage",
+    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "Output", "ExecError", "Figure", "Image", "File", "Usage",
     "SandboxError", "InvalidInputError", "QueueFullError", "SandboxUnavailableError", "SandboxClosedError",
     "ImageError", "Session", "AsyncSession", "FileInfo", "SessionClosedError", "SessionLimitError",
     "RunCancelledError", "NoSuchFileError",

@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import doctor, image, wire
+from .host import doctor, image, wire
 from .errors import ImageError, InvalidInputError, SandboxError
-from .limits import PACKAGE_ROOT
+from .localfiles import read_inputs
 from .results import Outcome, Result
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
@@ -21,18 +21,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
 
 def _say(msg: str) -> None:
     print(f"sandbox: {msg}", file=sys.stderr, flush=True)
-
-
-def _read_inputs(specs: list[str]) -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-    for spec in specs:
-        path, _, name = spec.partition("=")
-        name = name or os.path.basename(path)
-        try:
-            files[name] = Path(path).read_bytes()
-        except OSError as exc:
-            raise InvalidInputError(f"cannot read input file {path}: {exc.strerror}") from None
-    return files
 
 
 def _write_outputs(result: Result, out: Path) -> list[str]:
@@ -80,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cpu_seconds is not None:
         overrides["cpu_seconds"] = args.cpu_seconds
     try:
-        files = _read_inputs(args.file)
+        files = read_inputs(args.file)
         limits = Limits.from_policy().replace(**overrides)
     except InvalidInputError as exc:
         _say(str(exc))
@@ -155,11 +143,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    if not (PACKAGE_ROOT / "benchmarks" / "cli.py").exists():
-        _say("the benchmark harness lives in the source checkout (benchmarks/); run from a clone")
-        return EXIT_USAGE
-    sys.path.insert(0, str(PACKAGE_ROOT))
-    from benchmarks.cli import main as bench_main
+    from .bench.cli import main as bench_main  # the harness (sandbox/bench/); its baselines need the bench extra
 
     return bench_main(argv)
 

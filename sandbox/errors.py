@@ -43,3 +43,37 @@ class SessionLimitError(SandboxError):
 
 class NoSuchFileError(SandboxError, FileNotFoundError):
     """The session's working directory has no regular file at that path."""
+
+
+# How each engine error travels over the network: its wire type (the `error.type` of an HTTP
+# answer, read back by RemoteSandbox) and its HTTP status. The one table the server, the MCP tools
+# and the remote client read: a new engine error is a class above and a row here.
+# Looked up along the exception's class hierarchy, so the most specific row wins.
+WIRE: dict[type[SandboxError], tuple[str, int]] = {
+    SessionClosedError: ("session_closed", 410),
+    SessionLimitError: ("session_limit", 429),       # answered with Retry-After
+    NoSuchFileError: ("no_such_file", 404),
+    InvalidInputError: ("invalid_input", 422),
+    QueueFullError: ("queue_full", 429),             # answered with Retry-After
+    SandboxUnavailableError: ("unavailable", 503),
+    SandboxClosedError: ("unavailable", 503),
+    ImageError: ("unavailable", 503),
+    RunCancelledError: ("cancelled", 499),
+    SandboxError: ("sandbox_error", 500),
+}
+
+
+def wire_of(exc: SandboxError) -> tuple[str, int]:
+    """(wire type, HTTP status) of an engine error."""
+    for cls in type(exc).__mro__:
+        if cls in WIRE:
+            return WIRE[cls]
+    return WIRE[SandboxError]
+
+
+def from_wire(type_: object, message: str) -> SandboxError | None:
+    """The engine error a server's `error.type` names (the first class with that type), or None."""
+    for cls, (name, _status) in WIRE.items():
+        if name == type_ and cls is not SandboxError:
+            return cls(message)
+    return None

@@ -8,6 +8,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidInputError
@@ -68,6 +69,30 @@ class Limits:
             raise InvalidInputError(f"unknown limits in policy: {', '.join(sorted(unknown))}")
         return cls(**table)
 
+    @staticmethod
+    def changes(value: Limits | Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """A caller's `limits=` argument as a plain mapping of limit names to values (a Limits
+        gives every field), or None; InvalidInputError for anything else."""
+        if value is None:
+            return None
+        if isinstance(value, Limits):
+            return dataclasses.asdict(value)
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise InvalidInputError("limits must be a Limits or a mapping of limit names to values")
+
+    @classmethod
+    def coerce(cls, value: Limits | Mapping[str, Any] | None, base: Limits,
+               timeout: float | None = None) -> Limits:
+        """A caller's `limits=` (and `timeout=`) as Limits: a Limits as it is, a mapping as changes
+        to `base`, None as `base`. The one place every entry point turns its argument into limits."""
+        if isinstance(value, Limits):
+            lim = value
+        else:
+            changes = cls.changes(value)
+            lim = base.replace(**changes) if changes else base
+        return lim if timeout is None else lim.replace(timeout_seconds=timeout)
+
     def replace(self, **changes: Any) -> Limits:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = set(changes) - known
@@ -90,8 +115,8 @@ class Limits:
         """Largest result frame a child may send: every image and file at its cap, plus JSON."""
         return self.max_images * self.max_image_bytes + self.max_file_bytes + (4 << 20)
 
-    def guest(self) -> dict[str, Any]:
-        """The limits the zygote and the runner enforce, as sent in a request."""
+    def per_request(self) -> dict[str, Any]:
+        """The limits the zygote and the runner enforce for one request, as sent in it."""
         return {
             "timeout": self.timeout_seconds,
             "max_stdout_bytes": self.max_stdout_bytes,

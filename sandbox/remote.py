@@ -19,7 +19,6 @@ and every name a session's file listing gives, is checked as the engine checks i
 from __future__ import annotations
 
 import base64
-import dataclasses
 import http.client
 import json
 import logging
@@ -31,13 +30,14 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import FileInfo, NoSuchFileError, SessionClosedError, SessionLimitError
-from .errors import InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError
+from .errors import (InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError, SessionClosedError,
+                     from_wire)
+from .host.wire import check_path
 from .limits import Limits
 from .results import Result
+from .sessions import FileInfo
+from .types import Files, TextCallback
 
-Files = Mapping[str, "bytes | str"]
-TextCallback = Callable[[str], object]
 log = logging.getLogger("sandbox.remote")
 
 
@@ -136,9 +136,7 @@ class RemoteSandbox:
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
-        if isinstance(limits, Limits):
-            limits = dataclasses.asdict(limits)
-        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": None if limits is None else dict(limits)})
+        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": Limits.changes(limits)})
         return RemoteSession(self, doc)
 
     def get_session(self, session_id: str) -> RemoteSession:
@@ -154,11 +152,9 @@ class RemoteSandbox:
                 stdin = bytes(stdin).decode()
             except UnicodeDecodeError:
                 raise InvalidInputError("stdin must be UTF-8 text for a remote run") from None
-        if isinstance(limits, Limits):
-            limits = dataclasses.asdict(limits)
         body: dict[str, Any] = {
             "code": code, "filename": filename, "stdin": stdin, "timeout": timeout,
-            "limits": None if limits is None else dict(limits),
+            "limits": Limits.changes(limits),
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
@@ -237,8 +233,11 @@ class RemoteSandbox:
         err = doc.get("error") if isinstance(doc, dict) else None
         message = err.get("message", reason) if isinstance(err, dict) else reason
         kind = err.get("type") if isinstance(err, dict) else None
-        if kind in _BY_TYPE:
-            raise _BY_TYPE[kind](message)
+        known = from_wire(kind, message) if kind != "sandbox_error" else None
+        if known is not None:
+            raise known
+        if kind == "too_many_calls":  # a quota of this key or session (the service's, not the engine's)
+            raise QueueFullError(message)
         if status == 401:
             raise RemoteError(f"{message}: give the server's key with api_key= or in SANDBOX_API_KEY", status)
         if status == 404 and path.startswith("/v1/sessions/"):
@@ -256,17 +255,8 @@ class RemoteSandbox:
         self.close()
 
 
-_BY_TYPE: dict[str, Callable[[str], SandboxError]] = {
-    "session_closed": SessionClosedError, "session_limit": SessionLimitError, "no_such_file": NoSuchFileError,
-    "queue_full": QueueFullError, "too_many_calls": QueueFullError, "invalid_input": InvalidInputError,
-    "too_large": InvalidInputError,
-}
-
-
 def _checked(name: object, what: str) -> str:
     """`name` if it is a path the engine would accept as an input name; InvalidInputError otherwise."""
-    from .wire import check_path
-
     return check_path(name, what)
 
 

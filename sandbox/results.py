@@ -36,7 +36,7 @@ class ExecError:
 
 
 @dataclass(frozen=True)
-class Image:
+class Figure:
     """A matplotlib figure rendered to PNG."""
 
     name: str
@@ -44,6 +44,9 @@ class Image:
     width: int
     height: int
     data: bytes = field(repr=False)
+
+
+Image = Figure  # the name before 0.2; kept so existing imports work
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Result:
     stderr_truncated: bool
     error: ExecError | None
     exit_code: int | None
-    images: list[Image]
+    images: list[Figure]
     files: list[File]
     usage: Usage
 
@@ -120,7 +123,7 @@ class Result:
             stdout_truncated=bool(d["stdout_truncated"]), stderr_truncated=bool(d["stderr_truncated"]),
             error=None if e is None else ExecError(e["type"], e["message"], e["line"], e["traceback"]),
             exit_code=d["exit_code"],
-            images=[Image(i["name"], i["mime_type"], i["width"], i["height"], base64.b64decode(i["data_base64"]))
+            images=[Figure(i["name"], i["mime_type"], i["width"], i["height"], base64.b64decode(i["data_base64"]))
                     for i in d["images"]],
             files=[File(f["path"], f["mime_type"], f["size"], base64.b64decode(f["data_base64"])) for f in d["files"]],
             usage=Usage(u["wall_ms"], u["cpu_ms"], u["peak_memory_bytes"]),
@@ -128,13 +131,3 @@ class Result:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
-
-    def to_gemini_parts(self, code: str, id: str | None = None) -> list[dict[str, Any]]:
-        """Gemini's REST parts for this run of `code` (see sandbox.compat.gemini)."""
-        from .compat.gemini import to_gemini_parts
-        return to_gemini_parts(self, code, id)
-
-    def to_openai_item(self, code: str, id: str | None = None) -> dict[str, Any]:
-        """An OpenAI Responses `code_interpreter_call` item (see sandbox.compat.openai)."""
-        from .compat.openai import to_openai_item
-        return to_openai_item(self, code, id)

@@ -19,17 +19,19 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import wire
+from .host import wire
 from .guest import protocol
 from .errors import (InvalidInputError, NoSuchFileError, RunCancelledError, SandboxClosedError,
                      SessionClosedError, SessionLimitError)
 from .limits import Limits, SessionSettings
+from .relay import Relay
+from .types import Files, TextCallback
 from .results import Outcome, Output, Result
-from .session_jail import SessionJail
-from .slot import SlotDied
+from .host.session_jail import SessionJail
+from .host.slot import SlotDied
 
 if TYPE_CHECKING:
-    from .client import AsyncSandbox, Files, Sandbox, TextCallback
+    from .aio import Bridge
 
 log = logging.getLogger("sandbox.sessions")
 
@@ -101,13 +103,11 @@ class Session:
         limits may change the clocks and output caps, not what the session was opened with.
         Raises SessionClosedError once the session has ended; a call that ends it (timeout,
         memory limit, crash, policy violation) returns its Result and closes it."""
-        from .client import _Relay
-
         lim = self._call_limits(timeout, limits)
         live = on_stdout is not None or on_stderr is not None
         request = wire.encode_request(code, files, lim, filename, stdin, stream=live,
-                                      extra={"op": "call", "sid": self._sid})
-        relay = _Relay(on_stdout, on_stderr) if live else None
+                                      extra={"sid": self._sid})
+        relay = Relay.maybe(on_stdout, on_stderr)
 
         def finish(header: dict, body: bytes, peak: int, kills: int) -> tuple[Result | None, str | None]:
             if header.get("cancelled") is True:
@@ -142,7 +142,7 @@ class Session:
                     peak += start.usage  # the whole session's peak: its limit covers its state too
                 except SlotDied as exc:
                     self._end(f"the session's jail failed: {exc}")
-                    header, body, peak, kills = {"status": "setup_failed", "detail": f"{exc}; the session ended"}, b"", 0, 0
+                    header, body, peak, kills = {protocol.OP: protocol.SETUP_FAILED, "detail": f"{exc}; the session ended"}, b"", 0, 0
                 finally:
                     self.expires_at = time.time() + self.ttl
                 answer, ended = finish(header, body, peak, kills)
@@ -156,8 +156,8 @@ class Session:
         """A listing, read, write or delete in the working directory, done by the session's own
         interpreter (the host never follows a path into a sandbox-writable place)."""
         lim = self.limits
-        header = {"op": "call", "sid": self._sid, "kind": kind, "path": path, "max_bytes": max_bytes,
-                  "limits": lim.replace(timeout_seconds=min(lim.timeout_seconds, 30)).guest(),
+        header = {protocol.OP: protocol.CALL, "sid": self._sid, "kind": kind, "path": path, "max_bytes": max_bytes,
+                  "limits": lim.replace(timeout_seconds=min(lim.timeout_seconds, 30)).per_request(),
                   "profile": lim.profile(), "files": [], "stdin": 0}
         request = protocol.encode(header, [data] if data else [])
         header, body = self._call(request, lim, None, None, lambda h, b, _p, _k: (
@@ -247,21 +247,12 @@ class Session:
             raise SessionClosedError(self.close_reason or "the session is closed")
 
     def _call_limits(self, timeout: float | None, limits: Limits | Mapping[str, Any] | None) -> Limits:
-        if isinstance(limits, Limits):
-            changes = {k: getattr(limits, k) for k in limits.__dataclass_fields__
-                       if getattr(limits, k) != getattr(self.limits, k)}
-        elif isinstance(limits, Mapping):
-            changes = dict(limits)
-        elif limits is None:
-            changes = {}
-        else:
-            raise InvalidInputError("limits must be a Limits or a mapping of limit names to values")
-        fixed = sorted(k for k in changes if k in SESSION_LIMITS and changes[k] != getattr(self.limits, k))
+        lim = Limits.coerce(limits, self.limits, timeout)
+        fixed = sorted(k for k in SESSION_LIMITS if getattr(lim, k) != getattr(self.limits, k))
         if fixed:
             raise InvalidInputError(f"{', '.join(fixed)} is fixed when the session opens: "
                                     "pass it to session(limits=...)")
-        lim = self.limits.replace(**changes)
-        return lim.replace(timeout_seconds=timeout) if timeout is not None else lim
+        return lim
 
     def __enter__(self) -> Session:
         return self
@@ -313,12 +304,7 @@ class SessionManager:
             ttl = self.settings.ttl_seconds
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= self.settings.max_ttl_seconds:
             raise InvalidInputError(f"ttl must be a number of seconds in (0, {self.settings.max_ttl_seconds:g}], not {ttl!r}")
-        if isinstance(limits, Mapping):
-            lim = self.defaults.replace(**limits)
-        elif isinstance(limits, Limits) or limits is None:
-            lim = limits or self.defaults
-        else:
-            raise InvalidInputError("limits must be a Limits or a mapping of limit names to values")
+        lim = Limits.coerce(limits, self.defaults)
         with self.lock:
             if self._closed:
                 raise SandboxClosedError("the sandbox is closed")
@@ -492,21 +478,20 @@ class SessionManager:
 
 class AsyncSession:
     """The asyncio twin of Session: `async with asb.session() as s: r = await s.run(...)`,
-    or `s = await asb.session()`."""
+    or `s = await asb.session()`. Method by method the same arguments as Session."""
 
-    def __init__(self, owner: AsyncSandbox, ttl: float | None = None, limits: Any = None,
+    def __init__(self, bridge: Bridge, opener: Callable[[], Session] | None = None,
                  session: Session | None = None) -> None:
-        self._owner = owner
-        self._args = (ttl, limits)
+        self._bridge = bridge
+        self._opener = opener
         self._session = session
 
     def __await__(self):
         return self._open().__await__()
 
     async def _open(self) -> AsyncSession:
-        if self._session is None:
-            ttl, limits = self._args
-            self._session = await self._owner._call(lambda sb: sb.session(ttl, limits=limits))
+        if self._session is None and self._opener is not None:
+            self._session = await self._bridge.call(self._opener)
         return self
 
     def _s(self) -> Session:
@@ -534,16 +519,24 @@ class AsyncSession:
     def close_reason(self) -> str | None:
         return self._s().close_reason
 
-    async def run(self, code: str, files: Files | None = None, **kwargs: Any) -> Result:
+    async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+                  timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+                  filename: str = "main.py", on_stdout: TextCallback | None = None,
+                  on_stderr: TextCallback | None = None) -> Result:
         """Session.run(), awaited; cancelling the awaiting task kills the call (and ends the session)."""
         session = self._s()
-        return await self._owner._cancellable(lambda cancel: session.run(code, files, cancel=cancel, **kwargs))
+        return await self._bridge.cancellable(lambda cancel: session.run(
+            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel))
 
-    async def stream(self, code: str, files: Files | None = None, **kwargs: Any) -> AsyncIterator[Output | Result]:
+    async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
+                     timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
+                     filename: str = "main.py") -> AsyncIterator[Output | Result]:
         """Run like run(), yielding Output(stream, text) events as the code writes, then the Result."""
         session = self._s()
-        events = self._owner._events(lambda on_stdout, on_stderr, cancel: session.run(
-            code, files, on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, **kwargs))
+        events = self._bridge.events(lambda on_stdout, on_stderr, cancel: session.run(
+            code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel))
         try:
             async for event in events:
                 yield event
@@ -551,20 +544,20 @@ class AsyncSession:
             await events.aclose()  # at once, not when the inner generator is collected: it kills the call
 
     async def files(self) -> list[FileInfo]:
-        return await self._owner._call(lambda _: self._s().files())
+        return await self._bridge.call(lambda: self._s().files())
 
     async def read_file(self, path: str) -> bytes:
-        return await self._owner._call(lambda _: self._s().read_file(path))
+        return await self._bridge.call(lambda: self._s().read_file(path))
 
     async def write_file(self, path: str, data: bytes | str) -> None:
-        await self._owner._call(lambda _: self._s().write_file(path, data))
+        await self._bridge.call(lambda: self._s().write_file(path, data))
 
     async def delete_file(self, path: str) -> None:
-        await self._owner._call(lambda _: self._s().delete_file(path))
+        await self._bridge.call(lambda: self._s().delete_file(path))
 
     async def close(self) -> None:
         if self._session is not None:
-            await self._owner._call(lambda _: self._s().close())
+            await self._bridge.call(lambda: self._s().close())
 
     async def __aenter__(self) -> AsyncSession:
         return await self._open()

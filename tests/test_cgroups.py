@@ -100,7 +100,7 @@ def test_closing_removes_cgroups_made_below_a_slots_own():
 
 
 def test_stale_slot_cgroups_are_removed_with_what_is_below_them():
-    from sandbox import cgroups
+    from sandbox.host import cgroups
 
     cgroups.ensure_parents()
     dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have this pid
@@ -120,7 +120,7 @@ def test_a_cgroup_whose_processes_leave_late_is_still_removed():
     # emulation, as in the cgroup v2 VM): the cgroup is removed once they are gone, not at close.
     import subprocess
 
-    from sandbox import cgroups
+    from sandbox.host import cgroups
 
     cgroups.ensure_parents()
     late = subprocess.Popen(["sleep", "1.5"])

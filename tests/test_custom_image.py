@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sandbox import Outcome, Sandbox, image
+from sandbox import Outcome, Sandbox
+from sandbox.host import image
 
 
 def test_custom_image_from_a_requirements_file(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import doctor
+from sandbox.host import doctor
 
 
 @pytest.fixture

@@ -196,13 +196,7 @@ print(out)
 def test_gallery_sample_runs_the_same_in_the_sandbox_and_the_image_interpreter(sb):
     # The CI slice of `sandbox bench --workload fidelity`: a fixed sample of seaborn's gallery
     # (from its sdist, via pip), run in the sandbox and by the image's interpreter side by side.
-    import sys
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)  # benchmarks/ is a top-level folder of the repo
-    from benchmarks import fidelity
+    from sandbox.bench import fidelity
 
     res = fidelity.run(sb, quick=True, timeout=90, log=lambda m: None)
     (g,) = res["galleries"]

@@ -220,12 +220,12 @@ def test_close_leaves_no_process_and_no_cgroup():
 
 
 def test_a_planned_recycle_is_not_logged_as_a_death(caplog):
-    with caplog.at_level(logging.INFO, logger="sandbox.pool"):
+    with caplog.at_level(logging.INFO, logger="sandbox.host.pool"):
         with Sandbox(slots=1, recycle_after=1) as box:
             for i in range(3):
                 assert wait_until(lambda: box.stats().idle == 1, 120)
                 assert run_ok(box, f"print({i})").stdout == f"{i}\n"
             assert wait_until(lambda: box.stats().idle == 1, 120)
-    messages = [r.getMessage() for r in caplog.records if r.name == "sandbox.pool"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "sandbox.host.pool"]
     assert any("recycling" in m for m in messages), messages
     assert not any("died" in m for m in messages), messages

@@ -1,4 +1,4 @@
-"""sandbox.ray on a real local Ray cluster: two nodes on this machine, one node actor each.
+"""sandbox.batch.ray on a real local Ray cluster: two nodes on this machine, one node actor each.
 
 The cluster is small (one CPU and a 200 MB object store per node, no dashboard) and is shut down
 by the fixture whatever the tests do.
@@ -19,7 +19,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from sandbox.batch import Options, humaneval
-from sandbox.ray import NodePool
+from sandbox.batch.ray import NodePool
 
 NODE = {"num_cpus": 1, "object_store_memory": 200 << 20}
 SANDBOX = str(Path(sys.executable).with_name("sandbox"))

@@ -75,13 +75,13 @@ def _print_transcript(transcript, out: Path | None) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from ..cli import _read_inputs
+    from ..localfiles import read_inputs
     from ..client import Sandbox
     from ..errors import InvalidInputError, SandboxError
     from .loop import Agent
 
     try:
-        files = _read_inputs(args.file)
+        files = read_inputs(args.file)
         backend = _backend(args)
         url = args.url or os.environ.get("SANDBOX_URL")
         if url:

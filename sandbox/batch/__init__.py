@@ -27,12 +27,12 @@ def run(items: Iterable[Item | dict], sandbox: Any = None, *, workers: int | Non
 
     Locally through `sandbox` (or a Sandbox of `workers` slots started for the batch); with
     `ray="auto"`, "local" or a cluster address, through one node actor per Ray node
-    (`sandbox.ray`; `workers` is then the slots per node, default its CPU count).
+    (`sandbox.batch.ray`; `workers` is then the slots per node, default its CPU count).
     """
     options = Options(timeout=timeout, memory_mb=memory_mb, retries=retries, fail_fast=fail_fast,
                       float_tol=float_tol, max_output_chars=max_output_chars)
     if ray is not None:
-        from .. import ray as sandbox_ray
+        from . import ray as sandbox_ray
 
         return sandbox_ray.run(items, address=ray, options=options, slots_per_node=workers)
     return run_local(items, sandbox, workers=workers, options=options)

@@ -88,7 +88,7 @@ def _engine(args: argparse.Namespace, options: Options) -> Iterator[Callable[[It
     """Start the sandbox (or the Ray node pool) before the clock starts; yield items -> records."""
     t0 = time.monotonic()
     if args.ray is not None:
-        from ..ray import NodePool
+        from .ray import NodePool
 
         with NodePool(args.ray, slots_per_node=args.workers) as pool:
             _say(f"Ray: {len(pool.actors)} node actor(s), {pool.capacity} slots in all, "

@@ -18,6 +18,20 @@ import json
 import os
 import struct
 
+# The vocabulary of the frames between the host and the zygote: every frame after the init
+# frame says what it is under OP. Both sides import these names; no op is a literal elsewhere.
+OP = "op"
+CALL = "call"                  # host -> zygote: a request (a stateless run, or a session's call with "sid")
+CANCEL = "cancel"              # host -> zygote: kill the call in flight (its reply says "cancelled")
+OPEN = "open"                  # host -> zygote: start session "sid"      -> OPENED {pid} or {error}
+CLOSE = "close"                # host -> zygote: end session "sid"        -> CLOSED
+OUTPUT = "output"              # zygote -> host: a chunk of live output of the call in flight (+ the bytes)
+DONE = "done"                  # zygote -> host: the reply to a call (see guest/supervise.build_reply)
+SETUP_FAILED = "setup_failed"  # zygote -> host: the child could not be isolated; nothing ran
+OPENED = "opened"
+CLOSED = "closed"
+ERROR = "error"                # zygote -> host: a session op that cannot be done now
+
 MAGIC = b"SBX1"
 PREFIX = struct.Struct(">4sIQ")
 MAX_HEADER = 4 << 20  # 4 MiB of JSON is far beyond any legitimate header

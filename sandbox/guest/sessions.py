@@ -22,7 +22,6 @@ threads are whole frames, written under one lock.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import threading
 import time
@@ -30,10 +29,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 from .forkserver import Child, ForkServer
-from .zygote import Stream, _cpu_ns, _drain, _frame_length, _result_frame, build_reply
-
-CPU_CHECK = 0.05   # how often a running call's CPU time is compared with its limit (seconds)
-
+from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 @dataclass
 class _Session:
@@ -85,9 +81,9 @@ def serve(proto_in: int, proto_out: int, server: ForkServer, profile: dict) -> N
         head = protocol.read_exact(proto_in, head_len)
         body = protocol.read_exact(proto_in, body_len) if body_len else b""
         header = protocol.parse_header(head)
-        op, sid = header.get("op"), header.get("sid")
+        op, sid = header.get(protocol.OP), header.get("sid")
         live = sessions.get(sid)
-        if op == "open":
+        if op == protocol.OPEN:
             profile_ = dict(header.get("profile") or profile, session=True)
             try:
                 with forks:
@@ -98,34 +94,34 @@ def serve(proto_in: int, proto_out: int, server: ForkServer, profile: dict) -> N
                     server.refill(spare_profile)
                 ready = child.wait_ready()
             except (OSError, RuntimeError) as exc:
-                host.send({"op": "opened", "sid": sid, "error": str(exc)[:2000]})
+                host.send({protocol.OP: protocol.OPENED, "sid": sid, "error": str(exc)[:2000]})
                 continue
             if ready != b"R":
                 _retire(_Session(sid, child), server, forks)
-                host.send({"op": "opened", "sid": sid, "error": ready[1:].decode(errors="replace")[:2000]
+                host.send({protocol.OP: protocol.OPENED, "sid": sid, "error": ready[1:].decode(errors="replace")[:2000]
                            or "the session's interpreter died during setup"})
                 continue
             sessions[sid] = _Session(sid, child)
-            host.send({"op": "opened", "sid": sid, "pid": child.pid})
-        elif op == "call" and live is not None and not live.busy:
+            host.send({protocol.OP: protocol.OPENED, "sid": sid, "pid": child.pid})
+        elif op == protocol.CALL and live is not None and not live.busy:
             live.busy, live.cancelled = True, False
             live.thread = threading.Thread(target=_call, args=(live, prefix + head + body, header, host, server, forks),
                                            daemon=True)
             live.thread.start()
-        elif op == "cancel" and live is not None:
+        elif op == protocol.CANCEL and live is not None:
             if live.busy:
                 live.cancelled = True
                 live.child.kill()
-        elif op == "close":
+        elif op == protocol.CLOSE:
             if live is not None:
                 del sessions[sid]
                 live.closing = True
                 live.child.kill()
                 if not live.busy:  # else the call's thread retires it once it has answered
                     _retire(live, server, forks)
-            host.send({"op": "closed", "sid": sid})
+            host.send({protocol.OP: protocol.CLOSED, "sid": sid})
         else:
-            host.send({"op": "error", "sid": sid, "error": f"cannot {op!r} session {sid!r} now"})
+            host.send({protocol.OP: protocol.ERROR, "sid": sid, "error": f"cannot {op!r} session {sid!r} now"})
         del prefix, head, body
 
 
@@ -137,8 +133,8 @@ def _call(live: _Session, request: bytes, header: dict, host: _Host, server: For
         reply, blobs = _supervise(live, request, header, host, server, forks)
     except Exception as exc:  # noqa: BLE001 - the session ends, the zygote goes on
         live.child.kill()
-        reply, blobs = {"status": "setup_failed", "detail": f"session call failed: {exc}"[:2000], "alive": False}, []
-    reply.update(op="done", sid=live.sid)
+        reply, blobs = {protocol.OP: protocol.SETUP_FAILED, "detail": f"session call failed: {exc}"[:2000], "alive": False}, []
+    reply["sid"] = live.sid
     live.busy = False  # before the answer: the host may send this session's next call at once
     host.send(reply, blobs)
     if not reply["alive"] or live.closing:
@@ -161,93 +157,31 @@ def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server
     child, sid = live.child, live.sid
     limits = header["limits"]
     cpu_limit_ns = int(header["profile"]["cpu_seconds"] * 1e9)
-    for fd in (child.req_w, child.out_r, child.err_r, child.res_r):
-        os.set_blocking(fd, False)
     # Wake the session. Its processes were stopped since its last call (or are a fresh child
     # blocked on its request pipe).
     _signal_group(child, signal.SIGCONT)
-    cpu0 = _cpu_ns(child.pid)
-    t0 = time.monotonic()
-    deadline = t0 + limits["timeout"]
-    t_end = None
+    cpu0 = cpu_time_ns(child.pid)
 
     def relay(stream: str):
-        return lambda data: host.send({"op": "output", "sid": sid, "stream": stream}, [data])
+        return lambda data: host.send({protocol.OP: protocol.OUTPUT, "sid": sid, "stream": stream}, [data])
 
     live_output = header.get("stream")
-    out = Stream(limits["max_stdout_bytes"], relay("stdout") if live_output else None)
-    err = Stream(limits["max_stderr_bytes"], relay("stderr") if live_output else None)
-    res = Stream(limits["max_result_bytes"])
-    streams = {child.out_r: out, child.err_r: err, child.res_r: res}
-    poller = select.poll()
-    for fd in streams:
-        poller.register(fd, select.POLLIN)
-    poller.register(child.pidfd, select.POLLIN)
-    pending = memoryview(request)
-    poller.register(child.req_w, select.POLLOUT)
-    open_fds = set(streams)
-    timed_out = exited = finished = cpu_out = False
-    frame_length = None
-    while not finished:
-        if exited and not open_fds:
-            break
-        if exited or timed_out or cpu_out:
-            timeout_ms = None  # dead or dying: drain to EOF
-        else:
-            timeout_ms = max(0, min(int((deadline - time.monotonic()) * 1000) + 1, int(CPU_CHECK * 1000)))
-        events = poller.poll(timeout_ms)
-        for fd, _ in events:
-            if fd == child.pidfd:
-                poller.unregister(fd)
-                exited = True
-                t_end = t_end or time.monotonic()
-                child.kill()  # the session is over: nothing it left behind runs on
-            elif fd == child.req_w:
-                try:
-                    pending = pending[os.write(fd, pending):]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the session closed its request pipe: it will not answer
-                    pending = pending[len(pending):]
-                if not pending:
-                    poller.unregister(fd)
-            else:
-                _drain(fd, streams[fd], poller, open_fds)
-        if exited or timed_out or cpu_out:
-            continue
-        now = time.monotonic()
-        if now >= deadline:
-            timed_out = True
-        elif _cpu_ns(child.pid) - cpu0 >= cpu_limit_ns:
-            cpu_out = True
-        if timed_out or cpu_out:
-            t_end = now
-            child.kill()
-            continue
-        if frame_length is None:
-            frame_length = _frame_length(res)
-        if frame_length == -1:  # the program wrote garbage on the result channel
-            child.kill()
-            frame_length = 0
-        elif frame_length is not None and 0 < frame_length <= res.kept:
-            finished = True
-    wall = (t_end or time.monotonic()) - t0
-    if len(pending):
-        poller.unregister(child.req_w)
-
-    if finished:
+    w = Watch(child, request,
+              out=Stream(limits["max_stdout_bytes"], relay("stdout") if live_output else None),
+              err=Stream(limits["max_stderr_bytes"], relay("stderr") if live_output else None),
+              res=Stream(limits["max_result_bytes"]),
+              deadline=time.monotonic() + limits["timeout"], stays=True,
+              cpu_limit_ns=cpu_limit_ns, cpu0=cpu0).run()
+    if w.finished:
         # Output written before the result frame is in the pipes already; what the session's
         # other threads write until they are stopped counts for this call too.
-        cpu_ns = _cpu_ns(child.pid) - cpu0
+        cpu_ns = cpu_time_ns(child.pid) - cpu0
         _signal_group(child, signal.SIGSTOP)
-        for fd in (child.out_r, child.err_r):
-            if fd in open_fds:
-                _drain(fd, streams[fd], poller, open_fds)
-        result, head, body, problem = _result_frame(res)
-        code = result.get("exit_code") if isinstance(result, dict) else None
-        exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
+        w.drain_rest()
+        frame = result_frame(w.res)
+        exit_code = exit_code_of(frame[0])
         main_cpu_ms = 0.0
-        alive = result is not None and not live.cancelled
+        alive = frame[0] is not None and not live.cancelled
         if not alive:
             child.kill()
     else:
@@ -258,9 +192,8 @@ def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
         cpu_ns = int(reaped["total_cpu"] * 1e9) - cpu0
         # A call killed for its CPU time reports what it used, which is at least the limit.
-        main_cpu_ms = round(max(cpu_ns, cpu_limit_ns) / 1e6, 3) if cpu_out else 0.0
-        result, head, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", b"", None)
+        main_cpu_ms = round(max(cpu_ns, cpu_limit_ns) / 1e6, 3) if w.cpu_out else 0.0
+        frame = result_frame(w.res) if w.exited and not w.timed_out else (None, b"", b"", None)
         alive = False
-
-    return build_reply(out, err, (result, head, body, problem), timed_out=timed_out, exit_code=exit_code,
-                       wall=wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, alive=alive, cancelled=live.cancelled)
+    return build_reply(w.out, w.err, frame, timed_out=w.timed_out, exit_code=exit_code,
+                       wall=w.wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, alive=alive, cancelled=live.cancelled)

@@ -32,84 +32,7 @@ from collections.abc import Callable
 
 from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
-
-CHUNK = 1 << 16
-
-
-class Stream:
-    """Drains one pipe, keeping at most `cap` bytes and counting the rest. With `relay`, what is
-    kept is also sent to the host as it arrives (live output), under the same cap."""
-
-    def __init__(self, cap: int, relay: Callable[[bytes], None] | None = None) -> None:
-        self.cap = cap
-        self.relay = relay
-        self.parts: list[bytes] = []
-        self.kept = 0
-        self.dropped = 0
-
-    def feed(self, data: bytes) -> None:
-        room = self.cap - self.kept
-        if room > 0:
-            self.parts.append(data[:room])
-            self.kept += min(room, len(data))
-            if self.relay is not None:
-                self.relay(data[:room])
-        self.dropped += max(0, len(data) - max(room, 0))
-
-    def value(self) -> bytes:
-        return b"".join(self.parts)
-
-
-def _cpu_ns(pid: int) -> int:
-    """CPU time of a live process (all its threads), from the kernel's per-process CPU clock,
-    plus what its waited-for children used: nothing the process itself could forge."""
-    clock = ((~pid) << 3) | 2  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
-    try:
-        own = time.clock_gettime_ns(clock)
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        children_ticks = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17 of proc(5))
-    except OSError:
-        return 0
-    return own + children_ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
-
-
-def _result_frame(res: Stream) -> tuple[dict | None, bytes, bytes, str | None]:
-    """(parsed header, raw header, body, problem) of the child's result frame. The raw header
-    goes to the host as a blob: nesting it inside the reply's JSON would add to its depth."""
-    raw = res.value()
-    if res.dropped:
-        return None, b"", b"", f"result exceeded {res.cap} bytes"
-    if len(raw) < protocol.PREFIX.size:
-        return None, b"", b"", "result frame cut short" if raw else None
-    try:
-        head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
-        end = protocol.PREFIX.size + head_len
-        if len(raw) < end + body_len:
-            return None, b"", b"", "result frame cut short"
-        if len(raw) > end + body_len:
-            return None, b"", b"", "trailing bytes after the result frame"
-        head = raw[protocol.PREFIX.size:end]
-        return protocol.parse_header(head), head, raw[end:], None
-    except protocol.ProtocolError as exc:
-        return None, b"", b"", str(exc)
-
-
-def _frame_length(res: Stream) -> int | None:
-    """Total length of the result frame once its prefix is in: None before, -1 if invalid."""
-    if res.kept < protocol.PREFIX.size or res.dropped:
-        return None
-    prefix = b""
-    for part in res.parts:
-        prefix += part[:protocol.PREFIX.size - len(prefix)]
-        if len(prefix) == protocol.PREFIX.size:
-            break
-    try:
-        head_len, body_len = protocol.parse_prefix(prefix, res.cap)
-    except protocol.ProtocolError:
-        return -1  # the slow path reports it once the child has exited
-    return protocol.PREFIX.size + head_len + body_len
-
+from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
               relay: Callable[[str, bytes], None] | None = None, control: int | None = None) -> tuple[dict, list[bytes]]:
@@ -124,140 +47,31 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
     limits = header["limits"]
     setup = child.wait_ready()
     if setup != b"R":
-        return {"status": "setup_failed", "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
-    for fd in (child.out_r, child.err_r, child.res_r):
-        os.set_blocking(fd, False)
-
-    cpu0 = _cpu_ns(child.pid)  # the child's own setup, not the user's
-    t0 = time.monotonic()
-    t_end = None
-    deadline = t0 + limits["timeout"]
-    try:
-        protocol.write_all(child.req_w, request)
-    except BrokenPipeError:
-        pass
-    os.close(child.req_w)
-    child.req_w = -1
-
+        return {protocol.OP: protocol.SETUP_FAILED, "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
+    cpu0 = cpu_time_ns(child.pid)  # the child's own setup, not the user's
     live = relay if header.get("stream") else None
-    out = Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data)))
-    err = Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data)))
-    res = Stream(limits["max_result_bytes"])
-    streams = {child.out_r: out, child.err_r: err, child.res_r: res}
-    poller = select.poll()
-    for fd in streams:
-        poller.register(fd, select.POLLIN)
-    poller.register(child.pidfd, select.POLLIN)
-    if control is not None:
-        poller.register(control, select.POLLIN)
-    open_fds = set(streams)
-    timed_out = exited = finished = cancelled = False
-    frame_length = None
-    # Wait for both: all pipes at EOF *and* the main process gone (a child that closes its
-    # pipes and spins must still meet the wall clock); or for a complete result frame.
-    while open_fds or not exited:
-        if exited or timed_out:
-            timeout_ms = None  # everything is dead or dying: drain to EOF
-        else:
-            timeout_ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
-        events = poller.poll(timeout_ms)
-        if not events:
-            timed_out = True
-            t_end = t_end or time.monotonic()
-            child.kill()
-            continue
-        for fd, _ in events:
-            if fd == child.pidfd:
-                poller.unregister(fd)
-                exited = True
-                t_end = t_end or time.monotonic()
-                # The execution is over when its main process ends: nothing it left behind runs on.
-                child.kill()
-                continue
-            if fd == control:
-                poller.unregister(fd)
-                try:  # the host writes a cancel frame whole (it is far below PIPE_BUF)
-                    cancelled = protocol.read_frame(control, max_body=0)[0].get("op") == "cancel"
-                except protocol.ProtocolError:  # the host is gone: nobody waits for this run
-                    cancelled = True
-                if cancelled:
-                    t_end = t_end or time.monotonic()
-                    child.kill()
-                continue
-            _drain(fd, streams[fd], poller, open_fds)
-        if not exited and not timed_out:
-            if time.monotonic() >= deadline:
-                timed_out = True
-                t_end = t_end or time.monotonic()
-                child.kill()
-            else:
-                if frame_length is None:
-                    frame_length = _frame_length(res)
-                if frame_length is not None and 0 < frame_length <= res.kept:
-                    finished = True
-                    break
-    wall = (t_end or time.monotonic()) - t0
-
-    if finished:
-        # Whatever the runner wrote before its result is already in the pipes.
-        for fd in (child.out_r, child.err_r):
-            if fd in open_fds:
-                _drain(fd, streams[fd], poller, open_fds)
-        result, head, body, problem = _result_frame(res)
-        code = result.get("exit_code") if isinstance(result, dict) else None
-        exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
-        cpu_ns = _cpu_ns(child.pid) - cpu0
+    w = Watch(child, request,
+              out=Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data))),
+              err=Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data))),
+              res=Stream(limits["max_result_bytes"]),
+              deadline=time.monotonic() + limits["timeout"], control=control).run()
+    if w.finished:
+        w.drain_rest()
+        frame = result_frame(w.res)
+        exit_code = exit_code_of(frame[0])
+        cpu_ns = cpu_time_ns(child.pid) - cpu0
+        main_cpu_ms = 0.0
     else:
         child.kill()
         reaped = server.reaped(child)
         status = reaped["status"]
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
-        main_cpu = reaped["main_cpu"]  # what RLIMIT_CPU counted: setup included
+        main_cpu_ms = round(reaped["main_cpu"] * 1000, 3)  # what RLIMIT_CPU counted: setup included
         # Every process of the execution, the child's setup excluded.
         cpu_ns = int(reaped["total_cpu"] * 1e9) - cpu0
-        result, head, body, problem = _result_frame(res) if exited and not timed_out else (None, b"", b"", None)
-    main_cpu_ms = 0.0 if finished else round(main_cpu * 1000, 3)
-
-    return build_reply(out, err, (result, head, body, problem), timed_out=timed_out, exit_code=exit_code,
-                       wall=wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, cancelled=cancelled)
-
-
-def build_reply(out: Stream, err: Stream, frame: tuple, *, timed_out: bool, exit_code: int, wall: float,
-                cpu_ns: int, main_cpu_ms: float, **extra: object) -> tuple[dict, list[bytes]]:
-    """The reply to the host and its blobs: stdout, stderr and, if the child sent one, its
-    result frame's raw header and body (see _result_frame)."""
-    result, head, body, problem = frame
-    reply = {
-        "status": "done",
-        **extra,
-        "timed_out": timed_out,
-        "exit_code": exit_code,
-        "wall_ms": round(wall * 1000, 3),
-        "cpu_ms": round(max(cpu_ns, 0) / 1e6, 3),
-        "main_cpu_ms": main_cpu_ms,
-        "stdout_dropped": out.dropped,
-        "stderr_dropped": err.dropped,
-        "result": result is not None,
-        "result_error": problem,
-    }
-    blobs = [out.value(), err.value()] + ([head, body] if result is not None else [])
-    reply["blob_sizes"] = [len(b) for b in blobs]
-    return reply, blobs
-
-
-def _drain(fd: int, stream: Stream, poller: select.poll, open_fds: set[int]) -> None:
-    """Read what a (non-blocking) pipe holds now; unregister it at EOF. Bounded, so a writer
-    as fast as this reader cannot keep the zygote from checking the wall clock."""
-    for _ in range(64):
-        try:
-            data = os.read(fd, CHUNK)
-        except BlockingIOError:
-            return
-        if not data:
-            poller.unregister(fd)
-            open_fds.discard(fd)
-            return
-        stream.feed(data)
+        frame = result_frame(w.res) if w.exited and not w.timed_out else (None, b"", b"", None)
+    return build_reply(w.out, w.err, frame, timed_out=w.timed_out, exit_code=exit_code,
+                       wall=w.wall, cpu_ns=cpu_ns, main_cpu_ms=main_cpu_ms, cancelled=w.cancelled)
 
 
 def main() -> None:
@@ -338,7 +152,7 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
 
     def relay(stream: str, data: bytes) -> None:
         """Live output: one frame per chunk read, ahead of the reply (the host keeps reading)."""
-        protocol.write_all(proto_out, protocol.encode({"status": "output", "stream": stream}, [data]))
+        protocol.write_all(proto_out, protocol.encode({protocol.OP: protocol.OUTPUT, "stream": stream}, [data]))
 
     while True:
         for server in servers.values():
@@ -358,7 +172,7 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         head = protocol.read_exact(proto_in, head_len)
         body = protocol.read_exact(proto_in, body_len) if body_len else b""
         header = protocol.parse_header(head)
-        if header.get("op") == "cancel":
+        if header.get(protocol.OP) == protocol.CANCEL:
             continue  # for a run that had already answered
         # The host chose the flavor from the code's imports; without a full server, lean it is.
         server = servers.get(header.get("flavor")) or servers.get("full") or servers["lean"]

@@ -10,8 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from .. import __version__
-from .. import image as images
-from ..client import AsyncSandbox
+from ..client import AsyncSandbox, image_manifest
 from ..errors import SandboxClosedError, SandboxError
 from ..limits import Limits
 from . import errors, health, image, playground, runs, sessions
@@ -87,9 +86,9 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
         from .mcp_server import Mounted
 
         try:
-            manifest = sandbox.image_info() if sandbox is not None else images.load_any(settings.image).manifest
+            manifest = sandbox.image_info() if sandbox is not None else image_manifest(settings.image)
         except SandboxClosedError:  # a sandbox given but not started yet: its image is settings.image
-            manifest = images.load_any(settings.image).manifest
+            manifest = image_manifest(settings.image)
         mcp = Mounted(app, manifest, app.state.ceiling)
         app.state.lifespan_hooks.append(mcp.lifespan)
         app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)

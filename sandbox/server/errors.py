@@ -28,8 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import (ImageError, InvalidInputError, NoSuchFileError, QueueFullError, SandboxClosedError,
-                      SandboxError, SandboxUnavailableError, SessionClosedError, SessionLimitError)
+from ..errors import SandboxError, SessionClosedError, wire_of
 
 log = logging.getLogger("sandbox.server")
 
@@ -56,21 +55,11 @@ def error_response(status: int, type: str, message: str, headers: dict[str, str]
 
 
 def engine_error(exc: SandboxError, retry_after: int = 1) -> ApiError:
-    """The HTTP answer to an engine exception (peer routes with their own error format read status and
-    message from it)."""
-    if isinstance(exc, SessionClosedError):  # before the families it may belong to
-        return ApiError(410, "session_closed", f"the session has ended: {exc}")
-    if isinstance(exc, SessionLimitError):
-        return ApiError(429, "session_limit", str(exc), {"Retry-After": str(retry_after)})
-    if isinstance(exc, NoSuchFileError):
-        return ApiError(404, "no_such_file", str(exc))
-    if isinstance(exc, InvalidInputError):
-        return ApiError(422, "invalid_input", str(exc))
-    if isinstance(exc, QueueFullError):
-        return ApiError(429, "queue_full", str(exc), {"Retry-After": str(retry_after)})
-    if isinstance(exc, (SandboxClosedError, SandboxUnavailableError, ImageError)):
-        return ApiError(503, "unavailable", str(exc))
-    return ApiError(500, "sandbox_error", str(exc))
+    """The HTTP answer to an engine exception, from the engine's one table (sandbox.errors.WIRE);
+    peer routes with their own error format read status and message from it."""
+    type_, status = wire_of(exc)
+    message = f"the session has ended: {exc}" if isinstance(exc, SessionClosedError) else str(exc)
+    return ApiError(status, type_, message, {"Retry-After": str(retry_after)} if status == 429 else None)
 
 
 def install(app: FastAPI) -> None:

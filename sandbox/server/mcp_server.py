@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from .. import __version__
-from ..client import AsyncSandbox
+from ..client import AsyncSandbox, image_manifest
 from ..errors import QueueFullError, SandboxError
 from ..limits import Limits
 from ..results import Result
@@ -337,10 +337,8 @@ def _bearer(scope: Scope) -> str | None:
 # `sandbox mcp`: stdio, with a sandbox of its own.
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from .. import image as images
-
     try:
-        manifest = images.load_any(args.image).manifest
+        manifest = image_manifest(args.image)
         limits = Limits.from_policy()
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)

@@ -208,7 +208,7 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .. import doctor
+    from ..client import check_host
     from .app import create_app
 
     try:
@@ -221,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        doctor.require_safe_host()  # the engine checks again at start; failing here gives a clear message
+        check_host()  # the engine checks again at start; failing here gives a clear message
         app = create_app(settings)
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)

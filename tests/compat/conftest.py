@@ -8,7 +8,7 @@ import pytest
 
 from live_server import LiveServer
 from sandbox import Outcome
-from sandbox.wire import sandbox_error
+from sandbox.host.wire import sandbox_error
 
 PLOT = ("import matplotlib.pyplot as plt\nprint('plotting')\n"
         "plt.plot([1, 2, 3]); plt.show()\nplt.bar(['a', 'b'], [3, 4]); plt.show()\n")

@@ -43,7 +43,7 @@ def test_mapping_covers_every_outcome():
 @pytest.mark.parametrize("outcome", list(Outcome))
 def test_gemini_parts_for_each_outcome(outcomes, outcome):
     code, result = outcomes[outcome]
-    parts = validate_parts(result.to_gemini_parts(code, id="run-1"))
+    parts = validate_parts(gemini.to_gemini_parts(result, code, id="run-1"))
     assert parts[0].executable_code.code == code
     assert parts[0].executable_code.language == types.Language.PYTHON
     assert parts[0].executable_code.id == "run-1"
@@ -71,7 +71,7 @@ def test_gemini_parts_fit_a_generate_content_response(outcomes):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resp = types.GenerateContentResponse.model_validate(
-            {"candidates": [{"content": {"role": "model", "parts": result.to_gemini_parts(code)}}]})
+            {"candidates": [{"content": {"role": "model", "parts": gemini.to_gemini_parts(result, code)}}]})
     assert resp.executable_code == code
     assert resp.code_execution_result.startswith("plotting")
 
@@ -87,7 +87,7 @@ def test_from_gemini_part_reads_code_and_refuses_other_languages():
 @pytest.mark.parametrize("outcome", list(Outcome))
 def test_openai_item_for_each_outcome(outcomes, outcome):
     code, result = outcomes[outcome]
-    raw = result.to_openai_item(code)
+    raw = openai_compat.to_openai_item(result, code)
     item = ResponseCodeInterpreterToolCall.model_validate(raw, strict=True)
     same = TypeAdapter(ResponseOutputItem).validate_python(raw)  # the union a Responses client parses
     assert isinstance(same, ResponseCodeInterpreterToolCall)

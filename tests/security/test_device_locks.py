@@ -13,8 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sandbox import devices, jail
-from sandbox.image import load_any, state_dir
+from sandbox.host import devices, jail
+from sandbox.host.image import load_any, state_dir
 from sandbox.limits import JailSettings
 
 HOLDER = ("import fcntl, os, struct, time\n"

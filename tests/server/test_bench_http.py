@@ -3,18 +3,13 @@ failed. Speed is never pass/fail here; the figures come from `sandbox bench --wo
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 from sandbox import Sandbox
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder of the repo, not an installed package
 
 
 def test_quick_http_workload_produces_every_figure():
-    from benchmarks.http import markdown, measure
+    from sandbox.bench.http import markdown, measure
 
     with Sandbox(slots=1) as sb:
         res = measure(sb, quick=True, log=lambda m: None)

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from sandbox import cgroups, doctor
+from sandbox.host import cgroups, doctor
 
 
 def test_processes_in_the_cgroup_block_delegation_and_the_fix_is_given():

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Outcome, Sandbox, cgroups
+from sandbox import Outcome, Sandbox
+from sandbox.host import cgroups
 
 FILL = "import numpy as np\na = np.ones({n} << 17)\nprint(a.sum())\n"  # n MiB, all touched
 

@@ -1,4 +1,4 @@
-"""`sandbox bench` / `python -m benchmarks`: run the workloads, write results.json, report.md and charts.
+"""`sandbox bench` / `python -m sandbox.bench`: run the workloads, write results.json, report.md and charts.
 
 Exit status: 0 when every runner produced results and HumanEval passed 164/164 everywhere;
 1 otherwise. Speed never decides the exit status.
@@ -85,7 +85,7 @@ def render_charts(results_path: Path, results: dict, out: Path) -> list[Path]:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from sandbox import image as images
+        from sandbox.host import image as images
 
         python = images.load_any("default").python
         p = subprocess.run([str(python), "-I", str(Path(charts.__file__)), str(results_path), str(out)],

@@ -60,7 +60,7 @@ def loadavg() -> list[float]:
 def collect(image, argv: list[str]) -> dict:
     import psutil
 
-    from sandbox import cgroups
+    from sandbox.host import cgroups
     from sandbox.limits import PACKAGE_ROOT
 
     pkgs = image.manifest.get("packages", {})

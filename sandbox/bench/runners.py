@@ -102,7 +102,7 @@ def sample(ok: bool, ms: float, stdout: str = "", error: str | None = None, png:
 
 def bench_env(image) -> dict[str, str]:
     """The unisolated baselines' environment: the jail's allow-list minus its private paths."""
-    from sandbox import jail
+    from sandbox.host import jail
 
     env = jail.environment(image)
     env.pop("SANDBOX_MPL_SEED", None)
@@ -228,7 +228,7 @@ class ColdJailRunner(Runner):
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        from sandbox import cgroups, jail
+        from sandbox.host import cgroups, jail
         from sandbox.limits import JailSettings
 
         cgroups.ensure_parents()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from . import cgroups, devices
 from .image import Image, check_bindable, state_dir
-from .limits import JailSettings
+from ..limits import JailSettings
 
-GUEST_SRC = Path(__file__).resolve().parent / "guest"
+GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
 GUEST_MOUNT = "/opt/sandbox"        # the guest package appears here as `guest`
 WORKDIR = "/work"                   # the execution's working directory (a fresh tmpfs per run)
 USER_UID = USER_GID = 1000

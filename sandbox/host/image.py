@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ImageError
-from .limits import PACKAGE_ROOT
+from ..errors import ImageError
+from ..limits import PACKAGE_ROOT
 
 BUILD_FORMAT = 1  # bump when the layout of a built image or GUEST_REQUIREMENTS change
 DEFAULT_PYTHON = "/usr/bin/python3"

@@ -158,7 +158,7 @@ def setup(ctx: Context) -> dict:
 
 
 def _breakdown(ctx: Context, preload: list[str]) -> dict:
-    from sandbox import jail
+    from sandbox.host import jail
     from sandbox.limits import Limits, seccomp_policy
 
     r = ctx.runner("nsjail-cold-site")
@@ -185,7 +185,7 @@ def _breakdown(ctx: Context, preload: list[str]) -> dict:
                                    "rlimits", "drop_privileges", "seccomp", "reseed_chdir")) for d in split]
     return {
         "description": "per-step cost of a child's isolation, replayed in a cold jail with the slot's config "
-                       "by a process as large as a zygote (see benchmarks/setup_breakdown.py)",
+                       "by a process as large as a zygote (see sandbox/bench/setup_breakdown.py)",
         "method": "replication with guest.isolation's own functions; not instrumentation of the engine",
         "n": len(split) + len(whole),
         "errors": errors[:5],

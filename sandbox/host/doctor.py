@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cgroups
-from .errors import ImageError, SandboxUnavailableError
+from ..errors import ImageError, SandboxUnavailableError
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ import re
 import signal
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from .errors import InvalidInputError
-from .guest import protocol
-from .limits import Limits
-from .results import ExecError, File, Image, Outcome, Result, Usage
+from ..errors import InvalidInputError
+from ..guest import protocol
+from ..limits import Limits
+from ..results import ExecError, Figure, File, Outcome, Result, Usage
+from .jail_process import SlotDied
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # `import a.b, c as d` and `from a.b import c`, anywhere on a line of their own (indented too).
@@ -73,7 +74,7 @@ def flavor(code: str) -> str:
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
                    stdin: bytes | str | None = None, stream: bool = False, extra: Mapping | None = None) -> bytes:
     """The request frame: header, then each input file's bytes, then stdin's. `extra` adds to
-    the header (a session call's op and session number)."""
+    the header (a session call's session number)."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
     try:
@@ -114,8 +115,8 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
     stdin = bytes(stdin or b"")
     if total + len(stdin) > limits.max_input_bytes:
         raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
-    header = {"code": code, "filename": filename, "files": entries, "stdin": len(stdin),
-              "limits": limits.guest(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream,
+    header = {protocol.OP: protocol.CALL, "code": code, "filename": filename, "files": entries, "stdin": len(stdin),
+              "limits": limits.per_request(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream,
               **(extra or {})}
     return protocol.encode(header, blobs + [stdin])
 
@@ -140,6 +141,17 @@ def _error(raw: object) -> ExecError | None:
     return ExecError(type=clean(typ[:256]), message=clean(msg), line=line, traceback=clean(tb))
 
 
+def take_output(header: dict, body: bytes, on_output: Callable[[str, bytes], None] | None,
+                room: dict[str, int]) -> None:
+    """One live-output frame of a call: checked against what was asked (a stream, with room left
+    under its cap) and handed on. A frame nobody asked for, or beyond the caps, breaks the jail."""
+    stream = header.get("stream")
+    if on_output is None or stream not in room or len(body) > room[stream]:
+        raise SlotDied("the jail sent output it was not asked for, or beyond the caps")
+    room[stream] -= len(body)
+    on_output(stream, body)
+
+
 def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
     """The result of a run the engine could not complete (the caller may retry)."""
     return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
@@ -148,16 +160,16 @@ def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
 
 
 def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: Limits) -> Result:
-    if header.get("status") == "setup_failed":
+    if header.get(protocol.OP) == protocol.SETUP_FAILED:
         return sandbox_error(f"child setup failed, nothing ran: {str(header.get('detail'))[:2000]}")
     ints = ("exit_code", "stdout_dropped", "stderr_dropped")
-    if header.get("status") != "done" or not all(_is_int(header.get(k)) for k in ints) \
+    if header.get(protocol.OP) != protocol.DONE or not all(_is_int(header.get(k)) for k in ints) \
             or not isinstance(header.get("timed_out"), bool) \
             or not all(isinstance(header.get(k), (int, float)) for k in ("wall_ms", "cpu_ms")):
         return sandbox_error("malformed reply from the jail")
     has_result = header.get("result") is True
     notes: list[str] = []
-    images: list[Image] = []
+    images: list[Figure] = []
     files: list[File] = []
     error = None
     exit_code = header["exit_code"]
@@ -200,7 +212,7 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
                     or len(images) >= limits.max_images or len(data) > limits.max_image_bytes:
                 notes.append("a figure that was not a valid PNG within the caps was discarded")
                 continue
-            images.append(Image(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data))
+            images.append(Figure(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data))
         total = 0
         taken: set[str] = set()
         for meta, data in zip(file_meta, parts[len(img_meta):]):

@@ -1,7 +1,7 @@
 """PNG charts from a results.json. Needs only matplotlib and the standard library, so it also runs
 as a script under any interpreter that has matplotlib (the image's, when the harness's lacks it):
 
-    python benchmarks/charts.py OUT/results.json OUT
+    python sandbox/bench/charts.py OUT/results.json OUT
 """
 
 from __future__ import annotations

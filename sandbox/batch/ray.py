@@ -1,6 +1,6 @@
 """The same batch across machines: one node actor per Ray node, fed by a driver-side dispatcher.
 
-    from sandbox.ray import NodePool
+    from sandbox.batch.ray import NodePool
     with NodePool(address="auto") as pool:              # one warm Sandbox per node, sized to its CPUs
         for record in pool.run(items):                  # plain dicts, as each item finishes
             ...
@@ -24,12 +24,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batch.items import Item, Options
-from .batch.runner import as_item
-from .batch.scoring import INFRA_ERROR, evaluate
-from .errors import InvalidInputError, SandboxUnavailableError
+from .items import Item, Options
+from .runner import as_item
+from .scoring import INFRA_ERROR, evaluate
+from ..errors import InvalidInputError, SandboxUnavailableError
 
-log = logging.getLogger("sandbox.ray")
+log = logging.getLogger("sandbox.batch.ray")
 LOCAL_RAY = {"include_dashboard": False, "object_store_memory": 200 << 20}  # `--ray local`: keep Ray small
 MAX_REQUEUES = 3  # an item whose node actor died this many times is reported as an infra_error
 
@@ -46,7 +46,7 @@ class NodeRunner:
     """The node actor's body: a warm Sandbox built in the actor's own process."""
 
     def __init__(self, slots: int, image: str = "default") -> None:
-        from .client import Sandbox
+        from ..client import Sandbox
 
         self.sb = Sandbox(slots=slots, image=image)
 

@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .errors import ImageError, QueueFullError, SandboxClosedError, SandboxUnavailableError
+from ..errors import ImageError, QueueFullError, SandboxClosedError, SandboxUnavailableError
 from .slot import Slot
 
-log = logging.getLogger("sandbox.pool")
+log = logging.getLogger("sandbox.host.pool")
 
 START_ATTEMPTS = 3
 

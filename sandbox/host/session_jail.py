@@ -23,11 +23,11 @@ import threading
 import time
 from typing import Callable
 
-from . import cgroups
-from .guest import protocol
+from . import cgroups, jail, wire
+from ..guest import protocol
 from .image import Image
-from .limits import JailSettings, Limits, SessionSettings
-from .slot import Slot, SlotDied
+from ..limits import JailSettings, Limits, SessionSettings
+from .jail_process import JailProcess, SlotDied
 
 log = logging.getLogger("sandbox.sessions")
 
@@ -49,35 +49,63 @@ class _Op:
         self.error: str | None = None
 
 
-class SessionJail(Slot):
-    """A jail in session mode (see the module docstring)."""
+class SessionJail:
+    """A jail in session mode (see the module docstring). The constructor stores; `start()` starts
+    the jail and its reader."""
 
     def __init__(self, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
                  preload: list[str], sessions: SessionSettings) -> None:
         spares = sessions.spares
         # A uid for every live session and spare; calls of different sessions may use every core.
         # (spares waiting in the fork server, and as many opened ahead by the SessionManager)
-        jail_settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + 2 * spares + 4,
-                                            cpus=float(os.cpu_count() or 1))
-        extra = {"mode": "sessions", "lean_uids": 1 if preload else None,
-                 "spares": {"lean": 0 if preload else spares, "full": spares}}
-        super().__init__(-1, image, jail_settings, policy, defaults, preload=preload, init_extra=extra)
-        try:
-            self.cgroup.set_limits(self.baseline + sessions.total_memory_bytes, sessions.total_processes)
-            self.cgroup.delegate()
-        except BaseException:
-            self.kill()
-            raise
-        _raise_fd_limit()  # three counter files stay open per session cgroup
+        self._settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + 2 * spares + 4,
+                                             cpus=float(os.cpu_count() or 1))
+        self._init = {"policy": policy, "preload": preload, "uid": jail.USER_UID, "gid": jail.USER_GID,
+                      "workdir": jail.WORKDIR, "profile": defaults.profile(), "uids": self._settings.user_uids,
+                      "mode": "sessions", "lean_uids": 1 if preload else None,
+                      "spares": {"lean": 0 if preload else spares, "full": spares}}
+        self._sessions = sessions
+        self.jail = JailProcess(image, self._settings, "sessions")
+        self.ready: dict = {}
         self._send_lock = threading.Lock()
         self._ops_lock = threading.Lock()
         self._ops: dict[int, _Op] = {}
         self._children: dict[int, cgroups.SlotCgroup] = {}
         self._leaving: queue.SimpleQueue[cgroups.SlotCgroup | None] = queue.SimpleQueue()
         self.failure: str | None = None
+        self.alive = False
+
+    def start(self) -> SessionJail:
+        """Start the jail (seconds: its zygote imports the stack), cap it at the sessions' totals
+        and delegate its cgroup, so each session gets one of its own below it."""
+        self.ready = self.jail.start(self._init)
+        try:
+            self.jail.cgroup.set_limits(self.jail.baseline + self._sessions.total_memory_bytes,
+                                        self._sessions.total_processes)
+            self.jail.cgroup.delegate()
+        except BaseException:
+            self.jail.kill()
+            raise
+        _raise_fd_limit()  # three counter files stay open per session cgroup
         self.alive = True
         threading.Thread(target=self._read_loop, name="sandbox-sessions-reader", daemon=True).start()
         threading.Thread(target=self._remove_loop, name="sandbox-sessions-cgroups", daemon=True).start()
+        return self
+
+    @property
+    def cgroup(self) -> cgroups.SlotCgroup:
+        return self.jail.cgroup
+
+    @property
+    def jail_pid(self) -> int:
+        return self.jail.zygote_pid
+
+    @property
+    def proc(self):
+        return self.jail.proc
+
+    def diagnostics(self) -> str:
+        return self.jail.diagnostics()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -94,7 +122,7 @@ class SessionJail(Slot):
         frame = raw if raw is not None else protocol.encode(dict(header, sid=sid), blobs)
         try:
             with self._send_lock:
-                self._write(frame, time.monotonic() + OPEN_TIMEOUT)
+                self.jail.write(frame, time.monotonic() + OPEN_TIMEOUT)
         except (SlotDied, TimeoutError, OSError) as exc:
             self._fail(f"the session jail stopped taking requests ({exc})")
             raise SlotDied(self.failure or str(exc)) from None
@@ -107,7 +135,7 @@ class SessionJail(Slot):
         while not op.done.wait(0.05 if cancel is not None and not cancelled else 1.0):
             if cancel is not None and not cancelled and cancel.is_set():
                 cancelled = True
-                self._request(sid, {"op": "cancel"})
+                self._request(sid, {protocol.OP: protocol.CANCEL})
             if time.monotonic() > deadline:
                 self._fail("the session jail did not answer in time")
                 self.kill()
@@ -117,7 +145,7 @@ class SessionJail(Slot):
 
     def open(self, sid: int, profile: dict, memory_bytes: int, processes: int) -> cgroups.SlotCgroup:
         """Start session `sid` (a waiting interpreter, forked with `profile`) in a cgroup of its own."""
-        op = self._await(sid, self._request(sid, {"op": "open", "profile": profile}, op=_Op(0)),
+        op = self._await(sid, self._request(sid, {protocol.OP: protocol.OPEN, "profile": profile}, op=_Op(0)),
                          time.monotonic() + OPEN_TIMEOUT)
         if "error" in op.header or not isinstance(op.header.get("pid"), int):
             raise SlotDied(f"the session could not start: {str(op.header.get('error'))[:500]}")
@@ -162,7 +190,7 @@ class SessionJail(Slot):
         """End session `sid`: its processes are killed, then its cgroup is removed."""
         if self.failure is None:
             try:
-                self._await(sid, self._request(sid, {"op": "close"}, op=_Op(0)), time.monotonic() + 10.0)
+                self._await(sid, self._request(sid, {protocol.OP: protocol.CLOSE}, op=_Op(0)), time.monotonic() + 10.0)
             except SlotDied:
                 pass
         cgroup = self._children.pop(sid, None)
@@ -183,20 +211,20 @@ class SessionJail(Slot):
         try:
             while True:
                 try:
-                    prefix = self._read_exact(protocol.PREFIX.size, time.monotonic() + IDLE_WAIT)
+                    prefix = self.jail.read_exact(protocol.PREFIX.size, time.monotonic() + IDLE_WAIT)
                 except TimeoutError:
                     continue
                 deadline = time.monotonic() + 60.0  # the zygote writes its frames whole
                 head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
-                header = protocol.parse_header(self._read_exact(head_len, deadline))
+                header = protocol.parse_header(self.jail.read_exact(head_len, deadline))
                 sid = header.get("sid")
                 with self._ops_lock:
                     op = self._ops.get(sid) if isinstance(sid, int) else None
                 if op is None or body_len > op.cap:
-                    raise SlotDied(f"the jail sent an unexpected frame ({header.get('op')!r} for session {sid!r})")
-                body = self._read_exact(body_len, deadline) if body_len else b""
-                if header.get("op") == "output":
-                    Slot._output(header, body, op.on_output, op.room)
+                    raise SlotDied(f"the jail sent an unexpected frame ({header.get(protocol.OP)!r} for session {sid!r})")
+                body = self.jail.read_exact(body_len, deadline) if body_len else b""
+                if header.get(protocol.OP) == protocol.OUTPUT:
+                    wire.take_output(header, body, op.on_output, op.room)
                     continue
                 with self._ops_lock:
                     del self._ops[sid]
@@ -220,14 +248,15 @@ class SessionJail(Slot):
 
     def kill(self) -> None:
         """End the jail and every session in it; the sessions' cgroups go before the jail's."""
-        if hasattr(self, "_ops_lock"):  # not when the jail failed to start
-            self._fail("the session jail was closed", quiet=True)
+        self._fail("the session jail was closed", quiet=True)
         self.alive = False
-        for cgroup in list(getattr(self, "_children", {}).values()):
+        for cgroup in list(self._children.values()):
             cgroup.close()  # idempotent: close_session of a session of this dead jail may close it again
-        super().kill()  # removes the jail's cgroup with every session's below it
-        if hasattr(self, "_leaving"):
-            self._leaving.put(None)
+        self.jail.kill()  # removes the jail's cgroup with every session's below it
+        self._leaving.put(None)
+
+    def close(self) -> None:
+        self.kill()
 
 
 def _raise_fd_limit() -> None:

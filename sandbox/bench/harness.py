@@ -46,7 +46,7 @@ class Context:
     """Owns the engine's pool and every baseline runner; each is started on first use."""
 
     def __init__(self, plan: Plan, *, quick: bool, slots: int | None, out: Path, show_progress: bool = True) -> None:
-        from sandbox import image as images
+        from sandbox.host import image as images
 
         self.plan = plan
         self.quick = quick

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sandbox import Outcome, Sandbox
-from sandbox import image as images
+from sandbox.host import image as images
 
 GALLERIES = {  # package -> where its examples live inside the sdist
     "scikit-learn": "examples/",
@@ -146,7 +146,7 @@ def examples(archive: Path, where: str) -> list[tuple[str, str]]:
 
 
 def _host_env(image, home: str) -> dict[str, str]:
-    from sandbox import jail
+    from sandbox.host import jail
 
     env = dict(jail.environment(image))
     env.update(HOME=home, TMPDIR=home, MPLCONFIGDIR=os.path.join(home, ".mpl"))

@@ -9,7 +9,7 @@
    Target: HTTP at least 90 % of the pool's runs/s.
 
 The server is the real `sandbox serve` in a subprocess on 127.0.0.1 with as many slots as the pool
-under test; both pools idle while the other is measured. Run alone: `python -m benchmarks.http`.
+under test; both pools idle while the other is measured. Run alone: `python -m sandbox.bench.http`.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sandbox import Sandbox
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.http", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sandbox.bench.http", description=__doc__.split("\n\n")[0])
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, help="write the raw results here (JSON)")

@@ -1,0 +1,266 @@
+"""The one supervise loop: what happens while a child runs a request, for a stateless run
+(zygote.supervise) and for a session's call (sessions._supervise) alike. `Watch` writes the
+request, drains the child's pipes under the caps, keeps the wall clock (and a session's CPU
+limit), takes a cancel, and ends at the runner's complete result frame or the child's death;
+the helpers below build the reply. Neither caller imports the other.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import protocol
+
+CHUNK = 1 << 16
+CPU_CHECK = 0.05   # how often a session call's CPU time is compared with its limit (seconds)
+
+
+class Stream:
+    """Drains one pipe, keeping at most `cap` bytes and counting the rest. With `relay`, what is
+    kept is also sent to the host as it arrives (live output), under the same cap."""
+
+    def __init__(self, cap: int, relay: Callable[[bytes], None] | None = None) -> None:
+        self.cap = cap
+        self.relay = relay
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self.cap - self.kept
+        if room > 0:
+            self.parts.append(data[:room])
+            self.kept += min(room, len(data))
+            if self.relay is not None:
+                self.relay(data[:room])
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+@dataclass
+class Watch:
+    """One request in a child, watched to its end. `run()` returns when the runner's result frame
+    is complete (`finished`: the fast path, the child is not waited for), or the child's main
+    process has ended (`exited`), or the wall clock, the CPU limit or a cancel ended it (the
+    child is killed, and its pipes drained to EOF).
+
+    `stays`: the child outlives its call (a session): garbage on its result channel ends it at
+    once, since it would otherwise wait for the next call. `control`: an fd the host writes a
+    cancel frame to. `cpu_limit_ns`: the call's CPU time, checked every CPU_CHECK seconds (a
+    session's RLIMIT_CPU counts its whole life, so a call's limit is kept here)."""
+
+    child: object
+    request: bytes
+    out: Stream
+    err: Stream
+    res: Stream
+    deadline: float
+    stays: bool = False
+    control: int | None = None
+    cpu_limit_ns: int | None = None
+    cpu0: int = 0
+    finished: bool = False
+    exited: bool = False
+    timed_out: bool = False
+    cpu_out: bool = False
+    cancelled: bool = False
+    wall: float = 0.0
+    _open: set[int] = field(default_factory=set)
+
+    def run(self) -> Watch:
+        child = self.child
+        self._streams = {child.out_r: self.out, child.err_r: self.err, child.res_r: self.res}
+        self._poller = poller = select.poll()
+        for fd in self._streams:
+            os.set_blocking(fd, False)
+            poller.register(fd, select.POLLIN)
+        poller.register(child.pidfd, select.POLLIN)
+        if self.control is not None:
+            poller.register(self.control, select.POLLIN)
+        self._open = set(self._streams)
+        t0 = time.monotonic()
+        t_end = None
+        # The request goes in as the child takes it, beside the draining of its output.
+        os.set_blocking(child.req_w, False)
+        pending = self._write(memoryview(self.request))
+        if pending:
+            poller.register(child.req_w, select.POLLOUT)
+        tick = int(CPU_CHECK * 1000) if self.cpu_limit_ns is not None else None
+        expected = None
+        # Wait for both: all pipes at EOF *and* the main process gone (a child that closes its
+        # pipes and spins must still meet the wall clock); or for a complete result frame.
+        while self._open or not self.exited:
+            ending = self.exited or self.timed_out or self.cpu_out or self.cancelled
+            if ending:
+                timeout_ms = None  # everything is dead or dying: drain to EOF
+            else:
+                timeout_ms = max(0, int((self.deadline - time.monotonic()) * 1000) + 1)
+                if tick is not None:
+                    timeout_ms = min(timeout_ms, tick)
+            for fd, _ in poller.poll(timeout_ms):
+                if fd == child.pidfd:
+                    poller.unregister(fd)
+                    self.exited = True
+                    t_end = t_end or time.monotonic()
+                    # The execution is over when its main process ends: nothing it left behind runs on.
+                    child.kill()
+                elif fd == self.control:
+                    poller.unregister(fd)
+                    try:  # the host writes a cancel frame whole (it is far below PIPE_BUF)
+                        self.cancelled = protocol.read_frame(fd, max_body=0)[0].get(protocol.OP) == protocol.CANCEL
+                    except protocol.ProtocolError:  # the host is gone: nobody waits for this run
+                        self.cancelled = True
+                    if self.cancelled:
+                        t_end = t_end or time.monotonic()
+                        child.kill()
+                elif fd == child.req_w:
+                    pending = self._write(pending)
+                    if not pending:
+                        poller.unregister(fd)
+                else:
+                    drain(fd, self._streams[fd], poller, self._open)
+            if ending or self.exited or self.cancelled:
+                continue
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.timed_out = True
+            elif self.cpu_limit_ns is not None and cpu_time_ns(child.pid) - self.cpu0 >= self.cpu_limit_ns:
+                self.cpu_out = True
+            if self.timed_out or self.cpu_out:
+                t_end = now
+                child.kill()
+                continue
+            if expected is None:
+                expected = frame_length(self.res)
+            if expected == -1 and self.stays:  # garbage on the result channel: no frame will come
+                child.kill()
+                expected = 0
+            elif expected is not None and 0 < expected <= self.res.kept:
+                self.finished = True
+                break
+        self.wall = (t_end or time.monotonic()) - t0
+        if pending:
+            poller.unregister(child.req_w)
+        return self
+
+    def _write(self, pending: memoryview) -> memoryview:
+        """Write what the child's request pipe takes now; a stateless child's pipe is closed once
+        the whole request is in (a session's stays open for its next call)."""
+        child = self.child
+        try:
+            pending = pending[os.write(child.req_w, pending):] if pending else pending
+        except BlockingIOError:
+            return pending
+        except OSError:  # the child closed its request pipe (or died): it will not answer
+            pending = pending[len(pending):]
+        if not pending and not self.stays and child.req_w >= 0:
+            os.close(child.req_w)
+            child.req_w = -1
+        return pending
+
+    def drain_rest(self) -> None:
+        """After a finished call: what the child wrote before its result frame is in the pipes now."""
+        for fd in (self.child.out_r, self.child.err_r):
+            if fd in self._open:
+                drain(fd, self._streams[fd], self._poller, self._open)
+
+
+def cpu_time_ns(pid: int) -> int:
+    """CPU time of a live process (all its threads), from the kernel's per-process CPU clock,
+    plus what its waited-for children used: nothing the process itself could forge."""
+    clock = ((~pid) << 3) | 2  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    try:
+        own = time.clock_gettime_ns(clock)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        children_ticks = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17 of proc(5))
+    except OSError:
+        return 0
+    return own + children_ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+
+
+def result_frame(res: Stream) -> tuple[dict | None, bytes, bytes, str | None]:
+    """(parsed header, raw header, body, problem) of the child's result frame. The raw header
+    goes to the host as a blob: nesting it inside the reply's JSON would add to its depth."""
+    raw = res.value()
+    if res.dropped:
+        return None, b"", b"", f"result exceeded {res.cap} bytes"
+    if len(raw) < protocol.PREFIX.size:
+        return None, b"", b"", "result frame cut short" if raw else None
+    try:
+        head_len, body_len = protocol.parse_prefix(raw[:protocol.PREFIX.size], res.cap)
+        end = protocol.PREFIX.size + head_len
+        if len(raw) < end + body_len:
+            return None, b"", b"", "result frame cut short"
+        if len(raw) > end + body_len:
+            return None, b"", b"", "trailing bytes after the result frame"
+        head = raw[protocol.PREFIX.size:end]
+        return protocol.parse_header(head), head, raw[end:], None
+    except protocol.ProtocolError as exc:
+        return None, b"", b"", str(exc)
+
+
+def frame_length(res: Stream) -> int | None:
+    """Total length of the result frame once its prefix is in: None before, -1 if invalid."""
+    if res.kept < protocol.PREFIX.size or res.dropped:
+        return None
+    prefix = b""
+    for part in res.parts:
+        prefix += part[:protocol.PREFIX.size - len(prefix)]
+        if len(prefix) == protocol.PREFIX.size:
+            break
+    try:
+        head_len, body_len = protocol.parse_prefix(prefix, res.cap)
+    except protocol.ProtocolError:
+        return -1  # the slow path reports it once the child has exited
+    return protocol.PREFIX.size + head_len + body_len
+
+
+def exit_code_of(result: dict | None) -> int:
+    """The exit status a runner's result frame reports, clamped to 0-255 (anything else: 1)."""
+    code = result.get("exit_code") if isinstance(result, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else 1
+
+
+def build_reply(out: Stream, err: Stream, frame: tuple, *, timed_out: bool, exit_code: int, wall: float,
+                cpu_ns: int, main_cpu_ms: float, **extra: object) -> tuple[dict, list[bytes]]:
+    """The reply to the host and its blobs: stdout, stderr and, if the child sent one, its
+    result frame's raw header and body (see result_frame)."""
+    result, head, body, problem = frame
+    reply = {
+        protocol.OP: protocol.DONE,
+        **extra,
+        "timed_out": timed_out,
+        "exit_code": exit_code,
+        "wall_ms": round(wall * 1000, 3),
+        "cpu_ms": round(max(cpu_ns, 0) / 1e6, 3),
+        "main_cpu_ms": main_cpu_ms,
+        "stdout_dropped": out.dropped,
+        "stderr_dropped": err.dropped,
+        "result": result is not None,
+        "result_error": problem,
+    }
+    blobs = [out.value(), err.value()] + ([head, body] if result is not None else [])
+    reply["blob_sizes"] = [len(b) for b in blobs]
+    return reply, blobs
+
+
+def drain(fd: int, stream: Stream, poller: select.poll, open_fds: set[int]) -> None:
+    """Read what a (non-blocking) pipe holds now; unregister it at EOF. Bounded, so a writer
+    as fast as this reader cannot keep the zygote from checking the wall clock."""
+    for _ in range(64):
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            poller.unregister(fd)
+            open_fds.discard(fd)
+            return
+        stream.feed(data)
