@@ -371,7 +371,8 @@ def test_mcp_sessions_are_bound_to_their_key_and_capped_per_key(srv):
 def test_live_output_is_coalesced_exact_and_in_order(srv):
     code = ("import sys, time\nt = time.monotonic()\nn = 0\nwhile time.monotonic() - t < 2:\n"
             "    sys.stdout.write(str(n % 10)); sys.stdout.flush(); n += 1\n"
-            "    if n % 100000 == 0: sys.stderr.write('e'); sys.stderr.flush()\n"
+            "    if n % 1000 == 0: time.sleep(0.01)\n"
+            "    if n % 50000 == 0: sys.stderr.write('e'); sys.stderr.flush()\n"
             "print()\nprint(n, file=sys.stderr)")
     events = []
     with httpx.stream("POST", srv.url + "/v1/execute", json={"code": code}, headers={**A, **NDJSON}, timeout=120) as r:
@@ -414,7 +415,7 @@ class _Evil(http.server.BaseHTTPRequestHandler):
         import base64
         self._send({"outcome": "ok", "stdout": "", "stderr": "", "stdout_truncated": False, "stderr_truncated": False,
                     "error": None, "exit_code": 0, "images": [],
-                    "files": [{"path": n, "size": 1, "mime_type": "text/plain", "data": base64.b64encode(b"x").decode()}
+                    "files": [{"path": n, "size": 1, "mime_type": "text/plain", "data_base64": base64.b64encode(b"x").decode()}
                               for n in self.names],
                     "usage": {"wall_ms": 1, "cpu_ms": 1, "peak_memory_bytes": 0}})
 
