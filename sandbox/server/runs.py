@@ -203,7 +203,8 @@ async def until_answered(request: Request, run: Awaitable[T], on_abandon: Callab
     if task.cancelled():
         if on_abandon is not None:
             on_abandon()
-        log.info("%s %s: the client disconnected; its run was killed", request.method, request.url.path)
+        route = getattr(request.scope.get("route"), "path", "?")  # the template: a /k/KEY/ path carries a key
+        log.info("%s %s: the client disconnected; its run was killed", request.method, route)
         raise Abandoned
     return task.result()
 

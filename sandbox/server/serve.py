@@ -195,7 +195,8 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            print(f"sandbox: serving on {url} ({auth}); playground {url}/, MCP {url}/mcp, OpenAPI {url}/openapi.json",
+            mcp = f", MCP {url}/mcp" if settings.mcp else ""
+            print(f"sandbox: serving on {url} ({auth}); playground {url}/{mcp}, OpenAPI {url}/openapi.json",
                   file=sys.stderr, flush=True)
         reaper = asyncio.create_task(reap())
         try:
