@@ -18,7 +18,7 @@ run: $(STAMP) image          ## build everything and run the example (prints, dr
 test: $(STAMP) image chromium npm-deps ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
 
-test-cgroup2: $(STAMP) image vm-system  ## the cgroup-dependent tests on a cgroup v2 host: a Debian 12 VM (README: Requirements)
+test-cgroup2: $(STAMP) image vm-system  ## the cgroup-dependent tests on a cgroup v2 host: a Debian 12 VM (docs/operations.md)
 	vm/run.sh
 
 bench: $(STAMP) image        ## full benchmark run; results in bench-results/

@@ -22,6 +22,7 @@ from ..compat.gemini import executable_code_part, result_parts
 from ..compat.text import run_report
 from ..errors import InvalidInputError
 from ..results import Outcome, Result
+from ..types import Runner
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_REGENERATIONS = 5
@@ -45,12 +46,6 @@ TOOL_PARAMETERS: dict[str, Any] = {
     "properties": {"code": {"type": "string", "description": "The Python program to run."}},
     "required": ["code"],
 }
-
-
-class RunsCode(Protocol):
-    """What the loop needs from a sandbox: `Sandbox`, or any object with the same run()."""
-
-    def run(self, code: str, files: Mapping[str, bytes] | None = None, *, timeout: float | None = None) -> Result: ...
 
 
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif",
@@ -182,7 +177,7 @@ class Agent:
     >>> Agent(Sandbox(slots=1), OpenAIChatBackend("http://127.0.0.1:8000/v1")).ask("sum of the first 50 primes?")
     """
 
-    def __init__(self, sandbox: RunsCode, backend: Backend, *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, sandbox: Runner, backend: Backend, *, timeout: float = DEFAULT_TIMEOUT,
                  max_regenerations: int = DEFAULT_MAX_REGENERATIONS, max_runs: int = DEFAULT_MAX_RUNS,
                  progress: Callable[[str], None] | None = None) -> None:
         if max_regenerations < 0 or max_runs < 1 or timeout <= 0:

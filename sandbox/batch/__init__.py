@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..types import Runner
 from .items import Case, Item, Options, parse_line
 from .runner import run_local
 from .scoring import STATUSES, evaluate, normalise, same_output
@@ -19,7 +20,7 @@ from .scoring import STATUSES, evaluate, normalise, same_output
 __all__ = ["run", "Item", "Case", "Options", "STATUSES", "evaluate", "parse_line", "normalise", "same_output"]
 
 
-def run(items: Iterable[Item | dict], sandbox: Any = None, *, workers: int | None = None,
+def run(items: Iterable[Item | dict], sandbox: Runner | None = None, *, workers: int | None = None,
         timeout: float | None = None, memory_mb: int | None = None, retries: int = 2, fail_fast: bool = True,
         float_tol: float | None = None, max_output_chars: int = 2000,
         ray: str | None = None) -> Iterator[dict[str, Any]]:

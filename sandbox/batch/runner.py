@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..types import Runner
 from .items import Item, Options
 from .scoring import evaluate
 
@@ -15,13 +16,14 @@ def as_item(obj: Item | dict, index: int) -> Item:
     return obj if isinstance(obj, Item) else Item.from_dict(obj, index)
 
 
-def run_local(items: Iterable[Item | dict], sandbox: Any = None, *, workers: int | None = None,
+def run_local(items: Iterable[Item | dict], sandbox: Runner | None = None, *, workers: int | None = None,
               options: Options | None = None) -> Iterator[dict[str, Any]]:
     """Yield one record per item as each finishes (completion order).
 
-    At most `workers` items are in flight, never more than the sandbox's capacity, so the batch
-    never queues calls in a sandbox other callers share. Without `sandbox`, one is started with
-    `workers` slots (default: one per core) and closed at the end.
+    At most `workers` items are in flight, never more than the sandbox's capacity (a runner without
+    one, such as a RemoteSandbox, gets `workers`, default 1), so the batch never queues calls in a
+    sandbox other callers share. Without `sandbox`, one is started with `workers` slots (default:
+    one per core) and closed at the end.
     """
     from ..client import Sandbox
 
@@ -31,7 +33,8 @@ def run_local(items: Iterable[Item | dict], sandbox: Any = None, *, workers: int
     own = sandbox is None
     sb = Sandbox(slots=workers) if own else sandbox
     try:
-        limit = min(workers or sb.capacity, sb.capacity)
+        capacity = getattr(sb, "capacity", None) or workers or 1
+        limit = min(workers or capacity, capacity)
         source = iter(enumerate(items))
         with concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="sandbox-batch") as pool:
             pending: set[concurrent.futures.Future] = set()

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import InvalidInputError, QueueFullError, SandboxUnavailableError
 from ..results import ExecError, Outcome, Result, Usage
+from ..types import Runner
 from .items import Case, Item, Options
 
 PASSED, FAILED, TIMEOUT, MEMORY_LIMIT, ERROR, INFRA_ERROR = (
@@ -73,7 +74,7 @@ def _clip(text: str, limit: int, keep_tail: bool = False) -> tuple[str, bool]:
     return (text[-limit:] if keep_tail else text[:limit]) if limit else "", True
 
 
-def _run(sb: Any, code: str, item: Item, opts: Options, stdin: str | None) -> tuple[Result, int]:
+def _run(sb: Runner, code: str, item: Item, opts: Options, stdin: str | None) -> tuple[Result, int]:
     """sb.run with retries on engine faults (and on a full shared queue). Returns (result, attempts)."""
     limits = {"memory_bytes": opts.memory_mb << 20} if opts.memory_mb else None
     timeout = item.timeout if item.timeout is not None else opts.timeout
@@ -135,7 +136,7 @@ def _status(r: Result) -> str:
     return _BY_OUTCOME.get(r.outcome, ERROR)
 
 
-def _assert_case(sb: Any, item: Item, opts: Options) -> tuple[dict, str | None, int]:
+def _assert_case(sb: Runner, item: Item, opts: Options) -> tuple[dict, str | None, int]:
     r, attempts = _run(sb, assert_program(item), item, opts, None)
     status, detail = _status(r), None
     if r.outcome is Outcome.OK:
@@ -156,7 +157,7 @@ def _strip_marker(r: Result) -> Result:
     return dataclasses.replace(r, stdout=r.stdout.replace(_MARKER, ""))
 
 
-def _stdio_case(sb: Any, item: Item, case: Case, opts: Options) -> tuple[dict, str | None, int]:
+def _stdio_case(sb: Runner, item: Item, case: Case, opts: Options) -> tuple[dict, str | None, int]:
     r, attempts = _run(sb, item.code, item, opts, case.stdin)
     status, detail = _status(r), None
     if r.outcome is Outcome.OK:
@@ -170,7 +171,7 @@ def _stdio_case(sb: Any, item: Item, case: Case, opts: Options) -> tuple[dict, s
     return record, None if status == PASSED else _failure_message(r, status, detail), attempts
 
 
-def evaluate(sb: Any, item: Item, opts: Options) -> dict[str, Any]:
+def evaluate(sb: Runner, item: Item, opts: Options) -> dict[str, Any]:
     """Run `item` on `sb` (anything with Sandbox.run's signature) and return its record (a plain dict)."""
     cases: list[dict] = []
     first_failure: dict | None = None
@@ -210,7 +211,7 @@ def evaluate(sb: Any, item: Item, opts: Options) -> dict[str, Any]:
     return record
 
 
-def _plain_case(sb: Any, item: Item, opts: Options) -> tuple[dict, str | None, int]:
+def _plain_case(sb: Runner, item: Item, opts: Options) -> tuple[dict, str | None, int]:
     r, attempts = _run(sb, item.code, item, opts, None)
     status = PASSED if r.outcome is Outcome.OK else _status(r)
     return _case_record(r, status, opts), None if status == PASSED else _failure_message(r, status, None), attempts
