@@ -9,6 +9,11 @@ Moving a program from in-process to remote is one line:
 The service's errors come back as the engine's exceptions: 413 and 422 InvalidInputError, 429
 QueueFullError (or SessionLimitError), 503 SandboxUnavailableError, an ended or unknown session
 SessionClosedError, a missing file NoSuchFileError; 401 and anything else is a RemoteError.
+
+Nothing a server sends is trusted more than a jail's output: every file and image name in a result,
+and every name a session's file listing gives, is checked as the engine checks inputs (relative, no
+'..', no NUL, no backslash, no control character); a bad one is an InvalidInputError, so no caller
+(`sandbox run --url ... --out DIR` among them) ever gets a name that leads outside its directory.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from .errors import (InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError, SessionClosedError,
                      from_wire)
+from .host.wire import check_path
 from .limits import Limits
 from .results import Result
 from .sessions import FileInfo
@@ -157,9 +163,14 @@ class RemoteSandbox:
         else:
             doc = self._request("POST", path, body)
         try:
-            return Result.from_dict(doc)
+            result = Result.from_dict(doc)
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteError(f"{self.url} answered with a malformed result ({exc!r})") from None
+        for f in result.files:
+            _checked(f.path, "a file name from the server")
+        for image in result.images:
+            _checked(image.name, "an image name from the server")
+        return result
 
     def image_info(self) -> dict[str, Any]:
         """The server's image manifest."""
@@ -225,6 +236,10 @@ class RemoteSandbox:
         known = from_wire(kind, message) if kind != "sandbox_error" else None
         if known is not None:
             raise known
+        if kind == "too_many_calls":  # a quota of this key or session (the service's, not the engine's)
+            raise QueueFullError(message)
+        if status == 401:
+            raise RemoteError(f"{message}: give the server's key with api_key= or in SANDBOX_API_KEY", status)
         if status == 404 and path.startswith("/v1/sessions/"):
             raise SessionClosedError(message)   # an unknown session, as Sandbox.get_session() says it
         raise {413: InvalidInputError, 422: InvalidInputError, 429: QueueFullError,
@@ -238,6 +253,11 @@ class RemoteSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _checked(name: object, what: str) -> str:
+    """`name` if it is a path the engine would accept as an input name; InvalidInputError otherwise."""
+    return check_path(name, what)
 
 
 class RemoteSession:
@@ -264,7 +284,13 @@ class RemoteSession:
 
     def files(self) -> list[FileInfo]:
         doc = self._call(lambda: self._sb._request("GET", self._path + "/files"))
-        return [FileInfo(f["path"], int(f["size"]), f["mime_type"]) for f in doc["files"]]
+        try:
+            return [FileInfo(_checked(f["path"], "a file name from the server"), int(f["size"]), str(f["mime_type"]))
+                    for f in doc["files"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
+            raise RemoteError(f"{self._sb.url} answered with a malformed file list ({exc!r})") from None
 
     def read_file(self, path: str) -> bytes:
         return self._call(lambda: self._sb._request("GET", self._file(path), raw_answer=True))

@@ -26,6 +26,9 @@ from .text import outcome_summary
 MAIN_RESULT_FILE = ".e2b-main-result.txt"   # where the rewritten cell leaves repr() of its last expression
 MAIN_RESULT_VAR = "__e2b_main_result__"
 MAX_MAIN_RESULT_CHARS = 100_000
+# The cell is parsed (twice) only up to this size: `ast` takes up to ~1,000x its source in memory on
+# pathological code, so a longer cell runs as it is, without its last expression's value.
+TRANSFORM_MAX_BYTES = 64 << 10
 
 _ERROR_NAMES = {Outcome.TIMEOUT: "TimeoutError", Outcome.CPU_LIMIT: "CPUTimeLimitExceeded",
                 Outcome.MEMORY_LIMIT: "MemoryLimitExceeded", Outcome.POLICY_VIOLATION: "PolicyViolation",
@@ -52,11 +55,14 @@ def from_e2b(payload: Any) -> tuple[RunRequest, str | None]:
 def keep_last_expression(code: str) -> str:
     """The cell with its final expression statement assigned and its repr() written to
     MAIN_RESULT_FILE, as a notebook shows `Out[n]`. Line numbers are unchanged (the assignment is
-    made in place and the writer appended after the last line); code that does not parse, or does
-    not end in an expression, is returned as it is."""
+    made in place and the writer appended after the last line); code that does not parse (too deep
+    included), is over TRANSFORM_MAX_BYTES, or does not end in an expression, is returned as it is.
+    CPU-bound: a server calls it off its event loop, after the code's size check."""
+    if len(code) > TRANSFORM_MAX_BYTES or len(code.encode("utf-8", "surrogatepass")) > TRANSFORM_MAX_BYTES:
+        return code
     try:
         tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return code
     if not tree.body or not isinstance(tree.body[-1], ast.Expr):
         return code
@@ -77,7 +83,7 @@ def keep_last_expression(code: str) -> str:
     rewritten = b"\n".join(lines).decode() + "\n" + writer + "\n"
     try:
         ast.parse(rewritten)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return code
     return rewritten
 

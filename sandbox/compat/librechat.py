@@ -32,24 +32,28 @@ _DATA_PATH = re.compile(r"/mnt/data(/+|(?=[^\w.-])|$)")
 
 def map_data_dir(code: str) -> str:
     """`code` with LibreChat's `/mnt/data` in string literals pointing at the working directory.
-    Code that does not tokenize is returned unchanged (the run reports its syntax error)."""
+    Code that does not tokenize is returned unchanged (the run reports its syntax error). Linear in
+    the code's size (the pieces are joined once); CPU-bound, so a server calls it off its event loop,
+    after the code's size check."""
     if DATA_DIR not in code:
         return code
     try:
         tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
                   if t.type == tokenize.STRING and DATA_DIR in t.string]
-    except (tokenize.TokenError, SyntaxError, IndentationError):
+    except (tokenize.TokenError, SyntaxError, IndentationError, RecursionError, MemoryError):
         return code
-    lines = code.splitlines(keepends=True)
+    # tokenize's lines are split as io.StringIO splits them (on \n only, unlike str.splitlines).
     starts = [0]
-    for line in lines:
+    for line in io.StringIO(code):
         starts.append(starts[-1] + len(line))
-    for tok in reversed(tokens):
+    pieces, at = [], 0
+    for tok in tokens:
         a = starts[tok.start[0] - 1] + tok.start[1]
         b = starts[tok.end[0] - 1] + tok.end[1]
-        new = _DATA_PATH.sub(lambda m: "" if m.group(1) else ".", tok.string)
-        code = code[:a] + new + code[b:]
-    return code
+        pieces += [code[at:a], _DATA_PATH.sub(lambda m: "" if m.group(1) else ".", tok.string)]
+        at = b
+    pieces.append(code[at:])
+    return "".join(pieces)
 
 
 @dataclass(frozen=True)

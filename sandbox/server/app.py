@@ -1,4 +1,5 @@
-"""The ASGI app: assembles routers, the error handlers, the body cap and the lifespan. Nothing else."""
+"""The ASGI app: assembles routers, the error handlers, the Gate (key, then body cap) and the lifespan.
+Nothing else."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from ..client import AsyncSandbox, image_manifest
 from ..errors import SandboxClosedError, SandboxError
 from ..limits import Limits
 from . import errors, health, image, playground, runs, sessions
-from .bodycap import BodyCap
+from .deps import check_key
+from .gate import Gate, body_caps
 from .metrics import MeteredSandbox, Metrics
 from .metrics import router as metrics_router
 from .settings import Settings
@@ -59,7 +61,10 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.retry_after = settings.retry_after_seconds
     app.state.ceiling = Limits.from_policy()  # per-call limits may tighten these, never loosen them
     app.state.sandbox = None
-    app.state.sessions = sessions.Sessions(settings.max_sessions_per_key, metrics)
+    app.state.sessions = sessions.Sessions(
+        settings.max_sessions_per_key, metrics, runs_per_owner=settings.max_runs_per_key,
+        waiting_per_owner=settings.max_waiting_per_key, waiting_per_session=settings.max_waiting_per_session,
+        retry_after=settings.retry_after_seconds)
     app.state.lifespan_hooks = []
 
     def open_sessions() -> int:
@@ -70,7 +75,9 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
             return 0
 
     metrics.open_sessions = open_sessions
-    app.add_middleware(BodyCap, max_bytes=settings.max_body_bytes)
+    # Outermost: nothing (no route, no parser, no MCP) sees a request before its key and body cap are checked.
+    app.add_middleware(Gate, settings=settings, check_key=lambda given: check_key(settings, given),
+                       cap=body_caps(settings, app.state.ceiling.max_code_bytes))
     errors.install(app)
     for router in (playground.router, health.router, image.router, runs.router, sessions.router, metrics_router, *peer_routers()):
         app.include_router(router)

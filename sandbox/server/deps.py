@@ -5,7 +5,9 @@
     @peer_router.post("/k/{api_key}/x")
     async def y(sb: SandboxDep, owner: PathOwnerDep): ...      # key in the path, for clients without headers
 
-An owner id is derived from the key (a hash prefix), so sessions and logs never hold a key.
+An owner id is derived from the key (a hash prefix), so sessions and logs never hold a key. The key is
+checked before the body is read by the app's Gate (gate.py), which leaves the owner id in the request's
+scope; these dependencies read it from there (and check the key themselves in an app without the Gate).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..client import AsyncSandbox
 from .errors import ApiError
+from .gate import OWNER
 from .settings import Settings, is_loopback
 
 LOCAL_OWNER = "local"   # the owner of every call when no key is configured (loopback only)
@@ -76,15 +79,20 @@ def authorize(request: Request, given: str | None) -> str:
     return owner
 
 
+def _gated(request: Request) -> str | None:
+    """The owner id the Gate found for this request, if it ran."""
+    return request.scope.get("state", {}).get(OWNER)
+
+
 def require_key(request: Request,
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """Bearer-key auth: the caller's owner id, or 401."""
-    return authorize(request, None if credentials is None else credentials.credentials)
+    """Bearer-key auth (or X-API-Key): the caller's owner id, or 401."""
+    return _gated(request) or authorize(request, None if credentials is None else credentials.credentials)
 
 
 def require_path_key(request: Request, api_key: Annotated[str, Path(description="an API key")]) -> str:
     """Auth for routes under `/k/{api_key}/...`, for clients that cannot send an Authorization header."""
-    return authorize(request, api_key)
+    return _gated(request) or authorize(request, api_key)
 
 
 SandboxDep = Annotated[AsyncSandbox, Depends(get_sandbox)]

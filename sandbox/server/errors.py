@@ -5,14 +5,16 @@ Outcomes of a run are never errors (a timeout is a 200 with the result); these a
   401 unauthorized     no API key, or a wrong one
   404 not_found        no such route or resource; a session that is unknown or belongs to another key
   404 no_such_file     no such file in the session
-  413 too_large        the body is over the cap (refused before it is read)
+  413 too_large        the body is over the route's cap (refused before it is read), or code over the code cap
   415 unsupported_media_type   the body is not sent as application/json
   410 session_closed   the caller's session has ended (the message says why: closed, expired, its
                        last call timed out or ran out of memory...); 404 once the server forgets it
   422 invalid_input    the request is well-formed JSON but wrong (engine's InvalidInputError too)
   429 queue_full       every slot busy and the queue full (with Retry-After)
   429 session_limit    too many sessions open, on the server or for this key (with Retry-After: when
-                       the first of them expires if left idle)
+                       the first of them expires if left idle); MCP sessions likewise
+  429 too_many_calls   this key (or this session) has as many calls running and waiting as it may
+                       (settings.py's quotas; with Retry-After)
   503 unavailable      the engine is closed, not started, or cannot run jails
   500 internal         anything else; the message never carries a stack trace
 """
@@ -71,8 +73,8 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, ApiError):
             return error_response(exc.status_code, exc.type, exc.message, exc.headers)
         if exc.status_code == 413:
-            limit = request.app.state.settings.max_body_bytes
-            return error_response(413, "too_large", f"the request body is over the {limit} bytes this server accepts")
+            limit = request.scope.get("sandbox_body_cap") or request.app.state.settings.max_body_bytes
+            return error_response(413, "too_large", f"the request body is over the {limit} bytes this route accepts")
         return error_response(exc.status_code, _TYPES.get(exc.status_code, "error"), str(exc.detail), exc.headers)
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,8 +88,9 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_input", _describe(errors))
 
     async def on_other(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
-                  exc_info=exc)
+        # The route's template, never the path itself: a /k/KEY/ path carries a key.
+        route = getattr(request.scope.get("route"), "path", None) or "(no route)"
+        log.error("internal error on %s %s: %s", request.method, route, type(exc).__name__, exc_info=exc)
         return error_response(500, "internal", "internal server error")
 
     app.add_exception_handler(SandboxError, on_engine)

@@ -11,6 +11,10 @@ from .deps import SandboxDep, require_key
 router = APIRouter(prefix="/v1", tags=["image"], dependencies=[Depends(require_key)])
 
 
+SHOWN = ("name", "lock", "python_version", "preload", "packages", "built_at")  # never host paths (interpreter, prefix)
+
+
 @router.get("/image", summary="The image's manifest: Python version, packages, preloaded modules")
 async def image(sb: SandboxDep) -> dict[str, Any]:
-    return sb.image_info()
+    manifest = sb.image_info()
+    return {k: manifest[k] for k in SHOWN if k in manifest}

@@ -24,6 +24,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, ImageContent, TextContent
@@ -133,11 +135,12 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
     ) -> CallToolResult:
         engine = ctx.request_context.lifespan_context
         try:
+            owner = caller(ctx)
             if session_id is None:
-                result = await engine.sandbox.run(code, files, timeout=timeout)
+                result = await engine.sessions.engine_call(owner, lambda: engine.sandbox.run(code, files, timeout=timeout))
             else:
-                with engine.sessions.call(caller(ctx), session_id) as session:
-                    result = await engine.sessions.run(session, code, files, timeout=timeout)
+                with engine.sessions.call(owner, session_id) as session:
+                    result = await engine.sessions.run(session, code, files, owner=owner, timeout=timeout)
                 if session.closed:  # this call ended it (timeout, memory, crash): say so, the next call fails
                     content = result_content(result)
                     content.content[0] = TextContent(text=content.content[0].text + (
@@ -182,7 +185,8 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
         engine = ctx.request_context.lifespan_context
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
-                found = await session.files()
+                async with engine.sessions.turn(caller(ctx), session, engine=False):
+                    found = await session.files()
         except ApiError as exc:
             return tool_error(exc.message)
         except SandboxError as exc:
@@ -199,7 +203,8 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
         engine = ctx.request_context.lifespan_context
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
-                data = await session.read_file(path)
+                async with engine.sessions.turn(caller(ctx), session, engine=False):
+                    data = await session.read_file(path)
         except ApiError as exc:
             return tool_error(exc.message)
         except SandboxError as exc:
@@ -234,7 +239,8 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
             return tool_error("content is not valid base64" if encoding == "base64" else "content is not valid text")
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
-                await session.write_file(path, data)
+                async with engine.sessions.turn(caller(ctx), session, engine=False):
+                    await session.write_file(path, data)
         except ApiError as exc:
             return tool_error(exc.message)
         except SandboxError as exc:
@@ -268,26 +274,56 @@ class Mounted:
             yield Engine(app.state.sandbox, app.state.sessions)
 
         self.server = build(from_app, manifest, limits)
+        settings = app.state.settings
+        self.per_key = settings.max_mcp_sessions_per_key
+        self.retry_after = settings.retry_after_seconds
+        self._opening: dict[str, int] = {}   # initialize requests in flight, per owner
         # The app checks keys and (without keys) the Host header itself, so the SDK's loopback-only
         # DNS-rebinding guard would only refuse legitimate hosts when the server listens publicly.
         self.server.streamable_http_app(transport_security=TransportSecuritySettings(
-            enable_dns_rebinding_protection=False), max_request_body_size=app.state.settings.max_body_bytes)
+            enable_dns_rebinding_protection=False), max_request_body_size=settings.max_body_bytes)
 
     def lifespan(self, app: Any) -> AbstractAsyncContextManager[None]:
         return self.server.session_manager.run()
+
+    def sessions_of(self, owner: str) -> int:
+        """MCP sessions open for `owner`, as the SDK records them (the owner each was bound to)."""
+        owners = getattr(self.server.session_manager, "_session_owners", {})
+        return sum(1 for who in owners.values() if who.get("client_id") == owner)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from .deps import authorize
         from .errors import error_response
 
-        try:
-            owner = authorize(Request(scope), _bearer(scope))
+        try:  # the app's Gate has checked the key already and left its owner id in the scope
+            owner = scope.get("state", {}).get(OWNER) or authorize(Request(scope), _bearer(scope))
         except ApiError as exc:
             await error_response(exc.status_code, exc.type, exc.message, exc.headers)(scope, receive, send)
             return
         # The tools read the caller from here (the SDK hands them a Request on this same scope).
         scope["state"] = {**scope.get("state", {}), OWNER: owner}
-        await self.server.session_manager.handle_request(scope, receive, send)
+        # The SDK binds each MCP session to this principal: another key's Mcp-Session-Id is "not found".
+        scope["user"] = AuthenticatedUser(AccessToken(token="owner:" + owner, client_id=owner, scopes=[]))
+        opening = scope.get("method") == "POST" and not any(n == b"mcp-session-id" for n, _ in scope.get("headers", ()))
+        if not opening:
+            await self.server.session_manager.handle_request(scope, receive, send)
+            return
+        # Counted and taken in one step (no await between): concurrent initializes cannot pass the cap together.
+        held = self.sessions_of(owner) + self._opening.get(owner, 0)
+        if held >= self.per_key:
+            await error_response(429, "session_limit", f"this key has {held} MCP sessions open, the most this server "
+                                 "allows one key: end one (DELETE /mcp with its Mcp-Session-Id) or let it expire",
+                                 {"Retry-After": str(self.retry_after)})(scope, receive, send)
+            return
+        self._opening[owner] = self._opening.get(owner, 0) + 1
+        try:
+            await self.server.session_manager.handle_request(scope, receive, send)
+        finally:
+            left = self._opening[owner] - 1
+            if left:
+                self._opening[owner] = left
+            else:
+                del self._opening[owner]
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -3,6 +3,9 @@ only a request that could not run is an error (see errors.py).
 
 With `Accept: application/x-ndjson` the answer is one JSON object per line: `{"type": "stdout", "text"}`
 and `{"type": "stderr", "text"}` as the program writes, then `{"type": "result", ...the result...}`.
+Output is coalesced (`coalesce`): what arrives within COALESCE_SECONDS, up to COALESCE_BYTES, is one
+line per stream, in order, so a program writing a byte at a time costs a few lines a second, not one
+line per byte.
 
 A client that disconnects has its run killed: a plain call races the run against the connection's
 `http.disconnect` (`until_answered`), a streamed one closes the engine's event stream when Starlette
@@ -30,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import SandboxError
 from ..limits import Limits
 from ..results import Output, Result
-from .deps import SandboxDep, require_key
+from .deps import OwnerDep, SandboxDep, require_key
 from .errors import ApiError
 
 log = logging.getLogger("sandbox.server")
@@ -98,6 +101,8 @@ def check_ceiling(ceiling: Limits, timeout: float | None, limits: dict[str, int 
 
 
 NDJSON = "application/x-ndjson"
+COALESCE_SECONDS = 0.025     # live output arriving within this of the first chunk goes out as one line
+COALESCE_BYTES = 64 << 10    # ... unless it reaches this many characters first
 
 
 def wants_stream(request: Request) -> bool:
@@ -108,6 +113,69 @@ def event_line(event: Output | Result) -> bytes:
     doc = {"type": "result", **event.to_dict()} if isinstance(event, Result) else \
         {"type": event.stream, "text": event.text}
     return json.dumps(doc).encode() + b"\n"
+
+
+async def coalesce(events: AsyncIterator[Output | Result], window: float = COALESCE_SECONDS,
+                   most: int = COALESCE_BYTES) -> AsyncIterator[Output | Result]:
+    """`events` with consecutive Output chunks of one stream that arrive within `window` of the first
+    joined into one (at most about `most` characters), order and text exact. A task reads `events` into
+    a queue so the window can be timed without cancelling the engine's own iterator; closing this one
+    stops that task and closes `events` (which kills a run that has not ended)."""
+    queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                await queue.put(("event", event))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            await queue.put(("error", exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        await queue.put(("end", None))
+
+    def unwrap(item: tuple[str, object]) -> Output | Result | None:
+        kind, value = item
+        if kind == "error":
+            raise value  # type: ignore[misc]
+        return value if kind == "event" else None  # type: ignore[return-value]
+
+    task = asyncio.ensure_future(pump())
+    loop = asyncio.get_running_loop()
+    try:
+        held: Output | Result | None = unwrap(await queue.get())
+        while held is not None:
+            if not isinstance(held, Output):
+                yield held
+                held = unwrap(await queue.get())
+                continue
+            parts, size, deadline, nxt = [held.text], len(held.text), loop.time() + window, None
+            while size < most:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                nxt = unwrap(item)
+                if isinstance(nxt, Output) and nxt.stream == held.stream:
+                    parts.append(nxt.text)
+                    size += len(nxt.text)
+                    nxt = None
+                    continue
+                break
+            yield Output(held.stream, "".join(parts)) if len(parts) > 1 else held
+            held = nxt if nxt is not None else unwrap(await queue.get())
+    finally:
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((task,))
+        await _close(events)
 
 
 class Abandoned(Exception):
@@ -135,7 +203,8 @@ async def until_answered(request: Request, run: Awaitable[T], on_abandon: Callab
     if task.cancelled():
         if on_abandon is not None:
             on_abandon()
-        log.info("%s %s: the client disconnected; its run was killed", request.method, request.url.path)
+        route = getattr(request.scope.get("route"), "path", "?")  # the template: a /k/KEY/ path carries a key
+        log.info("%s %s: the client disconnected; its run was killed", request.method, route)
         raise Abandoned
     return task.result()
 
@@ -171,7 +240,9 @@ async def ndjson(request: Request, events: AsyncIterator[Output | Result],
                  on_abandon: Callable[[], None] | None = None) -> Response:
     """Stream the events as JSON lines. The first event is awaited before answering, so an engine
     error before the run starts (queue full, bad input) is still an HTTP error status; a client that
-    leaves meanwhile has its run killed, as it does later on (then `events` is closed)."""
+    leaves meanwhile has its run killed, as it does later on (then `events` is closed). Output is
+    coalesced (see `coalesce`)."""
+    events = coalesce(events)
     try:
         first = await until_answered(request, anext(events), on_abandon)
     except Abandoned:
@@ -182,7 +253,7 @@ async def ndjson(request: Request, events: AsyncIterator[Output | Result],
         raise
 
     async def body() -> AsyncIterator[bytes]:
-        event = first
+        event: Output | Result = first
         finished = False
         try:
             while True:
@@ -217,16 +288,19 @@ RESULT_EXAMPLE = {"outcome": "ok", "stdout": "2\n", "stderr": "", "stdout_trunca
                         401: {"description": "no or wrong API key"}, 413: {"description": "body over the cap"},
                         422: {"description": "invalid request"}, 429: {"description": "queue full; see Retry-After"},
                         503: {"description": "engine unavailable"}})
-async def execute(body: ExecuteRequest, sb: SandboxDep, request: Request) -> Response:
+async def execute(body: ExecuteRequest, sb: SandboxDep, owner: OwnerDep, request: Request) -> Response:
     check_ceiling(request.app.state.ceiling, body.timeout, body.limits)
     files = decode_files(body.files)
     abandon = request.app.state.metrics.abandoned.inc
+    sessions = request.app.state.sessions   # the key's places in the engine are kept there
     if wants_stream(request):
-        return await ndjson(request, sb.stream(body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits,
-                                      filename=body.filename), abandon)
+        return await ndjson(request, sessions.engine_stream(owner, sb.stream(
+            body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename)),
+            abandon)
     try:
-        result = await until_answered(request, sb.run(body.code, files, stdin=body.stdin, timeout=body.timeout,
-                                                      limits=body.limits, filename=body.filename), abandon)
+        result = await until_answered(request, sessions.engine_call(owner, lambda: sb.run(
+            body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename)),
+            abandon)
     except Abandoned:
         return abandoned_response()
     return Response(result.to_json(), media_type="application/json")

@@ -1,5 +1,6 @@
 """`sandbox serve`: the app under uvicorn on a socket we bind ourselves (so `--port 0` reports the port
-it got), with access logs that never show a key."""
+it got), with uvicorn's connection limits and timeouts set, and logs that never show a key: every log
+record of the process is scrubbed as it is made (`scrub_keys`), whatever logger made it."""
 
 from __future__ import annotations
 
@@ -14,16 +15,71 @@ from typing import Any
 from ..errors import InvalidInputError, SandboxError
 from .settings import Settings
 
-_PATH_KEY = re.compile(r"/k/[^/?]+")
+_PATH_KEY = re.compile(r"/k/[^/?\s\"']+")
+_QUERY = re.compile(r"(?<=[?&])([^=&#\s\"']*)=[^&#\s\"']*")
+
+
+def redact(text: str, keys: tuple[str, ...] = ()) -> str:
+    """`/k/KEY/...` as `/k/***/...`, every query value as `***` (a key may be sent as `?api_key=`), and
+    any configured key anywhere as `***`."""
+    if "/k/" in text:
+        text = _PATH_KEY.sub("/k/***", text)
+    if "=" in text and "?" in text:
+        text = _QUERY.sub(r"\1=***", text)
+    for key in keys:
+        if key in text:
+            text = text.replace(key, "***")
+    return text
 
 
 class RedactKeys(logging.Filter):
-    """Access-log lines show `/k/***/...` for routes that carry the key in the path."""
+    """Access-log lines show `/k/***/...` for routes that carry the key in the path, `?x=***` for queries."""
+
+    def __init__(self, keys: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.keys = keys
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_PATH_KEY.sub("/k/***", a) if isinstance(a, str) else a for a in record.args)
+        scrub_record(record, self.keys)
         return True
+
+
+def scrub_record(record: logging.LogRecord, keys: tuple[str, ...]) -> None:
+    """Redact a record's message, arguments (each in place, so formatters that unpack them still work)
+    and traceback text."""
+    if isinstance(record.msg, str):
+        record.msg = redact(record.msg, keys)
+    if isinstance(record.args, tuple):
+        record.args = tuple(_scrub_arg(a, keys) for a in record.args)
+    elif isinstance(record.args, dict):
+        record.args = {k: _scrub_arg(v, keys) for k, v in record.args.items()}
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info), keys)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info, keys)
+
+
+def _scrub_arg(arg: object, keys: tuple[str, ...]) -> object:
+    if isinstance(arg, (int, float)) or arg is None:
+        return arg
+    text = arg if isinstance(arg, str) else str(arg)
+    clean = redact(text, keys)
+    return arg if clean == text and not isinstance(arg, str) else clean
+
+
+def scrub_keys(keys: tuple[str, ...]) -> None:
+    """Every log record this process makes, on any logger, is scrubbed as it is created."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "scrubs_keys", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        scrub_record(record, keys)
+        return record
+
+    factory.scrubs_keys = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,28 +92,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB (default 64)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds runs in flight get at shutdown before they are killed (default 5)")
-    p.add_argument("--max-sessions-per-key", type=int, default=0,
-                   help="sessions one API key may hold open (default 0: only the engine's own cap)")
+    d = Settings()
+    q = p.add_argument_group("quotas per API key (beyond one: 429 with Retry-After; see docs/threat-model.md)")
+    q.add_argument("--max-sessions-per-key", type=int, default=d.max_sessions_per_key,
+                   help=f"sessions one key may hold open (default {d.max_sessions_per_key})")
+    q.add_argument("--max-runs-per-key", type=int, default=d.max_runs_per_key,
+                   help=f"one key's calls in the engine at once, running or queued for a slot (default {d.max_runs_per_key})")
+    q.add_argument("--max-waiting-per-key", type=int, default=d.max_waiting_per_key,
+                   help=f"one key's calls waiting for one of those (default {d.max_waiting_per_key})")
+    q.add_argument("--max-waiting-per-session", type=int, default=d.max_waiting_per_session,
+                   help=f"calls waiting behind a session's running one (default {d.max_waiting_per_session})")
+    q.add_argument("--max-mcp-sessions-per-key", type=int, default=d.max_mcp_sessions_per_key,
+                   help=f"MCP sessions one key may hold open (default {d.max_mcp_sessions_per_key})")
+    q.add_argument("--peer-spaces-per-key", type=int, default=d.peer_spaces_per_key,
+                   help=f"E2B contexts and LibreChat sessions one key keeps (default {d.peer_spaces_per_key})")
+    q.add_argument("--peer-store-mb-per-key", type=int, default=d.peer_bytes_per_key >> 20,
+                   help=f"MiB of peer files one key keeps (default {d.peer_bytes_per_key >> 20})")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help=f"connections served at once; beyond, 503 (default {d.max_connections})")
     p.add_argument("--no-mcp", action="store_true", help="do not serve MCP at /mcp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    for flag in ("max_sessions_per_key", "max_runs_per_key", "max_mcp_sessions_per_key", "peer_spaces_per_key",
+                 "peer_store_mb_per_key", "max_connections"):
+        if getattr(args, flag) < 1:
+            raise InvalidInputError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("max_waiting_per_key", "max_waiting_per_session"):
+        if getattr(args, flag) < 0:
+            raise InvalidInputError(f"--{flag.replace('_', '-')} must be 0 or more")
     settings = Settings(host=args.host, port=args.port, slots=args.slots, image=args.image, max_queue=args.max_queue,
                         max_body_bytes=args.max_body_mb << 20, shutdown_grace_seconds=args.grace,
-                        mcp=not args.no_mcp, max_sessions_per_key=max(0, args.max_sessions_per_key)).with_keys_from(args.api_key_file)
+                        mcp=not args.no_mcp, max_sessions_per_key=args.max_sessions_per_key,
+                        max_runs_per_key=args.max_runs_per_key, max_waiting_per_key=args.max_waiting_per_key,
+                        max_waiting_per_session=args.max_waiting_per_session,
+                        max_mcp_sessions_per_key=args.max_mcp_sessions_per_key,
+                        peer_spaces_per_key=args.peer_spaces_per_key, peer_bytes_per_key=args.peer_store_mb_per_key << 20,
+                        max_connections=args.max_connections).with_keys_from(args.api_key_file)
     settings.check_bind()
     return settings
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, backlog: int = Settings.backlog) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]"), port))
-    sock.listen(2048)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
+
+
+def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> Any:
+    """uvicorn's config: connections served at once capped (beyond: 503 at once), the listen backlog,
+    idle keep-alive connections closed, request heads capped."""
+    import uvicorn
+
+    # uvicorn's own cancel (a 500 and a traceback per request) is only a backstop: after the grace
+    # period, `reap` closes the sandbox, which kills the runs still in flight, so each gets its result.
+    return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
+                          lifespan="on", server_header=False, limit_concurrency=settings.max_connections,
+                          backlog=settings.backlog, timeout_keep_alive=settings.keep_alive_seconds,
+                          h11_max_incomplete_event_size=64 << 10)
 
 
 def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "info") -> None:
@@ -65,12 +162,9 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    # uvicorn's own cancel (a 500 and a traceback per request) is only a backstop: after the grace
-    # period, `reap` closes the sandbox, which kills the runs still in flight, so each gets its result.
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
-                            lifespan="on", server_header=False)
+    config = uvicorn_config(app, settings, log_level)
     server = uvicorn.Server(config)
-    logging.getLogger("uvicorn.access").addFilter(RedactKeys())
+    scrub_keys(settings.api_keys)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.auth_required else "no API key (loopback only)"
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
@@ -101,7 +195,8 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            print(f"sandbox: serving on {url} ({auth}); playground {url}/, MCP {url}/mcp, OpenAPI {url}/openapi.json",
+            mcp = f", MCP {url}/mcp" if settings.mcp else ""
+            print(f"sandbox: serving on {url} ({auth}); playground {url}/{mcp}, OpenAPI {url}/openapi.json",
                   file=sys.stderr, flush=True)
         reaper = asyncio.create_task(reap())
         try:
@@ -119,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from(args)
-        sock = bind(settings.host, settings.port)
+        sock = bind(settings.host, settings.port, settings.backlog)
     except InvalidInputError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2

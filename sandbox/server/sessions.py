@@ -24,10 +24,10 @@ import math
 import mimetypes
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import Response
@@ -39,12 +39,16 @@ from ..results import Output, Result
 from .deps import OwnerDep, SandboxDep, require_key
 from .errors import ApiError
 from .metrics import Metrics
+from .quotas import Places
 from .runs import (NDJSON, RESULT_EXAMPLE, Abandoned, ExecuteRequest, abandoned_response, check_ceiling,
                    decode_files, ndjson, until_answered, wants_stream)
 
 log = logging.getLogger("sandbox.server")
 ENDED_KEPT = 4096          # ended sessions remembered (for a 410 with the reason) before they are a plain 404
 NOT_FOUND = "no such session (unknown, or not this key's)"
+LOCAL = "local"            # the owner of calls made without a key (stdio MCP, a loopback server without keys)
+T = TypeVar("T")
+E = TypeVar("E")
 
 
 @dataclass
@@ -57,30 +61,52 @@ class Sessions:
     """Which key owns which open session, and why the recently ended ones ended. One per app (and one
     per `sandbox mcp`); the routes and the MCP tools share it. `metrics`, when given, counts the runs."""
 
-    def __init__(self, max_per_owner: int = 0, metrics: Metrics | None = None) -> None:
+    def __init__(self, max_per_owner: int = 0, metrics: Metrics | None = None, *, runs_per_owner: int = 0,
+                 waiting_per_owner: int = 0, waiting_per_session: int = 4, retry_after: int = 1) -> None:
         self.max_per_owner = max_per_owner      # 0: only the engine's own cap
         self.metrics = metrics
         self._open: dict[str, _Owned] = {}
+        self._opening: dict[str, int] = {}     # sessions being made, per owner: counted against the cap at once
         self._ended: OrderedDict[str, tuple[str, str]] = OrderedDict()   # id -> (owner, reason)
         self._closing: set[asyncio.Future[None]] = set()
         self.in_flight = 0      # session calls running now (the shutdown waits for them, then kills them)
+        # Every call a key makes into the engine (stateless or in a session) holds one of its `runs`
+        # places; a session's calls queue for their session's one turn first (on the loop, not a thread).
+        self.runs: Places | None = Places(runs_per_owner, waiting_per_owner, "calls of this key in the engine",
+                                          retry_after) if runs_per_owner else None
+        self.turns = Places(1, waiting_per_session, "calls of this session", retry_after)
 
     async def create(self, sb: AsyncSandbox, owner: str, ttl: float | None = None,
                      limits: Mapping[str, Any] | None = None) -> AsyncSession:
         self.prune()
-        if self.max_per_owner:
+        if self.max_per_owner:  # counted and taken in one step: no await between the check and the count
             mine = [o.session for o in self._open.values() if o.owner == owner]
-            if len(mine) >= self.max_per_owner:
-                raise ApiError(429, "session_limit", f"this key has {len(mine)} sessions open, the most this server "
-                               "allows one key: close one (DELETE /v1/sessions/{id}) or wait until one expires",
+            if len(mine) + self._opening.get(owner, 0) >= self.max_per_owner:
+                raise ApiError(429, "session_limit", f"this key has {len(mine) + self._opening.get(owner, 0)} "
+                               "sessions open, the most this server allows one key: close one "
+                               "(DELETE /v1/sessions/{id}) or wait until one expires",
                                {"Retry-After": _retry_after(mine)})
+        self._opening[owner] = self._opening.get(owner, 0) + 1
         try:
             session = await sb.session(ttl, limits=limits)
         except SessionLimitError as exc:
             raise ApiError(429, "session_limit", str(exc),
                            {"Retry-After": _retry_after([o.session for o in self._open.values()])}) from None
+        finally:
+            left = self._opening[owner] - 1
+            if left:
+                self._opening[owner] = left
+            else:
+                del self._opening[owner]
         self._open[session.id] = _Owned(owner, session)
         return session
+
+    async def engine_call(self, owner: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A stateless call of `owner` into the engine, holding one of the key's places."""
+        return await (self.runs.run(owner, call) if self.runs is not None else call())
+
+    def engine_stream(self, owner: str, events: AsyncIterator[E]) -> AsyncIterator[E]:
+        return self.runs.stream(owner, events) if self.runs is not None else events
 
     def get(self, owner: str, session_id: str) -> AsyncSession:
         """The caller's open session; ApiError 404 if there is none by that id for this key, 410 if it ended."""
@@ -136,27 +162,46 @@ class Sessions:
         task.add_done_callback(_closed)
         task.add_done_callback(self._closing.discard)
 
+    @asynccontextmanager
+    async def turn(self, owner: str, session: AsyncSession, engine: bool = True) -> AsyncIterator[None]:
+        """The session's one turn (and, for a run, one of the key's places), waited for on the event loop:
+        beyond the waiters allowed, ApiError 429 at once, never a parked thread."""
+        async with self.turns.hold(session.id):
+            if engine and self.runs is not None:
+                async with self.runs.hold(owner):
+                    yield
+            else:
+                yield
+
     async def run(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
-                  **kwargs: Any) -> Result:
-        call = session.run(code, files, **kwargs)
-        self.in_flight += 1
-        try:
-            return await (self.metrics.run(call) if self.metrics is not None else call)
-        finally:
-            self.in_flight -= 1
+                  owner: str = LOCAL, started: Callable[[], None] | None = None, **kwargs: Any) -> Result:
+        """The call, once it has its turn (`started` is called then)."""
+        async with self.turn(owner, session):
+            if started is not None:
+                started()
+            call = session.run(code, files, **kwargs)
+            self.in_flight += 1
+            try:
+                return await (self.metrics.run(call) if self.metrics is not None else call)
+            finally:
+                self.in_flight -= 1
 
     async def stream(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
+                     owner: str = LOCAL, started: Callable[[], None] | None = None,
                      **kwargs: Any) -> AsyncIterator[Output | Result]:
-        events = session.stream(code, files, **kwargs)
-        if self.metrics is not None:
-            events = self.metrics.stream(events)
-        self.in_flight += 1
-        try:
-            async with aclosing(events):  # type: ignore[type-var]
-                async for event in events:
-                    yield event
-        finally:
-            self.in_flight -= 1
+        async with self.turn(owner, session):
+            if started is not None:
+                started()
+            events = session.stream(code, files, **kwargs)
+            if self.metrics is not None:
+                events = self.metrics.stream(events)
+            self.in_flight += 1
+            try:
+                async with aclosing(events):  # type: ignore[type-var]
+                    async for event in events:
+                        yield event
+            finally:
+                self.in_flight -= 1
 
     def owned_by(self, owner: str) -> list[AsyncSession]:
         self.prune()
@@ -305,13 +350,15 @@ async def execute(session_id: SessionId, body: ExecuteRequest, owner: OwnerDep, 
     check_ceiling(request.app.state.ceiling, body.timeout, body.limits)
     files = decode_files(body.files)
     metrics = request.app.state.metrics
+    ran = []
 
     def abandon() -> None:
-        metrics.abandoned.inc()
-        sessions.abandoned(session_id)
+        if ran:  # a call that was still waiting for its turn is dropped; one that ran ends its session
+            metrics.abandoned.inc()
+            sessions.abandoned(session_id)
 
     args: dict[str, Any] = {"stdin": body.stdin, "timeout": body.timeout, "limits": body.limits,
-                            "filename": body.filename}
+                            "filename": body.filename, "owner": owner, "started": lambda: ran.append(True)}
     with sessions.call(owner, session_id) as session:
         if wants_stream(request):
             return await ndjson(request, sessions.stream(session, body.code, files, **args), abandon)
@@ -326,7 +373,8 @@ async def execute(session_id: SessionId, body: ExecuteRequest, owner: OwnerDep, 
             responses=ERRORS)
 async def list_files(session_id: SessionId, owner: OwnerDep, sessions: SessionsDep) -> FileList:
     with sessions.call(owner, session_id) as session:
-        found = await session.files()
+        async with sessions.turn(owner, session, engine=False):
+            found = await session.files()
     return FileList(files=[FileEntry(**f.to_dict()) for f in found])
 
 
@@ -339,10 +387,12 @@ async def list_files(session_id: SessionId, owner: OwnerDep, sessions: SessionsD
 async def put_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessions: SessionsDep,
                    request: Request) -> FileEntry:
     sessions.get(owner, session_id)  # 404/410 before reading a body for nothing
-    cap = min(request.app.state.settings.max_body_bytes, request.app.state.ceiling.max_input_bytes)
+    cap = min(request.scope.get("sandbox_body_cap") or request.app.state.settings.max_body_bytes,
+              request.app.state.ceiling.max_input_bytes)
     data = await _read_capped(request, cap)
     with sessions.call(owner, session_id) as session:
-        await session.write_file(path, data)
+        async with sessions.turn(owner, session, engine=False):
+            await session.write_file(path, data)
     return FileEntry(path=path, size=len(data), mime_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
 
@@ -351,7 +401,8 @@ async def put_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessi
                        **ERRORS, 422: {"description": "a bad path"}})
 async def get_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessions: SessionsDep) -> Response:
     with sessions.call(owner, session_id) as session:
-        data = await session.read_file(path)
+        async with sessions.turn(owner, session, engine=False):
+            data = await session.read_file(path)
     name = path.rsplit("/", 1)[-1]
     # Never rendered by a browser on this origin: the program wrote it, it may be HTML with a script.
     return Response(data, media_type="application/octet-stream", headers={
@@ -363,7 +414,8 @@ async def get_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessi
                responses={**ERRORS, 422: {"description": "a bad path"}})
 async def delete_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessions: SessionsDep) -> Response:
     with sessions.call(owner, session_id) as session:
-        await session.delete_file(path)
+        async with sessions.turn(owner, session, engine=False):
+            await session.delete_file(path)
     return Response(status_code=204)
 
 

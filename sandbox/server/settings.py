@@ -1,15 +1,22 @@
-"""The service's settings, in one place: from flags, `SANDBOX_API_KEYS` and an API key file."""
+"""The service's settings, in one place: from flags, `SANDBOX_API_KEYS` and an API key file.
+
+The quotas per key are here and nowhere else (serve.py turns each into a flag, docs/threat-model.md
+lists them): their defaults are on, so a server started with no flag is already fair between keys.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import InvalidInputError
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+URL_SAFE_KEY = re.compile(r"[A-Za-z0-9._~-]+")   # RFC 3986 unreserved: a key /k/KEY/ carries as it is
+KEY_RECIPE = "head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='"
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,18 @@ class Settings:
     retry_after_seconds: int = 1          # the Retry-After of a 429
     shutdown_grace_seconds: float = 5.0   # runs in flight get this long at shutdown, then are killed
     mcp: bool = True                      # serve MCP at /mcp
-    max_sessions_per_key: int = 0         # sessions one key may hold open (0: only the engine's cap applies)
+    # Quotas per API key (the engine's own caps stay global on top of them). Beyond each: 429 + Retry-After.
+    max_sessions_per_key: int = 16        # sessions one key may hold open
+    max_runs_per_key: int = 8             # one key's calls in the engine at once (running or queued for a slot)
+    max_waiting_per_key: int = 32         # one key's calls waiting (without a thread) for one of those places
+    max_waiting_per_session: int = 4      # calls waiting behind the one a session runs (each session runs one at a time)
+    max_mcp_sessions_per_key: int = 8     # MCP sessions (Mcp-Session-Id) one key may hold open
+    peer_spaces_per_key: int = 256        # E2B contexts + LibreChat sessions one key keeps (its oldest go first)
+    peer_bytes_per_key: int = 64 << 20    # bytes of files they keep for one key (its oldest spaces go first)
+    # The HTTP server itself.
+    max_connections: int = 1024           # connections and tasks uvicorn serves at once (beyond: 503)
+    backlog: int = 2048                   # connections the kernel queues before uvicorn accepts them
+    keep_alive_seconds: int = 5           # an idle keep-alive connection is closed after this
 
     @property
     def auth_required(self) -> bool:
@@ -42,10 +60,18 @@ class Settings:
                 text = Path(key_file).read_text()
             except OSError as exc:
                 raise InvalidInputError(f"cannot read the API key file {key_file}: {exc.strerror}") from None
-            keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        for k in keys:
+            in_file = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+            if not in_file:
+                raise InvalidInputError(f"the API key file {key_file} holds no API key (only blank lines or comments): "
+                                        f"add one a line, made with: {KEY_RECIPE}")
+            keys += in_file
+        for n, k in enumerate(keys, 1):
             if len(k) < 16 or not k.isascii() or not k.isprintable():
                 raise InvalidInputError("every API key must be at least 16 printable ASCII characters")
+            if not URL_SAFE_KEY.fullmatch(k):  # never name the key itself: this message goes to a log
+                raise InvalidInputError(
+                    f"API key #{n} has characters a URL path cannot carry as they are (only letters, digits and "
+                    f"'-', '_', '.', '~' can: the /k/KEY/ routes put the key in the path). Make keys with: {KEY_RECIPE}")
         return replace(self, api_keys=tuple(dict.fromkeys(keys)))
 
     def check_bind(self) -> None:

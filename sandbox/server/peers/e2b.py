@@ -11,7 +11,7 @@ imports do not carry over between runs until the engine has stateful sessions.
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +21,9 @@ from ...errors import InvalidInputError
 from ...results import Output
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
+from ..runs import coalesce
 from .store import PeerStore, get_store
+from .transform import check_code_size, off_loop
 
 KIND = "e2b"
 TAGS = ["peer: E2B code interpreter"]
@@ -51,9 +53,10 @@ def _routes(router: APIRouter, owner_dep) -> None:
 
     @router.post("/execute", summary="E2B: run a cell; newline-delimited JSON events",
                  responses={200: {"content": {"application/x-ndjson": {}}}})
-    async def execute(body: E2BExecute, sb: SandboxDep, owner: Owner, store: StoreDep) -> Response:
+    async def execute(body: E2BExecute, sb: SandboxDep, owner: Owner, store: StoreDep, request: Request) -> Response:
+        check_code_size(request, body.code)  # before the cell is parsed, which happens off the event loop
         try:
-            req, context_id = e2b.from_e2b(body.model_dump())
+            req, context_id = await off_loop(request, e2b.from_e2b, body.model_dump())
         except PeerRequestError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
         space = None
@@ -61,13 +64,25 @@ def _routes(router: APIRouter, owner_dep) -> None:
             space = store.get(owner, KIND, context_id)
             if space is None:
                 raise ApiError(404, "not_found", f"no context {context_id!r}")
-        events = sb.stream(req.code, space.by_name() if space else None)
+        sessions = request.app.state.sessions  # the key's places in the engine
+        events = coalesce(sessions.engine_stream(owner, sb.stream(req.code, space.by_name() if space else None)))
         try:
             first = await anext(events)  # a refused run (bad input, full queue) fails here, before the 200
         except InvalidInputError as exc:
+            await events.aclose()
             raise ApiError(400, "invalid_input", str(exc)) from None
+        except BaseException:
+            await events.aclose()
+            raise
 
         async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for line in _lines():
+                    yield line
+            finally:
+                await events.aclose()  # a client that left has its run killed
+
+        async def _lines() -> AsyncIterator[bytes]:
             event = first
             while isinstance(event, Output):
                 yield e2b.ndjson([e2b.output_event(event.stream, event.text)])

@@ -22,6 +22,7 @@ from ..deps import SandboxDep
 from ..errors import ApiError
 from .auth import HeaderOwnerDep
 from .store import PeerStore, get_store
+from .transform import code_too_large, off_loop
 
 KIND = "librechat"
 StoreDep = Annotated[PeerStore, Depends(get_store)]
@@ -46,9 +47,13 @@ class LibreChatExec(BaseModel):
 
 
 @router.post("/exec", summary="LibreChat: run code (Python only)")
-async def execute(body: LibreChatExec, sb: SandboxDep, owner: HeaderOwnerDep, store: StoreDep) -> JSONResponse:
+async def execute(body: LibreChatExec, sb: SandboxDep, owner: HeaderOwnerDep, store: StoreDep,
+                  request: Request) -> JSONResponse:
+    too_large = code_too_large(request, body.code)  # before the rewrite, which runs off the event loop
+    if too_large is not None:
+        return _refused(too_large)
     try:
-        req = lc.from_librechat_exec(body.model_dump())
+        req = await off_loop(request, lc.from_librechat_exec, body.model_dump())
     except PeerRequestError as exc:
         return _refused(str(exc))
     inputs: dict[str, bytes] = {}
@@ -60,7 +65,7 @@ async def execute(body: LibreChatExec, sb: SandboxDep, owner: HeaderOwnerDep, st
                             "(expired or never uploaded): upload it again")
         inputs[ref.name] = stored.data
     try:
-        result = await sb.run(req.code, inputs)
+        result = await request.app.state.sessions.engine_call(owner, lambda: sb.run(req.code, inputs))
     except InvalidInputError as exc:
         return _refused(str(exc))
     sid, space = store.create(owner, KIND)

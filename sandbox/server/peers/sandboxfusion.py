@@ -11,6 +11,7 @@ from ...compat import sandboxfusion as sf
 from ...compat.request import PeerRequestError
 from ...errors import InvalidInputError
 from ..deps import SandboxDep, require_key, require_path_key
+from ..gate import OWNER
 
 TAGS = ["peer: SandboxFusion"]
 router = APIRouter(tags=TAGS, dependencies=[Depends(require_key)])
@@ -38,7 +39,9 @@ async def run_code(body: SandboxFusionRunCode, sb: SandboxDep, request: Request)
     try:
         req, fetch = sf.from_sandboxfusion(body.model_dump(), getattr(ceiling, "timeout_seconds", None),
                                            getattr(ceiling, "memory_bytes", None))
-        result = await sb.run(req.code, req.files, stdin=req.stdin, timeout=req.timeout, limits=req.limits or None)
+        owner = request.scope.get("state", {}).get(OWNER, "local")  # the Gate checked the key
+        result = await request.app.state.sessions.engine_call(owner, lambda: sb.run(
+            req.code, req.files, stdin=req.stdin, timeout=req.timeout, limits=req.limits or None))
     except (PeerRequestError, InvalidInputError) as exc:
         return JSONResponse(sf.refusal(str(exc)))
     return JSONResponse(sf.to_sandboxfusion(result, fetch, req.files))
