@@ -24,6 +24,13 @@ asked for meanwhile is not held up by a teardown, and the zygote never waits for
 unless it needs the answer. The server is a child subreaper, so everything an execution
 leaves behind is its child, and it reaps by process group: every process of an execution
 stays in the child's group (setsid and setpgid are refused).
+
+A session's child lives beside other sessions' in one jail, so it gets a pid namespace of its
+own: it can neither name another session's processes (kill(pid, 0) tells nothing), nor count
+their forks (pid gaps, ns_last_pid). Its namespace's init is a holder process forked first,
+which only reaps what the session orphans; the session's interpreter is pid 2 there (pid 1
+ignores the signals it sends itself, which would change what `os.kill(os.getpid(), ...)` does)
+and stays this server's child. Killing the holder ends every process of the namespace.
 """
 
 from __future__ import annotations
@@ -43,26 +50,86 @@ from . import isolation, runner
 
 FORK, REAP, ERROR = "fork", "reap", "error"
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+CLONE_NEWPID = 0x20000000
 MAX_COMMAND = 1 << 16
 FD_SIZE = array.array("i").itemsize
 
 
 # -- the fork server's side -------------------------------------------------------------------
 
-def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int) -> tuple[int, list[int]]:
+class _PidNamespaces:
+    """New pid namespaces for sessions' children, made by this server: after unshare(NEWPID)
+    the server's next children go into a new namespace (the first is its init), and setns to
+    the server's own namespace puts the ones after back where they were."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    def enter_new(self) -> int:
+        """A new namespace for the next children, with its holder forked as pid 1: returns the
+        holder's pid."""
+        if self.libc.unshare(CLONE_NEWPID) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWPID)")
+        try:
+            holder = os.fork()
+        except OSError:
+            self.leave()
+            raise
+        if holder == 0:
+            _hold()
+        return holder
+
+    def leave(self) -> None:
+        if self.libc.setns(self.own, CLONE_NEWPID) != 0:
+            # Fail closed: later children would be forked into a session's namespace.
+            os._exit(71)
+
+
+def _hold() -> None:
+    """The init of a session's pid namespace: it dies with the fork server, has what the session
+    orphans reaped by the kernel (SIGCHLD ignored) and otherwise sleeps; killing it ends every
+    process of the namespace. Never returns."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        os.closerange(0, 1 << 20)
+        while True:
+            signal.pause()
+    finally:
+        os._exit(0)
+
+
+def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int,
+               namespaces: _PidNamespaces | None = None) -> tuple[int, list[int], int | None]:
     """Fork one child that isolates itself (as `uid`) and then serves one request.
 
-    Returns its pid and the parent's ends of its pipes: request (write), stdout, stderr and
-    result (read). The child reports b"R" on the result pipe once isolated, or b"E" and the
-    reason before it exits (fail closed: nothing of the request runs).
+    Returns its pid, the parent's ends of its pipes (request (write), stdout, stderr and
+    result (read)) and, for a session's child (with `namespaces`), the pid of its namespace's
+    holder. The child reports b"R" on the result pipe once isolated, or b"E" and the reason
+    before it exits (fail closed: nothing of the request runs).
     """
     req_r, req_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
+    holder = None
     try:
-        pid = os.fork()
+        if namespaces is not None:
+            holder = namespaces.enter_new()
+        try:
+            pid = os.fork()
+        except OSError:
+            if namespaces is not None:
+                namespaces.leave()
+            raise
+        if pid != 0 and namespaces is not None:
+            namespaces.leave()  # in this server only: the session's own children stay in its namespace
     except OSError:
+        if holder is not None:
+            _end_holder(holder)
         for fd in (req_r, req_w, out_r, out_w, err_r, err_w, res_r, res_w):
             os.close(fd)
         raise
@@ -90,7 +157,16 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int) -> tuple[int, lis
             os._exit(70)
     for fd in (req_r, out_w, err_w, res_w):
         os.close(fd)
-    return pid, [req_w, out_r, err_r, res_r]
+    return pid, [req_w, out_r, err_r, res_r], holder
+
+
+def _end_holder(holder: int) -> None:
+    """Kill a session namespace's holder (and with it the namespace) and reap it."""
+    try:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 @dataclass
@@ -98,13 +174,29 @@ class _Reaping:
     """An execution being reaped: its process group is `pid` (the child made it its own)."""
 
     pid: int
+    holder: int | None = None  # a session's: its pid namespace's init (see _PidNamespaces)
     status: int | None = None
     main_cpu: float = 0.0    # the main process's CPU as RLIMIT_CPU counts it (see _prof_seconds)
     total_cpu: float = 0.0   # every process of the group, as wait4 reports each
     prof: float | None = None
 
     def collect(self) -> bool:
-        """Reap what has exited (never blocks); True once the whole group is gone."""
+        """Reap what has exited (never blocks); True once the whole group is gone (and, for a
+        session, its whole pid namespace: what it orphaned is its holder's, killed with it)."""
+        if not self._collect_group():
+            return False
+        if self.holder is not None:
+            try:
+                os.kill(self.holder, signal.SIGKILL)
+                got, _, _ = os.wait4(self.holder, os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
+                got = self.holder
+            if got == 0:
+                return False
+            self.holder = None
+        return True
+
+    def _collect_group(self) -> bool:
         if self.prof is None:
             try:
                 exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -162,6 +254,7 @@ class _Uids:
     def __init__(self, uids: range) -> None:
         self.free = collections.deque(uids)
         self.owner: dict[int, int] = {}  # child pid -> uid
+        self.holders: dict[int, int] = {}  # a session's child pid -> its pid namespace's holder
 
     def take(self) -> int:
         if not self.free:
@@ -190,6 +283,7 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
     poller.register(wake_r, select.POLLIN)
     reaping: dict[int, _Reaping] = {}
     owners = _Uids(uids)
+    namespaces = _PidNamespaces()
     while True:
         poller.poll()
         try:
@@ -204,7 +298,7 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
                 break
             if not raw:
                 return
-            _command(sock, raw, bpf, cfg, reaping, owners)
+            _command(sock, raw, bpf, cfg, reaping, owners, namespaces)
         for pid, job in list(reaping.items()):
             if job.collect():
                 del reaping[pid]
@@ -213,7 +307,7 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
 
 
 def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: dict[int, _Reaping],
-             owners: _Uids) -> None:
+             owners: _Uids, namespaces: _PidNamespaces) -> None:
     try:
         cmd = json.loads(raw)
         op = cmd["op"]
@@ -224,7 +318,8 @@ def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: di
         try:
             uid = owners.take()
             try:
-                pid, fds = fork_child(cmd["profile"], bpf, cfg, uid)
+                session = bool(cmd["profile"].get("session"))
+                pid, fds, holder = fork_child(cmd["profile"], bpf, cfg, uid, namespaces if session else None)
             except OSError:
                 owners.free.appendleft(uid)
                 raise
@@ -232,13 +327,16 @@ def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: di
             _send(sock, {"op": FORK, "error": str(exc)})
             return
         owners.give(pid, uid)
+        if holder is not None:
+            owners.holders[pid] = holder
         try:
             _send(sock, {"op": FORK, "pid": pid}, fds)
         finally:
             for fd in fds:
                 os.close(fd)
     elif op == REAP:
-        reaping.setdefault(cmd["pid"], _Reaping(cmd["pid"]))
+        pid = cmd["pid"]
+        reaping.setdefault(pid, _Reaping(pid, holder=owners.holders.pop(pid, None)))
     else:
         _send(sock, {"op": ERROR, "error": f"unknown op {op!r}"})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ ROOT = Path("/sys/fs/cgroup")
 PARENT = "sandbox"
 CONTROLLERS = ("memory", "pids", "cpu")
 V1_CONTROLLERS = CONTROLLERS
+V1_FREEZER = "freezer"   # v1 only (v2 has cgroup.freeze in every cgroup): pauses a session
 log = logging.getLogger(__name__)
 
 
@@ -102,15 +104,18 @@ class SlotCgroup:
             self.dirs = [ROOT / c / PARENT / name for c in V1_CONTROLLERS]
         if not self.mem.is_dir():
             raise OSError(f"jail cgroup {self.mem} does not exist")
+        self.freezer: Path | None = self.mem if self.v2 else None
+        self._v1_freezer: Path | None = None  # v1: the jail's freezer cgroup, made by child() when needed
         self._open_counters()
 
     @classmethod
-    def _at(cls, mem: Path, pids: Path) -> SlotCgroup:
+    def _at(cls, mem: Path, pids: Path, cpu: Path, freezer: Path | None) -> SlotCgroup:
         """The counters of an existing cgroup (a session's, made by child())."""
         self = cls.__new__(cls)
         self.v2 = version() == 2
-        self.mem, self.pids, self.cpu = mem, pids, pids
-        self.dirs = list(dict.fromkeys([mem, pids]))
+        self.mem, self.pids, self.cpu = mem, pids, cpu
+        self.freezer = freezer
+        self.dirs = list(dict.fromkeys([mem, pids, cpu] + ([freezer] if freezer else [])))
         self._open_counters()
         return self
 
@@ -198,7 +203,7 @@ class SlotCgroup:
                     (leaf / "cgroup.procs").write_text(pid)
                 except ProcessLookupError:
                     pass
-        (self.mem / "cgroup.subtree_control").write_text("+memory +pids")
+        (self.mem / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         self._leaf = leaf
 
     def procs(self) -> list[int]:
@@ -207,11 +212,49 @@ class SlotCgroup:
         return [int(p) for p in (where / "cgroup.procs").read_text().split()]
 
     def child(self, name: str) -> SlotCgroup:
-        """A new cgroup below this one (memory and pids), with its own counters."""
-        mem, pids = self.mem / name, self.pids / name
-        for d in dict.fromkeys([mem, pids]):
+        """A new cgroup below this one (memory, pids, cpu, and a freezer), with its own counters.
+        On v1 the freezer hierarchy has no jail cgroup of nsjail's: this jail's is made here, and
+        removed with the jail's."""
+        freezer = None
+        if self.v2:
+            freezer = self.mem / name
+        elif (ROOT / V1_FREEZER).is_dir():
+            if self._v1_freezer is None:
+                # Named at random, not after nsjail's host pid: a session sees this path in
+                # /proc/self/cgroup (its cgroup namespace is rooted above it on v1).
+                self._v1_freezer = ROOT / V1_FREEZER / PARENT / f"jail-{secrets.token_hex(8)}"
+                self._v1_freezer.mkdir(parents=True)
+                self.dirs.append(self._v1_freezer)
+            freezer = self._v1_freezer / name
+        mem, pids, cpu = self.mem / name, self.pids / name, self.cpu / name
+        for d in dict.fromkeys([mem, pids, cpu] + ([freezer] if freezer else [])):
             d.mkdir()
-        return SlotCgroup._at(mem, pids)
+        return SlotCgroup._at(mem, pids, cpu, freezer)
+
+    def freeze(self) -> None:
+        """Stop every process of this cgroup (a session between its calls): the cgroup freezer,
+        which nothing inside can undo, unlike SIGSTOP (any process of the sender's POSIX session
+        may send SIGCONT). A no-op where the host has no freezer."""
+        if self.freezer is not None:
+            self._write_freezer(True)
+
+    def thaw(self) -> None:
+        if self.freezer is not None:
+            self._write_freezer(False)
+
+    def _write_freezer(self, frozen: bool) -> None:
+        if self.v2:
+            (self.freezer / "cgroup.freeze").write_text("1" if frozen else "0")
+        else:
+            (self.freezer / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+
+    def frozen(self) -> bool:
+        """Whether the freezer holds this cgroup's processes now."""
+        if self.freezer is None:
+            return False
+        if self.v2:
+            return "frozen 1" in (self.freezer / "cgroup.events").read_text()
+        return (self.freezer / "freezer.state").read_text().strip() == "FROZEN"
 
     def add(self, pid: int) -> None:
         """Move a process (by host pid) into this cgroup; what it forks later starts here too."""
@@ -363,7 +406,7 @@ class _PeakSampler:
 def remove_stale() -> int:
     """Remove empty slot cgroups left by jails that died with their host process. Returns how many."""
     removed = 0
-    dirs = [ROOT / PARENT] if version() == 2 else [ROOT / c / PARENT for c in V1_CONTROLLERS]
+    dirs = [ROOT / PARENT] if version() == 2 else [ROOT / c / PARENT for c in (*V1_CONTROLLERS, V1_FREEZER)]
     for d in dirs:
         if not d.is_dir():
             continue
@@ -374,6 +417,14 @@ def remove_stale() -> int:
                 continue
             if not os.path.exists(f"/proc/{pid}") and remove_tree(child):
                 removed += 1
+        # v1 freezer cgroups of session jails are named at random: one with no session cgroup
+        # below it is stale or about to get its first (then made again); rmdir refuses the rest.
+        for child in d.glob("jail-*"):
+            try:
+                child.rmdir()
+                removed += 1
+            except OSError:
+                pass
     return removed
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import resource
+import secrets
 import threading
 import time
 from typing import Callable
@@ -56,6 +57,7 @@ class SessionJail:
     def __init__(self, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
                  preload: list[str], sessions: SessionSettings) -> None:
         spares = sessions.spares
+        self._session_cpu = (settings.cpus, settings.cpu_period_ms)  # each session's own quota
         # A uid for every live session and spare; calls of different sessions may use every core.
         # (spares waiting in the fork server, and as many opened ahead by the SessionManager)
         self._settings = dataclasses.replace(settings, user_uids=sessions.max_sessions + 2 * spares + 4,
@@ -152,11 +154,15 @@ class SessionJail:
             raise SlotDied(f"the session could not start: {str(op.header.get('error'))[:500]}")
         try:
             host_pid = self._host_pid(op.header["pid"])
-            cgroup = self.cgroup.child(f"session-{sid}")
+            # A name that says nothing (the session sees it in /proc/self/cgroup): not its
+            # number, which counts every session the server has opened.
+            cgroup = self.cgroup.child(f"session-{secrets.token_hex(8)}")
             self._children[sid] = cgroup
             cgroup.set_limits(memory_bytes, processes)
+            cgroup.set_cpu(*self._session_cpu)
             # Before its first request: nothing the session ever runs starts outside it.
             cgroup.add(host_pid)
+            cgroup.freeze()  # until its first call
         except (OSError, SlotDied) as exc:
             self.close_session(sid)
             raise SlotDied(f"the session's cgroup could not be set up: {exc}") from None
@@ -164,13 +170,16 @@ class SessionJail:
 
     def _host_pid(self, ns_pid: int) -> int:
         """The host pid of a process the zygote names by its pid inside the jail, found among the
-        jail's own cgroup's processes by the kernel's NSpid (the innermost pid comes last)."""
+        jail's own cgroup's processes by the kernel's NSpid."""
         for pid in self.cgroup.procs():
             try:
                 with open(f"/proc/{pid}/status", "rb") as f:
                     for line in f:
                         if line.startswith(b"NSpid:"):
-                            if int(line.split()[-1]) == ns_pid:
+                            # Outermost first: this host's pid, the jail's, then a session's own
+                            # namespace's: the zygote names processes by the jail's.
+                            fields = line.split()
+                            if len(fields) > 2 and int(fields[2]) == ns_pid:
                                 return pid
                             break
             except (OSError, ValueError):
@@ -183,12 +192,22 @@ class SessionJail:
         """One call in session `sid`: (reply header, reply body), as Slot.execute's."""
         cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
         op = _Op(cap, on_output, {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes})
+        cgroup = self._children.get(sid)
+        if cgroup is not None:
+            cgroup.thaw()  # the zygote then sends SIGCONT: stopped and frozen, both undone
         self._request(sid, {}, op=op, raw=request)
         self._await(sid, op, time.monotonic() + limits.timeout_seconds + 30.0, cancel)
+        if cgroup is not None and op.header.get("alive") is True:
+            # Between calls the session is frozen by its cgroup, which its code cannot undo
+            # (SIGSTOP alone, the zygote's, is undone by any SIGCONT from its POSIX session).
+            cgroup.freeze()
         return op.header, op.body
 
     def close_session(self, sid: int) -> None:
         """End session `sid`: its processes are killed, then its cgroup is removed."""
+        cgroup = self._children.get(sid)
+        if cgroup is not None:
+            self._thaw(cgroup)  # a frozen process does not die of SIGKILL until thawed (v1)
         if self.failure is None:
             try:
                 self._await(sid, self._request(sid, {protocol.OP: protocol.CLOSE}, op=_Op(0)), time.monotonic() + 10.0)
@@ -252,12 +271,21 @@ class SessionJail:
         self._fail("the session jail was closed", quiet=True)
         self.alive = False
         for cgroup in list(self._children.values()):
+            self._thaw(cgroup)  # or its killed processes would stay, frozen, and the jail with them
             cgroup.close()  # idempotent: close_session of a session of this dead jail may close it again
         self.jail.kill()  # removes the jail's cgroup with every session's below it
         self._leaving.put(None)
 
     def close(self) -> None:
         self.kill()
+
+
+    @staticmethod
+    def _thaw(cgroup: cgroups.SlotCgroup) -> None:
+        try:
+            cgroup.thaw()
+        except OSError:  # removed already
+            pass
 
 
 def _raise_fd_limit() -> None:
