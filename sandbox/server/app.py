@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
                 await sb.start()
                 stack.push_async_callback(sb.close)
             metrics.watch(sb)
+            if settings.max_runs_per_key is None and app.state.sessions.runs is not None:
+                app.state.sessions.runs.places = sb.capacity  # the default: one place per slot
             app.state.sandbox = sb
             stack.callback(setattr, app.state, "sandbox", None)
             stack.callback(app.state.sessions.clear)  # closing the sandbox ends every session
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.ceiling = Limits.from_policy()  # per-call limits may tighten these, never loosen them
     app.state.sandbox = None
     app.state.sessions = sessions.Sessions(
-        settings.max_sessions_per_key, metrics, runs_per_owner=settings.max_runs_per_key,
+        settings.max_sessions_per_key, metrics, runs_per_owner=settings.max_runs_per_key or 1,
         waiting_per_owner=settings.max_waiting_per_key, waiting_per_session=settings.max_waiting_per_session,
         retry_after=settings.retry_after_seconds)
     app.state.lifespan_hooks = []

@@ -97,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--max-sessions-per-key", type=int, default=d.max_sessions_per_key,
                    help=f"sessions one key may hold open (default {d.max_sessions_per_key})")
     q.add_argument("--max-runs-per-key", type=int, default=d.max_runs_per_key,
-                   help=f"one key's calls in the engine at once, running or queued for a slot (default {d.max_runs_per_key})")
+                   help="one key's calls in the engine at once, running or queued for a slot (default: the number of "
+                        "slots, so another key's first call waits at most one run per slot)")
     q.add_argument("--max-waiting-per-key", type=int, default=d.max_waiting_per_key,
                    help=f"one key's calls waiting for one of those (default {d.max_waiting_per_key})")
     q.add_argument("--max-waiting-per-session", type=int, default=d.max_waiting_per_session,
@@ -117,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     for flag in ("max_sessions_per_key", "max_runs_per_key", "max_mcp_sessions_per_key", "peer_spaces_per_key",
                  "peer_store_mb_per_key", "max_connections"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be at least 1")
     for flag in ("max_waiting_per_key", "max_waiting_per_session"):
         if getattr(args, flag) < 0:

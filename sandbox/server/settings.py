@@ -35,7 +35,10 @@ class Settings:
     mcp: bool = True                      # serve MCP at /mcp
     # Quotas per API key (the engine's own caps stay global on top of them). Beyond each: 429 + Retry-After.
     max_sessions_per_key: int = 16        # sessions one key may hold open
-    max_runs_per_key: int = 8             # one key's calls in the engine at once (running or queued for a slot)
+    # One key's calls in the engine at once (running or queued for a slot). None: the number of
+    # slots, so a key's flood never holds more than the slots and another key's first call waits
+    # at most one run per slot (the pool's own queue is first come, first served).
+    max_runs_per_key: int | None = None
     max_waiting_per_key: int = 32         # one key's calls waiting (without a thread) for one of those places
     max_waiting_per_session: int = 4      # calls waiting behind the one a session runs (each session runs one at a time)
     max_mcp_sessions_per_key: int = 8     # MCP sessions (Mcp-Session-Id) one key may hold open

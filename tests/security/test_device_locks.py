@@ -88,7 +88,7 @@ def test_the_engines_jails_have_their_own_device_nodes(sb):
     # channel above is closed in the engine itself, not only in this test's jails.
     code = ("import os, json\n"
             "print(json.dumps({n: [os.stat('/dev/' + n).st_ino, os.major(os.stat('/dev/' + n).st_rdev),"
-            " os.minor(os.stat('/dev/' + n).st_rdev)] for n in ('null', 'zero', 'full')}))")
+            " os.minor(os.stat('/dev/' + n).st_rdev)] for n in ('null', 'zero', 'full', 'random', 'urandom')}))")
     r = sb.run(code)
     assert r.outcome.value == "ok", (r.outcome, r.stderr)
     import json

@@ -271,9 +271,40 @@ def test_quota_defaults_are_on():
     from sandbox.server.settings import Settings
 
     s = Settings()
-    for name in ("max_sessions_per_key", "max_runs_per_key", "max_waiting_per_key", "max_waiting_per_session",
+    for name in ("max_sessions_per_key", "max_waiting_per_key", "max_waiting_per_session",
                  "max_mcp_sessions_per_key", "peer_spaces_per_key", "peer_bytes_per_key"):
         assert getattr(s, name) > 0, name
+    assert s.max_runs_per_key is None  # the number of slots (test_by_default_...)
+
+
+def test_by_default_another_key_waits_at_most_one_run_per_slot(tmp_path):
+    """Row 6, fairness with the default quotas: key A keeps 20 calls of 0.6 s queued on a one-slot
+    server; key B's print(1) waits for at most the one run of A's that holds the slot (a key's
+    calls in the engine are capped at the number of slots, so none of A's are queued there)."""
+    s = Server(tmp_path, "--slots", "1")
+    try:
+        async def main() -> float:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
+                ok = await c.post("/v1/execute", json={"code": "print(0)"}, headers=B)  # warm
+                assert ok.status_code == 200
+                flood = [asyncio.create_task(c.post("/v1/execute", headers=A,
+                                                    json={"code": "import time; time.sleep(0.6)"}))
+                         for _ in range(20)]
+                await asyncio.sleep(1.0)
+                t0 = time.monotonic()
+                mine = await c.post("/v1/execute", json={"code": "print(1)"}, headers=B)
+                took = time.monotonic() - t0
+                assert mine.status_code == 200 and mine.json()["stdout"] == "1\n", mine.text
+                for t in flood:
+                    t.cancel()
+                await asyncio.gather(*flood, return_exceptions=True)
+                return took
+
+        took = asyncio.run(main())
+        # One run of A's (0.6 s) ahead at most; ten of them (6 s) before this default.
+        assert took < 2.0, f"key B waited {took:.1f} s behind key A's queued calls"
+    finally:
+        s.stop()
 
 
 def test_runs_per_key_are_capped_and_the_other_key_goes_first(srv):

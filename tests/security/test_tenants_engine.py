@@ -1,0 +1,317 @@
+"""One tenant cannot hurt another, or the host (issue 17, the engine side).
+
+Tenants here are concurrent executions in different jails and sessions side by side in one session
+jail. Each test is an attack that worked on the engine before this round (main at a669a49), run
+through the real engine; each names the rule that stops it (docs/threat-model.md lists them all).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox import Limits, Outcome
+from sandbox.host import devices, wire
+from sandbox.host.image import load_any
+
+from ._helpers import describe, one, program, run
+
+
+def ok(r):
+    assert r.outcome is Outcome.OK, describe(r)
+    return r
+
+
+@pytest.fixture
+def pair(sb):
+    a, b = sb.session(), sb.session()
+    yield a, b
+    a.close()
+    b.close()
+
+
+# -- 1. the host's work on what a jail sends is linear and capped ------------------------------
+
+FORGED_ENTRIES = r"""
+import json, os, struct
+n = {n}
+files = [{{"path": f"d{{i}}/" + "x/" * 40 + "f", "size": 0}} for i in range(n)]
+head = json.dumps({{"error": None, "exit_code": 0, "images": [], "images_dropped": 0,
+                   "files": files, "files_dropped": 0}}).encode()
+os.write(3, b"SBX1" + struct.pack(">IQ", len(head), 0) + head)
+os._exit(0)
+"""
+
+
+def test_a_forged_reply_with_many_entries_costs_the_host_nothing(sb):
+    # Before: wire.decode_reply compared each entry with every earlier one before the max_files cap:
+    # 8,000 entries took 5.2 s of the host's CPU (the 4 MiB header holds ~145,000). Now the cap
+    # comes first: a reply with more entries than the caps is refused whole, at once.
+    t0 = time.thread_time()
+    r = sb.run(FORGED_ENTRIES.format(n=8000), timeout=30)
+    host_cpu = time.thread_time() - t0
+    assert r.outcome in (Outcome.OK, Outcome.ERROR), describe(r)
+    assert r.files == [] and "malformed" in r.stderr, describe(r)
+    assert host_cpu < 0.5, f"the host spent {host_cpu:.2f} s of CPU on one forged reply"
+
+
+def test_decoding_the_largest_reply_the_header_cap_allows_is_linear():
+    # The worst a jail can send within the 4 MiB header cap, decoded in this process: as cheap as
+    # parsing its JSON, whatever the entries are (deep paths, duplicates, clashes).
+    lim = Limits(max_files=100_000)
+    entries = [{"path": "/".join(["p"] * 60) + f"/{i}", "size": 0} for i in range(20_000)]
+    entries += [{"path": "/".join(["p"] * 60), "size": 0}] * 5_000   # a directory of all of them, 5,000 times
+    raw = json.dumps({"error": None, "exit_code": 0, "images": [], "images_dropped": 0,
+                      "files": entries, "files_dropped": 0}).encode()
+    assert len(raw) < 4 << 20
+    header = {"op": "done", "exit_code": 0, "stdout_dropped": 0, "stderr_dropped": 0, "timed_out": False,
+              "wall_ms": 1.0, "cpu_ms": 1.0, "main_cpu_ms": 0.0, "result": True, "result_error": None,
+              "blob_sizes": [0, 0, len(raw), 0]}
+    t0 = time.process_time()
+    json.loads(raw)
+    parse = time.process_time() - t0
+    t0 = time.process_time()
+    r = wire.decode_reply(header, raw, 0, 0, lim)
+    spent = time.process_time() - t0
+    assert r.files == [], "every one of those paths clashes with another"
+    assert spent < 20 * parse + 0.2, f"decoding took {spent:.2f} s; parsing its JSON {parse:.3f} s"
+
+
+# -- 2. sessions are tenants: signals, pausing, CPU --------------------------------------------
+
+TICKER = """
+import threading, time
+ticks = [0]
+def _tick():
+    while True:
+        ticks[0] += 1
+        time.sleep(0.01)
+threading.Thread(target=_tick, daemon=True).start()
+"""
+
+
+def test_a_session_cannot_resume_another_between_its_calls(pair):
+    # Before: every process of the session jail shared nsjail's POSIX session, and SIGCONT crosses
+    # uids within a session: B's kill(-1, SIGCONT) woke A, whose thread ticked 156 times in 1.6 s
+    # while "idle". Now each session is its own POSIX session in its own pid namespace, and is
+    # frozen by its cgroup between calls (which nothing inside can undo).
+    a, b = pair
+    ok(a.run(TICKER))
+    before = int(ok(a.run("print(ticks[0])")).stdout)
+    r = b.run(program("""
+        import os, signal, time
+        sent = []
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            sent.append(errno_of(os.kill, -1, signal.SIGCONT))
+            time.sleep(0.01)
+        evidence(sent=len(sent))
+    """), timeout=20)
+    ok(r)
+    after = int(ok(a.run("print(ticks[0])")).stdout)
+    # Each of A's two calls lets its thread run for the call's own few milliseconds.
+    assert after - before <= 10, f"A ran {after - before} ticks while it was idle"
+
+
+def test_an_idle_session_is_frozen_by_its_cgroup(pair, sb):
+    a, b = pair
+    ok(a.run("x = 1"))
+    ok(b.run("y = 2"))
+    cgroups = [a._cgroup, b._cgroup]
+    deadline = time.monotonic() + 5  # v1 reports FREEZING until every task has stopped
+    while not all(cg.frozen() for cg in cgroups) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(cg.frozen() for cg in cgroups), "an idle session's cgroup is not frozen"
+
+
+def test_each_session_has_its_own_cpu_quota(pair, sb):
+    # A session's call may not take the cores the stateless slots need: its cgroup has the
+    # quota of one slot ([jail] cpus), whatever the session jail's own.
+    a, b = pair
+    ok(a.run("x = 1"))
+    for cg in (a._cgroup, b._cgroup):
+        if cg.v2:
+            quota, period = (cg.cpu / "cpu.max").read_text().split()
+        else:
+            quota, period = (cg.cpu / "cpu.cfs_quota_us").read_text(), (cg.cpu / "cpu.cfs_period_us").read_text()
+        assert quota.strip() != "max" and int(quota) > 0
+        assert int(quota) / int(period) <= 1.0 + 1e-9, (quota, period)
+
+
+# -- 3. sessions see nothing of each other: locks, forks, pids, devices ------------------------
+
+def test_sessions_see_no_locks_pids_or_forks_of_each_other(pair):
+    # Before: B read A's lock in /proc/locks (pid, device:inode), A's fork count in ns_last_pid,
+    # A's pids by kill(pid, 0) (EPERM for a live one, ESRCH else) and the gaps in its own pids.
+    a, b = pair
+    ok(a.run(program("""
+        import fcntl, os, struct, subprocess
+        held = open("/tmp/held", "w")
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        kids = [subprocess.Popen(["sleep", "300"]) for _ in range(3)]
+        evidence(pids=[os.getpid()] + [k.pid for k in kids])
+    """)))
+    r = ok(b.run(program("""
+        import os, signal, subprocess
+        locks = open("/proc/locks").read()
+        last_pid = open("/proc/sys/kernel/ns_last_pid").read()
+        alive = [p for p in range(1, 3000) if p != os.getpid() and errno_of(os.kill, p, 0) != 3]  # 3: ESRCH
+        first = subprocess.Popen(["true"]); first.wait()
+        evidence(locks=locks, last_pid=last_pid, alive=alive, child=first.pid, me=os.getpid())
+    """)))
+    ev = one(r)
+    assert ev["locks"] == "", ev
+    assert ev["last_pid"] == "", ev
+    assert ev["alive"] == [1], f"B can tell which pids exist: {ev['alive']}"  # 1: its namespace's holder
+    # Meanwhile A forks; B's next child follows its first without a gap.
+    ok(a.run("import subprocess\nfor _ in range(20):\n    subprocess.run(['true'])"))
+    r = ok(b.run(program("""
+        import subprocess
+        p = subprocess.Popen(["true"]); p.wait()
+        evidence(child=p.pid)
+    """)))
+    assert one(r)["child"] == ev["child"] + 1, "B's pids show A's forks"
+
+
+@pytest.mark.parametrize("node", sorted(devices.NODES))
+def test_a_lock_on_a_device_is_not_seen_by_another_session(pair, node):
+    # Before: sessions shared the jail's device nodes: A's write lock on /dev/null made B's lock
+    # attempt fail (EAGAIN), a channel between them. Now each session binds its uid's own nodes.
+    a, b = pair
+    ok(a.run(program(f"""
+        import fcntl, os, struct
+        held = os.open("/dev/{node}", os.O_RDWR)
+        fcntl.fcntl(held, fcntl.F_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0) + bytes(4))
+        evidence(held=True)
+    """)))
+    r = ok(b.run(program(f"""
+        import fcntl, os, struct
+        fd = os.open("/dev/{node}", os.O_RDWR)
+        evidence(lock=errno_of(fcntl.fcntl, fd, fcntl.F_SETLK,
+                               struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0) + bytes(4)),
+                 per_uid_dir=os.listdir("{devices.PER_UID_MOUNT}") if os.access("{devices.PER_UID_MOUNT}", os.R_OK) else [])
+    """)))
+    ev = one(r)
+    assert ev["lock"] is None, f"B saw A's lock on /dev/{node}: {ev}"
+    assert ev["per_uid_dir"] == [], "the other sessions' device nodes are reachable"
+
+
+# -- 4. no channel between concurrent executions in different jails ----------------------------
+
+@pytest.mark.parametrize("node", sorted(devices.NODES))
+def test_concurrent_runs_share_no_lockable_device(sb, node):
+    # Before: /dev/random and /dev/urandom were the host's, bound into every jail: a lock taken
+    # by one run was seen by a concurrent run in another jail.
+    holder = program(f"""
+        import fcntl, os, struct, time
+        fd = os.open("/dev/{node}", os.O_RDWR)
+        fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0) + bytes(4))
+        print("HELD", flush=True)
+        time.sleep(4)
+    """)
+    held = threading.Event()
+    results = {}
+
+    def hold():
+        results["holder"] = sb.run(holder, timeout=20, on_stdout=lambda t: held.set() if "HELD" in t else None)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(20), "the holder never took its lock"
+        r = sb.run(program(f"""
+            import fcntl, os, struct
+            fd = os.open("/dev/{node}", os.O_RDWR)
+            evidence(lock=errno_of(fcntl.fcntl, fd, fcntl.F_SETLK,
+                                   struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0) + bytes(4)))
+        """), timeout=20)
+    finally:
+        t.join()
+    assert one(ok(r))["lock"] is None, f"a concurrent run saw the other's lock on /dev/{node}"
+
+
+def _image_file() -> Path:
+    """A file of the image that no process maps: its pages are only in the page cache."""
+    image = load_any("default")
+    found = sorted(Path(image.path).rglob("*.py"), key=lambda p: p.stat().st_size)
+    return next(p for p in found if 64 << 10 < p.stat().st_size < 1 << 20)
+
+
+def _cached(path: Path) -> bool:
+    """Whether the first page of `path` is in the page cache (asked from the host, unfiltered)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("evict", ["fadvise", "madvise_pageout"])
+def test_a_run_cannot_evict_the_shared_page_cache(sb, evict):
+    # Flush+reload: evict a page of a shared file (an image library), then ask whether another
+    # tenant brought it back. The eviction half, from inside the jail, must do nothing.
+    path = _image_file()
+    path.read_bytes()
+    assert _cached(path)
+    code = {
+        "fadvise": "fd = os.open(P, os.O_RDONLY)\nos.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)",
+        "madvise_pageout": "import mmap\nf = open(P, 'rb')\nm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\nm[0]\nm.madvise(21)",
+    }[evict]
+    r = sb.run(f"import os\nP = {str(path)!r}\n{code}\nprint('done')", timeout=20)
+    assert r.outcome is Outcome.OK and r.stdout == "done\n", describe(r)
+    assert _cached(path), f"{evict} from inside the jail evicted a page of the image from the host's cache"
+
+
+def test_a_run_cannot_ask_whether_a_page_is_cached(sb):
+    # The probe half: preadv2(RWF_NOWAIT) answers EAGAIN for a page not in the cache, without
+    # reading it. Refused as a filesystem without the flag refuses it; plain preadv2 still works.
+    r = run(sb, f"""
+        import os
+        fd = os.open({str(_image_file())!r}, os.O_RDONLY)
+        buf = bytearray(4096)
+        evidence(nowait=errno_of(os.preadv, fd, [buf], 0, os.RWF_NOWAIT), plain=os.preadv(fd, [buf], 0, 0))
+    """)
+    ev = one(ok(r))
+    assert ev["nowait"] == errno.EOPNOTSUPP and ev["plain"] == 4096, ev
+
+
+# -- 13. nothing of the host or the server in what a session reads -----------------------------
+
+def test_a_session_sees_no_host_pid_or_server_wide_counters(pair, sb):
+    # Before: /proc/self/cgroup named the jail's cgroup after nsjail's host pid (NSJAIL.<pid>) and
+    # the session's after a server-wide counter (session-<n>); /proc/loadavg, /proc/stat, /proc/
+    # uptime and /proc/meminfo moved with every other tenant's work.
+    a, _ = pair
+    code = program("""
+        files = {p: open(p).read() for p in ("/proc/self/cgroup", "/proc/loadavg", "/proc/stat", "/proc/uptime",
+                                            "/proc/meminfo", "/proc/vmstat", "/proc/locks")}
+        evidence(**files)
+    """)
+    first = one(ok(a.run(code)))
+    # Meanwhile other tenants work: a stateless run burns CPU and memory and forks.
+    ok(sb.run("import subprocess, time\nx = bytearray(64 << 20)\nt = time.monotonic()\n"
+              "while time.monotonic() - t < 1.2:\n    pass\nfor _ in range(20):\n    subprocess.run(['true'])"))
+    second = one(ok(a.run(code)))
+    cgroup = first["/proc/self/cgroup"]
+    assert "NSJAIL" not in cgroup, cgroup
+    assert not re.search(r"session-\d{1,6}\b", cgroup), cgroup
+    for name in ("/proc/loadavg", "/proc/stat", "/proc/uptime", "/proc/meminfo", "/proc/vmstat"):
+        assert first[name] == second[name], f"{name} moved with another tenant's work"
+
+
+def test_a_stateless_run_sees_no_host_pid(sb):
+    r = run(sb, """
+        evidence(cgroup=open("/proc/self/cgroup").read())
+    """)
+    cgroup = one(ok(r))["cgroup"]
+    assert "NSJAIL" not in cgroup and all(line.endswith(":/") for line in cgroup.splitlines()), cgroup
