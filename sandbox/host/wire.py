@@ -54,6 +54,49 @@ def check_path(name: object, what: str = "input file name") -> str:
     return name
 
 
+MAX_ENV_VARS = 64
+MAX_ENV_BYTES = 64 << 10        # names and values together
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# The sandbox's own variables (host/jail.py's environment) and the ones that change how the
+# interpreter, the loader or the libraries start: a call may not set them.
+_ENV_RESERVED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TMPDIR", "TMP", "TEMP", "PWD",
+                           "TZ", "IFS", "ENV", "BASH_ENV", "GCONV_PATH", "HOSTALIASES", "RESOLV_HOST_CONF"})
+_ENV_RESERVED_PREFIXES = ("PYTHON", "LD_", "LC_", "MPL", "SANDBOX_", "GLIBC_", "MALLOC_", "OPENBLAS_", "MKL_",
+                          "OMP_", "GOMP_", "KMP_", "NUMEXPR_", "JOBLIB_", "LOKY_", "NSJAIL")
+
+
+def check_env(env: object) -> dict[str, str]:
+    """Environment variables for one call: at most MAX_ENV_VARS names of letters, digits and '_'
+    (not starting with a digit), none of the sandbox's own (PATH, HOME, LANG, LC_*, PYTHON*, LD_*,
+    MPL*, *_NUM_THREADS...), values text without NUL, MAX_ENV_BYTES in all."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidInputError("env must be a mapping of name -> str")
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidInputError(f"{len(env)} environment variables exceed the {MAX_ENV_VARS} allowed")
+    out, total = {}, 0
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise InvalidInputError(f"environment variable name {str(name)[:80]!r} is not allowed: use letters, "
+                                    "digits and '_', not starting with a digit, at most 128 characters")
+        upper = name.upper()
+        if upper in _ENV_RESERVED or upper.startswith(_ENV_RESERVED_PREFIXES) or upper.endswith("_NUM_THREADS"):
+            raise InvalidInputError(f"environment variable {name!r} belongs to the sandbox and cannot be set")
+        if not isinstance(value, str):
+            raise InvalidInputError(f"environment variable {name!r} must be a str, not {type(value).__name__}")
+        if "\0" in value:
+            raise InvalidInputError(f"environment variable {name!r} contains a NUL byte")
+        try:
+            total += len(name) + len(value.encode()) + 2
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"environment variable {name!r} is not valid Unicode text") from None
+        if total > MAX_ENV_BYTES:
+            raise InvalidInputError(f"environment variables exceed {MAX_ENV_BYTES} bytes")
+        out[name] = value
+    return out
+
+
 def imported_modules(code: str) -> set[str]:
     """The top-level modules a program's import lines name ("" for a relative import). Read
     from the lines only, never run or parsed: a guess that may only cost time."""
@@ -72,9 +115,11 @@ def flavor(code: str) -> str:
 
 
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
-                   stdin: bytes | str | None = None, stream: bool = False, extra: Mapping | None = None) -> bytes:
+                   stdin: bytes | str | None = None, stream: bool = False, extra: Mapping | None = None,
+                   env: Mapping[str, str] | None = None) -> bytes:
     """The request frame: header, then each input file's bytes, then stdin's. `extra` adds to
-    the header (a session call's session number)."""
+    the header (a session call's session number); `env`, checked by check_env, is the call's own
+    environment variables."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
     try:
@@ -84,6 +129,7 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
     if size > limits.max_code_bytes:
         raise InvalidInputError(f"code is larger than max_code_bytes={limits.max_code_bytes}")
     check_path(filename, "filename")
+    env = check_env(env)
     entries, blobs, total = [], [], 0
     files = files or {}
     if not isinstance(files, Mapping):
@@ -117,7 +163,7 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
         raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
     header = {protocol.OP: protocol.CALL, "code": code, "filename": filename, "files": entries, "stdin": len(stdin),
               "limits": limits.per_request(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream,
-              **(extra or {})}
+              **({"env": env} if env else {}), **(extra or {})}
     return protocol.encode(header, blobs + [stdin])
 
 
