@@ -1,6 +1,7 @@
 """E2B's code interpreter: `POST /execute` answered as its newline-delimited JSON stream.
 
-Request `{code, context_id?, language?, env_vars?}`. The stream, one JSON object a line, in order:
+Request `{code, context_id?, language?, env_vars?}`: the cell is dedented (as E2B's kernel does),
+`env_vars` hold for this execution (names the engine allows: not PATH, HOME, PYTHON*...). The stream, one JSON object a line, in order:
 `{"type": "stdout", "text", "timestamp"}`, `{"type": "stderr", ...}`, one
 `{"type": "result", "png", "text"}` per figure, the value of the last expression as
 `{"type": "result", "text", "is_main_result": true}` (as a notebook cell shows it),
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ast
 import datetime
 import json
+import textwrap
 from typing import Any
 
 from ..results import Outcome, Result
@@ -43,13 +45,14 @@ def from_e2b(payload: Any) -> tuple[RunRequest, str | None]:
     language = payload.get("language")
     if language not in (None, "python", "python3"):
         raise PeerRequestError(f"language {language!r} is not supported: this sandbox runs Python only")
-    if payload.get("env_vars"):
-        raise PeerRequestError("env_vars are not supported: the sandbox's environment is fixed; "
-                               "set os.environ in the code instead")
+    env = payload.get("env_vars") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise PeerRequestError("env_vars must be an object of name -> string")
     context_id = payload.get("context_id")
     if context_id is not None and not isinstance(context_id, str):
         raise PeerRequestError("context_id must be a string")
-    return RunRequest(code=keep_last_expression(payload["code"])), context_id
+    # As E2B's kernel does: a cell indented as a whole (a triple-quoted string in the caller's code) runs.
+    return RunRequest(code=keep_last_expression(textwrap.dedent(payload["code"])), env=env), context_id
 
 
 def keep_last_expression(code: str) -> str:

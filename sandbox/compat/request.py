@@ -15,13 +15,14 @@ class PeerRequestError(ValueError):
 
 @dataclass(frozen=True)
 class RunRequest:
-    """The arguments of one `run()`: `run(code, files, stdin=..., timeout=..., limits=...)`."""
+    """The arguments of one `run()`: `run(code, files, stdin=..., timeout=..., limits=..., env=...)`."""
 
     code: str
     files: dict[str, bytes] = field(default_factory=dict)
     stdin: str | None = None
     timeout: float | None = None
     limits: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)   # checked by the engine (names it allows)
 
 
 def b64decode(value: Any, what: str) -> bytes:

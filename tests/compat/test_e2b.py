@@ -28,7 +28,8 @@ def test_run_code_value_of_the_last_expression_and_logs(server):
     assert ex.error is None
     assert ex.text == "42"                       # the main result, as a notebook shows Out[n]
     assert "".join(ex.logs.stdout) == "hello\n" and seen == ex.logs.stdout
-    assert ex.execution_count == 1
+    again = sbx.run_code("x")                    # the key's default context keeps its variables
+    assert again.text == "2" and again.execution_count == ex.execution_count + 1
 
 
 def test_figures_come_back_as_png_results(server):
@@ -69,14 +70,61 @@ def test_contexts_keep_files_between_runs(server):
         sbx.run_code("1", context=ctx)
 
 
-def test_variables_do_not_persist_in_a_context_yet(server):
-    # Stateless runs (no engine sessions yet): a context keeps files, not variables; the model
-    # gets a plain NameError, never a stale value.
+def test_a_context_is_an_engine_session_variables_carry_over_until_restart(server):
     sbx = connect(server)
-    ctx = sbx.create_code_context()
-    sbx.run_code("x = 1", context=ctx)
+    ctx = sbx.create_code_context(cwd="/root")
+    assert [c.cwd for c in sbx.list_code_contexts() if c.id == ctx.id] == ["/root"]
+    sbx.run_code("import math\nx = math.pi", context=ctx)
+    assert sbx.run_code("round(x, 2)", context=ctx).text == "3.14"
+    assert sbx.run_code("x", context=sbx.create_code_context()).error.name == "NameError"  # contexts are apart
+    sbx.restart_code_context(ctx)
     ex = sbx.run_code("x", context=ctx)
-    assert ex.error.name == "NameError"
+    assert ex.error.name == "NameError" and ex.error.value == "name 'x' is not defined"
+    # The default context is listed before any cell ran in it, and restarts like the others.
+    assert "default" in [c.id for c in sbx.list_code_contexts()]
+    sbx.run_code("y = 5")
+    sbx.restart_code_context("default")
+    assert sbx.run_code("y").error.name == "NameError"
+
+
+def test_contexts_are_the_keys_engine_sessions(server):
+    # Each used context holds one of the key's engine sessions (its ttl, caps and quotas).
+    sbx = connect(server, OTHER_KEY)
+    ctx = sbx.create_code_context()
+    sbx.run_code("1", context=ctx)
+    sessions = server.app.state.sessions
+    owner, backing = next((o, c[ctx.id].session) for o, c in server.app.state.e2b_contexts._by_owner.items()
+                          if ctx.id in c)
+    assert backing in {s.id for s in sessions.owned_by(owner)}
+    sbx.remove_code_context(ctx)
+    assert backing not in {s.id for s in sessions.owned_by(owner)}
+
+
+def test_indented_cells_run_as_e2bs_kernel_runs_them(server):
+    ex = connect(server).run_code("""
+        def twice(v):
+            return 2 * v
+        twice(21)
+    """)
+    assert ex.error is None and ex.text == "42"
+
+
+def test_one_print_is_one_stdout_event(server):
+    sbx = connect(server)
+    seen = []
+    ex = sbx.run_code("for i in range(30):\n    print(i)\nprint('no newline', end='')",
+                      on_stdout=lambda m: seen.append(m.line))
+    assert seen == [f"{i}\n" for i in range(30)] + ["no newline"] and ex.logs.stdout == seen
+
+
+def test_env_vars_hold_for_one_execution_and_the_sandboxs_own_are_refused(server):
+    sbx = connect(server)
+    ex = sbx.run_code("import os; os.getenv('FOO')", envs={"FOO": "bar"})
+    assert ex.text == "'bar'"
+    assert sbx.run_code("import os; os.getenv('FOO', 'default')").text == "'default'"
+    for name in ("PATH", "LD_PRELOAD", "PYTHONPATH", "OMP_NUM_THREADS", "MPLBACKEND", "1BAD"):
+        with pytest.raises(SandboxException, match="400"):
+            sbx.run_code("1", envs={name: "x"})
 
 
 def test_other_languages_and_bad_keys_are_refused(server):

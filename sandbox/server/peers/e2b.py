@@ -2,14 +2,20 @@
 sandbox.compat.e2b. The E2B SDK sends no auth header to this API: point its `sandbox_url` at
 `http://HOST/k/KEY/e2b` (the key in the path); `/e2b/...` itself takes the bearer header.
 
-A context keeps the files its runs write (each run gets them back as inputs); variables and
-imports do not carry over between runs until the engine has stateful sessions.
+Every context is an engine session owned by the key (the engine's ttl and caps, and the key's
+quotas of sandbox.server.sessions): variables, imports and files carry over from cell to cell. A
+key's default context (no `context_id`, or "python") is one such session, made on its first cell;
+`POST /contexts` makes more, `restart` replaces a context's session (same id, fresh interpreter),
+`DELETE` closes it. A context whose session ended (idle past its ttl, or a cell that hit a limit)
+gets a fresh one on its next cell, as a kernel restarts after a crash.
 """
 
 # No `from __future__ import annotations` here: the per-router `Owner` alias is local to _routes()
 # and FastAPI must resolve it when it reads the handlers' signatures.
+import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -18,16 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...compat import e2b
 from ...compat.request import PeerRequestError
 from ...errors import InvalidInputError
-from ...results import Output
+from ...results import Output, Result
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
 from ..runs import coalesce
-from .store import PeerStore, get_store
 from .transform import check_code_size, off_loop
 
-KIND = "e2b"
 TAGS = ["peer: E2B code interpreter"]
-StoreDep = Annotated[PeerStore, Depends(get_store)]
+DEFAULT = "default"
+MAX_CONTEXTS = 64          # contexts a key may have made (each is also one of its engine sessions when used)
 
 
 class E2BExecute(BaseModel):
@@ -36,36 +41,108 @@ class E2BExecute(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"code": "x = 2\nx * 21"}]})
 
     code: str = Field(description="the cell; the value of its last expression comes back as the main result")
-    context_id: str | None = Field(default=None, description="a context from POST /contexts (keeps files)")
+    context_id: str | None = Field(default=None, description="a context from POST /contexts; the key's default one without")
     language: str | None = Field(default=None, description="Python only")
-    env_vars: dict[str, str] | None = Field(default=None, description="refused when not empty: the environment is fixed")
+    env_vars: dict[str, str] | None = Field(default=None, description="environment variables for this execution "
+                                            "(not the sandbox's own: PATH, HOME, LANG, PYTHON*, LD_*...)")
 
 
 class E2BContext(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     language: str | None = Field(default=None, description="Python only")
-    cwd: str | None = Field(default=None, description="ignored: runs start in the sandbox's working directory")
+    cwd: str | None = Field(default=None, description="reported back; runs start in the sandbox's working directory")
+
+
+@dataclass
+class _Context:
+    language: str = "python"
+    cwd: str = "/work"        # where runs start (reported back as given, if given)
+    session: str | None = None      # the engine session's id, made on the first cell
+    runs: int = 0
+
+
+class Contexts:
+    """Per key: its contexts (id -> _Context), the default one included once used. The engine keeps
+    the state; this knows which session backs which context."""
+
+    def __init__(self) -> None:
+        self._by_owner: dict[str, dict[str, _Context]] = {}
+
+    def of(self, owner: str) -> dict[str, _Context]:
+        return self._by_owner.setdefault(owner, {})
+
+    async def session(self, request: Request, sb, owner: str, context_id: str | None) -> tuple[_Context, Any]:
+        """The context's open session (made, or made again if it ended); ApiError 404 for an unknown id."""
+        sessions = request.app.state.sessions
+        mine = self.of(owner)
+        cid = DEFAULT if context_id in (None, "", DEFAULT, "python", "python3") else context_id
+        ctx = mine.get(cid)
+        if ctx is None:
+            if cid != DEFAULT:
+                raise ApiError(404, "not_found", f"no context {context_id!r}")
+            ctx = mine[DEFAULT] = _Context()
+        if ctx.session is not None:
+            try:
+                return ctx, sessions.get(owner, ctx.session)
+            except ApiError:
+                ctx.session = None  # it ended: a fresh interpreter, as a kernel that restarts
+        session = await sessions.create(sb, owner)
+        ctx.session = session.id
+        return ctx, session
+
+    async def close(self, request: Request, owner: str, ctx: _Context) -> None:
+        if ctx.session is not None:
+            sid, ctx.session = ctx.session, None
+            try:
+                await request.app.state.sessions.close(owner, sid)
+            except ApiError:
+                pass  # ended long ago and forgotten: nothing left to close
+
+
+def get_contexts(request: Request) -> Contexts:
+    contexts = getattr(request.app.state, "e2b_contexts", None)
+    if contexts is None:
+        contexts = request.app.state.e2b_contexts = Contexts()
+    return contexts
+
+
+ContextsDep = Annotated[Contexts, Depends(get_contexts)]
+
+
+async def by_line(events: AsyncIterator[Output | Result]) -> AsyncIterator[Output | Result]:
+    """`events` with each stream's text as one event per line, a last partial line held until its
+    newline or the end: one print() is one E2B event, as its kernel sends them."""
+    held = {"stdout": "", "stderr": ""}
+    async for event in events:
+        if isinstance(event, Output):
+            lines = (held[event.stream] + event.text).split("\n")
+            held[event.stream] = lines.pop()
+            for line in lines:
+                yield Output(event.stream, line + "\n")
+            continue
+        for stream, rest in held.items():
+            if rest:
+                yield Output(stream, rest)
+        held = {"stdout": "", "stderr": ""}
+        yield event
 
 
 def _routes(router: APIRouter, owner_dep) -> None:
     Owner = Annotated[str, Depends(owner_dep)]
 
-    @router.post("/execute", summary="E2B: run a cell; newline-delimited JSON events",
+    @router.post("/execute", summary="E2B: run a cell in a context; newline-delimited JSON events",
                  responses={200: {"content": {"application/x-ndjson": {}}}})
-    async def execute(body: E2BExecute, sb: SandboxDep, owner: Owner, store: StoreDep, request: Request) -> Response:
+    async def execute(body: E2BExecute, sb: SandboxDep, owner: Owner, contexts: ContextsDep,
+                      request: Request) -> Response:
         check_code_size(request, body.code)  # before the cell is parsed, which happens off the event loop
         try:
             req, context_id = await off_loop(request, e2b.from_e2b, body.model_dump())
         except PeerRequestError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
-        space = None
-        if context_id not in (None, "", "default", "python"):
-            space = store.get(owner, KIND, context_id)
-            if space is None:
-                raise ApiError(404, "not_found", f"no context {context_id!r}")
-        sessions = request.app.state.sessions  # the key's places in the engine
-        events = coalesce(sessions.engine_stream(owner, sb.stream(req.code, space.by_name() if space else None)))
+        ctx, session = await contexts.session(request, sb, owner, context_id)
+        sessions = request.app.state.sessions
+        events = by_line(coalesce(sessions.stream(session, req.code, None, owner=owner, env=req.env or None)))
         try:
             first = await anext(events)  # a refused run (bad input, full queue) fails here, before the 200
         except InvalidInputError as exc:
@@ -77,57 +154,56 @@ def _routes(router: APIRouter, owner_dep) -> None:
 
         async def lines() -> AsyncIterator[bytes]:
             try:
-                async for line in _lines():
-                    yield line
+                event = first
+                while isinstance(event, Output):
+                    yield e2b.ndjson([e2b.output_event(event.stream, event.text)])
+                    event = await anext(events)
+                ctx.runs += 1
+                yield e2b.ndjson(e2b.to_e2b_events(event, ctx.runs, logs=False))
             finally:
                 await events.aclose()  # a client that left has its run killed
 
-        async def _lines() -> AsyncIterator[bytes]:
-            event = first
-            while isinstance(event, Output):
-                yield e2b.ndjson([e2b.output_event(event.stream, event.text)])
-                event = await anext(events)
-            count = 1
-            if space is not None:
-                space.runs += 1
-                count = space.runs
-                for name, data in e2b.written_files(event).items():
-                    space.put(name, data)
-                try:
-                    store.fit(space)
-                except ApiError as exc:  # the stream has begun: say it as an event, not a status
-                    space.files.clear()
-                    yield e2b.ndjson([{"type": "error", "name": "ContextFull", "value": exc.message,
-                                       "traceback": ""}])
-            yield e2b.ndjson(e2b.to_e2b_events(event, count, logs=False))
-
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @router.post("/contexts", summary="E2B: create a context (keeps files between runs)")
-    async def create_context(owner: Owner, store: StoreDep, body: E2BContext | None = None) -> JSONResponse:
+    @router.post("/contexts", summary="E2B: create a context (an engine session: state carries over)")
+    async def create_context(owner: Owner, contexts: ContextsDep, body: E2BContext | None = None) -> JSONResponse:
         language = (body.language if body is not None else None) or "python"
         if language not in ("python", "python3"):
             raise ApiError(400, "invalid_input", f"language {language!r} is not supported: Python only")
-        cid, _ = store.create(owner, KIND)
-        return JSONResponse(e2b.context_document(cid))
+        mine = contexts.of(owner)
+        if len([c for c in mine if c != DEFAULT]) >= MAX_CONTEXTS:
+            raise ApiError(429, "context_limit", f"this key has {MAX_CONTEXTS} contexts: remove one first")
+        cid = secrets.token_hex(16)
+        mine[cid] = _Context(cwd=(body.cwd if body is not None and body.cwd else None) or "/work")
+        return JSONResponse(e2b.context_document(cid, "python", mine[cid].cwd))
 
-    @router.get("/contexts", summary="E2B: list contexts")
-    async def list_contexts(owner: Owner, store: StoreDep) -> JSONResponse:
-        return JSONResponse([e2b.context_document(cid) for cid, _ in store.list(owner, KIND)])
+    @router.get("/contexts", summary="E2B: list contexts (the default one first)")
+    async def list_contexts(owner: Owner, contexts: ContextsDep) -> JSONResponse:
+        mine = contexts.of(owner)
+        default = mine.get(DEFAULT) or _Context()
+        return JSONResponse([e2b.context_document(DEFAULT, "python", default.cwd)] +
+                            [e2b.context_document(cid, c.language, c.cwd) for cid, c in mine.items() if cid != DEFAULT])
 
-    @router.delete("/contexts/{context_id}", status_code=204, summary="E2B: remove a context")
-    async def remove_context(context_id: Annotated[str, Path()], owner: Owner, store: StoreDep) -> Response:
-        if not store.delete(owner, KIND, context_id):
+    @router.delete("/contexts/{context_id}", status_code=204, summary="E2B: remove a context (closes its session)")
+    async def remove_context(context_id: Annotated[str, Path()], request: Request, owner: Owner,
+                             contexts: ContextsDep) -> Response:
+        ctx = contexts.of(owner).pop(context_id, None)
+        if ctx is None:
             raise ApiError(404, "not_found", f"no context {context_id!r}")
+        await contexts.close(request, owner, ctx)
         return Response(status_code=204)
 
-    @router.post("/contexts/{context_id}/restart", status_code=204, summary="E2B: restart a context (drops its files)")
-    async def restart_context(context_id: Annotated[str, Path()], owner: Owner, store: StoreDep) -> Response:
-        space = store.get(owner, KIND, context_id)
-        if space is None:
+    @router.post("/contexts/{context_id}/restart", status_code=204,
+                 summary="E2B: restart a context (a fresh interpreter: variables and files are gone)")
+    async def restart_context(context_id: Annotated[str, Path()], request: Request, owner: Owner,
+                              contexts: ContextsDep) -> Response:
+        ctx = contexts.of(owner).get(DEFAULT if context_id in ("python", "python3") else context_id)
+        if ctx is None:
+            if context_id in (DEFAULT, "python", "python3"):
+                return Response(status_code=204)  # not used yet: already fresh
             raise ApiError(404, "not_found", f"no context {context_id!r}")
-        space.files.clear()
-        space.runs = 0
+        await contexts.close(request, owner, ctx)
+        ctx.runs = 0
         return Response(status_code=204)
 
 
