@@ -1,9 +1,10 @@
 """LibreChat's code interpreter API (`/exec`, `/upload`, `/download/{session_id}/{file_id}`,
 `/files/{session_id}`), so a self-hosted LibreChat gets code execution from us.
 
-`/exec` request: `{lang, code, args?, files?: [{id, name, session_id | storage_session_id, ...}]}`;
-response `{session_id, stdout, stderr, files: [{id, name, path}]}` where `files` are what the run
-wrote (and its figures, as PNG files), stored under the new session id for `/download`.
+`/exec` request: `{lang, code, args?, session_id?, user_id?, entity_id?, files?: [{id, name, session_id |
+storage_session_id, ...}]}`; response `{session_id, stdout, stderr, files: [{id, name, path, modified_from?}]}`
+where `files` are what the run wrote or changed (and its figures, as PNG files), stored under the
+session for `/download`. A session is an engine session: variables carry over between its runs.
 Only `lang: "py"` runs; `args` (command-line arguments) are refused: the engine has no argv.
 `stderr` carries the program's stderr, then the traceback or the reason the run was stopped.
 
@@ -69,6 +70,9 @@ class FileRef:
 class ExecRequest:
     code: str
     files: list[FileRef]
+    session_id: str | None = None    # the session to run in (its variables and files)
+    user_id: str | None = None       # with entity_id, how a session is found again without its id
+    entity_id: str | None = None
 
 
 def from_librechat_exec(payload: Any) -> ExecRequest:
@@ -89,7 +93,13 @@ def from_librechat_exec(payload: Any) -> ExecRequest:
         if not all(isinstance(v, str) and v for v in (session, f.get("id"), f.get("name"))):
             raise PeerRequestError(f"files[{i}] needs string id, name and session_id (or storage_session_id)")
         refs.append(FileRef(session, f["id"], f["name"]))
-    return ExecRequest(code=map_data_dir(code), files=refs)
+    ids = {}
+    for key in ("session_id", "user_id", "entity_id"):
+        value = payload.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > 256):
+            raise PeerRequestError(f"{key} must be a string of at most 256 characters")
+        ids[key] = value or None
+    return ExecRequest(code=map_data_dir(code), files=refs, **ids)
 
 
 def output_files(result: Result) -> list[tuple[str, bytes]]:
@@ -100,14 +110,21 @@ def output_files(result: Result) -> list[tuple[str, bytes]]:
     return out
 
 
-def to_librechat_exec(result: Result, session_id: str, stored: list[tuple[str, str]]) -> dict[str, Any]:
-    """The `/exec` response. `stored` is [(file_id, name)] of the outputs kept under `session_id`."""
-    return {
-        "session_id": session_id,
-        "stdout": result.stdout,
-        "stderr": stderr_with_summary(result),
-        "files": [{"id": fid, "name": name, "path": name} for fid, name in stored],
-    }
+def to_librechat_exec(result: Result, session_id: str, stored: list[tuple[str, str]],
+                      inputs: list[FileRef] = ()) -> dict[str, Any]:
+    """The `/exec` response. `stored` is [(file_id, name)] of the outputs kept under `session_id`;
+    an output that replaces one of the `inputs` says which (`modified_from`)."""
+    by_name = {ref.name: ref for ref in inputs}
+    files = []
+    for fid, name in stored:
+        entry: dict[str, Any] = {"id": fid, "name": name, "path": name, "session_id": session_id,
+                                 "storage_session_id": session_id}
+        ref = by_name.get(name)
+        if ref is not None:
+            entry["modified_from"] = {"id": ref.file_id, "session_id": ref.session_id,
+                                      "storage_session_id": ref.session_id}
+        files.append(entry)
+    return {"session_id": session_id, "stdout": result.stdout, "stderr": stderr_with_summary(result), "files": files}
 
 
 def upload_response(session_id: str, stored: list[tuple[str, str]]) -> dict[str, Any]:
@@ -116,16 +133,20 @@ def upload_response(session_id: str, stored: list[tuple[str, str]]) -> dict[str,
             "files": [{"fileId": fid, "filename": name} for fid, name in stored]}
 
 
-def file_listing(session_id: str, files: list[tuple[str, str, float, str]], detail: str = "summary") -> list[dict[str, Any]]:
-    """`/files/{session_id}`: one entry per (file_id, name, modified_epoch, content_type)."""
+def file_listing(session_id: str, files: list[tuple[str, str, float, str, int]],
+                 detail: str = "summary") -> list[dict[str, Any]]:
+    """`/files/{session_id}`: one entry per (file_id, name, modified_epoch, content_type, size);
+    `detail=full` adds `size`, `contentType` and the metadata LibreChat reads the name from."""
     out = []
-    for fid, name, mtime, ctype in files:
+    for fid, name, mtime, ctype, size in files:
         entry: dict[str, Any] = {
             "name": f"{session_id}/{fid}", "id": fid, "fileId": fid, "session_id": session_id,
             "storage_session_id": session_id,
             "lastModified": datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(),
         }
         if detail != "summary":
+            entry["size"] = size
+            entry["contentType"] = ctype
             entry["metadata"] = {"content-type": ctype, "original-filename": name}
         out.append(entry)
     return out

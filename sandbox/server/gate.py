@@ -28,7 +28,7 @@ SMALL_BODY = 64 * KIB       # routes that take a few fields (session create, con
 
 # Routes anyone may call (with keys configured); everything else needs a key. Exact paths, and one prefix.
 PUBLIC = frozenset({"/", "/v1/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
-                    "/favicon.ico"})
+                    "/favicon.ico", "/librechat/health"})
 PUBLIC_PREFIX = "/static/"
 
 

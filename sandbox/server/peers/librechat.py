@@ -2,26 +2,34 @@
 LibreChat's `LIBRECHAT_CODE_BASEURL=http://HOST/librechat` and `LIBRECHAT_CODE_API_KEY` to a key:
 LibreChat sends it as `X-API-Key` (a bearer header works too).
 
-Sessions are host-side file stores: `/upload` makes one, each `/exec` makes one for its outputs;
-`/exec` gets its input files from the sessions its `files` refs name. Runs are stateless.
+A session is a file store (inputs and outputs, for `/files` and `/download`) and, once code ran in
+it, an engine session owned by the key (the engine's ttl and caps, the key's session quota): variables
+carry over between its runs. `/upload` makes one; `/exec` runs in the session its `session_id` names,
+else in the one its file refs or its `user_id` and `entity_id` found before, else in a new one; its
+outputs are stored under that session. While `/exec` runs, a space is sent every KEEPALIVE_SECONDS
+(leading whitespace of the JSON answer), as LibreChat's own server does for long runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ... import __version__
 from ...compat import librechat as lc
 from ...compat.request import PeerRequestError
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, SandboxError
 from ..deps import SandboxDep
 from ..errors import ApiError
 from .auth import HeaderOwnerDep
-from .store import PeerStore, get_store
+from .store import PeerStore, Space, get_store
 from .transform import code_too_large, off_loop
 
 KIND = "librechat"
@@ -29,9 +37,13 @@ StoreDep = Annotated[PeerStore, Depends(get_store)]
 router = APIRouter(prefix="/librechat", tags=["peer: LibreChat"])
 
 
+def _refusal_body(message: str) -> dict[str, Any]:
+    return {"session_id": "", "stdout": "", "stderr": message + "\n", "files": []}
+
+
 def _refused(message: str) -> JSONResponse:
     # A 200 whose stderr says why: LibreChat shows a model only a generic text for a 4xx.
-    return JSONResponse({"session_id": "", "stdout": "", "stderr": message + "\n", "files": []})
+    return JSONResponse(_refusal_body(message))
 
 
 class LibreChatExec(BaseModel):
@@ -46,9 +58,47 @@ class LibreChatExec(BaseModel):
         default=None, description="inputs: [{id, name, session_id or storage_session_id}] from /upload or an earlier /exec")
 
 
-@router.post("/exec", summary="LibreChat: run code (Python only)")
+KEEPALIVE_SECONDS = 2.0     # a space while /exec runs, so proxies and clients see the request alive
+
+
+def _find_space(store: PeerStore, owner: str, req: lc.ExecRequest) -> tuple[str, Space]:
+    """The session a run belongs to: the one it names (`session_id`, if this key's), else an earlier
+    run's session its file refs point at (the same user's), else the one its user_id and entity_id
+    ran in before, else a new one."""
+    if req.session_id is not None:
+        space = store.get(owner, KIND, req.session_id)
+        if space is not None:
+            return req.session_id, space
+    tag = (req.user_id, req.entity_id)
+    for ref in req.files:
+        space = store.get(owner, KIND, ref.session_id)
+        if space is not None and space.session is not None and space.tag[:1] == (req.user_id,):
+            return ref.session_id, space
+    if req.entity_id is not None:
+        for sid, space in store.list(owner, KIND):
+            if space.session is not None and space.tag == tag:
+                return sid, store.get(owner, KIND, sid)
+    sid, space = store.create(owner, KIND)
+    space.tag = tag
+    return sid, space
+
+
+async def _engine_session(request: Request, sb, owner: str, space: Space):
+    """The space's open engine session, made (again, if the last one ended) when needed."""
+    sessions = request.app.state.sessions
+    if space.session is not None:
+        try:
+            return sessions.get(owner, space.session)
+        except ApiError:
+            space.session = None   # ended (idle past its ttl, or a run hit a limit): a fresh interpreter
+    session = await sessions.create(sb, owner)
+    space.session = session.id
+    return session
+
+
+@router.post("/exec", summary="LibreChat: run code (Python only) in a session; state carries over")
 async def execute(body: LibreChatExec, sb: SandboxDep, owner: HeaderOwnerDep, store: StoreDep,
-                  request: Request) -> JSONResponse:
+                  request: Request) -> Response:
     too_large = code_too_large(request, body.code)  # before the rewrite, which runs off the event loop
     if too_large is not None:
         return _refused(too_large)
@@ -64,14 +114,43 @@ async def execute(body: LibreChatExec, sb: SandboxDep, owner: HeaderOwnerDep, st
             return _refused(f"input file {ref.name!r} ({ref.session_id}/{ref.file_id}) is not stored here "
                             "(expired or never uploaded): upload it again")
         inputs[ref.name] = stored.data
+    sid, space = _find_space(store, owner, req)
+    for name, data in inputs.items():  # the session lists its inputs as well as its outputs
+        if space.by_name().get(name) != data:
+            space.put(name, data)
     try:
-        result = await request.app.state.sessions.engine_call(owner, lambda: sb.run(req.code, inputs))
-    except InvalidInputError as exc:
-        return _refused(str(exc))
-    sid, space = store.create(owner, KIND)
-    stored = [(space.put(name, data), name) for name, data in lc.output_files(result)]
-    store.fit(space)
-    return JSONResponse(lc.to_librechat_exec(result, sid, stored))
+        store.fit(space)
+        session = await _engine_session(request, sb, owner, space)
+    except ApiError as exc:
+        return _refused(exc.message)
+    sessions = request.app.state.sessions
+    call = asyncio.ensure_future(sessions.run(session, req.code, inputs, owner=owner))
+
+    async def answer() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=KEEPALIVE_SECONDS)
+                if done:
+                    break
+                yield b" "   # JSON allows leading whitespace: the body stays one JSON document
+            try:
+                result = call.result()
+            except (InvalidInputError, ApiError, SandboxError) as exc:
+                yield json.dumps(_refusal_body(getattr(exc, "message", None) or str(exc))).encode()
+                return
+            stored = [(space.put(name, data), name) for name, data in lc.output_files(result)]
+            try:
+                store.fit(space)
+            except ApiError as exc:
+                yield json.dumps(_refusal_body(exc.message)).encode()
+                return
+            yield json.dumps(lc.to_librechat_exec(result, sid, stored, req.files)).encode()
+        finally:
+            if not call.done():
+                call.cancel()  # the client left: its run is killed (and the session with it)
+                sessions.abandoned(session.id)
+
+    return StreamingResponse(answer(), media_type="application/json")
 
 
 @router.post("/upload", summary="LibreChat: upload files into a new session (multipart 'file')")
@@ -112,5 +191,28 @@ async def files(session_id: str, owner: HeaderOwnerDep, store: StoreDep,
     space = store.get(owner, KIND, session_id)
     if space is None:
         return JSONResponse([])
-    entries = [(fid, f.name, f.mtime, f.content_type) for fid, f in space.files.items()]
+    entries = [(fid, f.name, f.mtime, f.content_type, len(f.data)) for fid, f in space.files.items()]
     return JSONResponse(lc.file_listing(session_id, entries, detail))
+
+
+def _health(request: Request) -> tuple[bool, dict[str, Any]]:
+    sb = getattr(request.app.state, "sandbox", None)
+    stats = sb.stats() if sb is not None else None
+    ready = stats is not None and stats.live > 0
+    return ready, {"status": "healthy" if ready else "unhealthy", "version": __version__}
+
+
+@router.get("/health", summary="LibreChat: liveness (no key needed, for probes)")
+async def health(request: Request) -> JSONResponse:
+    ready, doc = _health(request)
+    return JSONResponse(doc, status_code=200 if ready else 503)
+
+
+@router.get("/health/detailed", summary="LibreChat: the engine's state")
+async def health_detailed(request: Request, owner: HeaderOwnerDep) -> JSONResponse:
+    ready, doc = _health(request)
+    sb = getattr(request.app.state, "sandbox", None)
+    pool = sb.stats().to_dict() if sb is not None else {}
+    doc.update(services={"engine": {"status": doc["status"], "pool": pool}},
+               summary={"healthy": int(ready), "unhealthy": int(not ready)})
+    return JSONResponse(doc, status_code=200 if ready else 503)

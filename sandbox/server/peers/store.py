@@ -2,7 +2,7 @@
 contexts): bytes in memory, owned by the API key that made them, capped per key and per server,
 expired when idle. One key's spaces never push out another key's while that key is within its share.
 
-Until the engine has stateful sessions, this is the state a peer keeps: files, never variables.
+The variables of a LibreChat session live in the engine session its space names (`Space.session`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class Space:
 
     files: dict[str, StoredFile] = field(default_factory=dict)
     runs: int = 0
+    session: str | None = None      # the engine session that runs this space's code (LibreChat), once it ran
+    tag: tuple = ()                 # what a peer finds the space again by (LibreChat: user_id, entity_id)
     used: float = field(default_factory=time.monotonic)
 
     @property
