@@ -12,6 +12,7 @@ gets a fresh one on its next cell, as a kernel restarts after a crash.
 
 # No `from __future__ import annotations` here: the per-router `Owner` alias is local to _routes()
 # and FastAPI must resolve it when it reads the handlers' signatures.
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...compat import e2b
 from ...compat.request import PeerRequestError
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, RunCancelledError, SessionClosedError
 from ...results import Output, Result
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
@@ -32,6 +33,7 @@ from .transform import check_code_size, off_loop
 
 TAGS = ["peer: E2B code interpreter"]
 DEFAULT = "default"
+KEEPALIVE_SECONDS = 2.0    # a {"type": "keepalive"} line while a cell is silent, as E2B's server sends
 MAX_CONTEXTS = 64          # contexts a key may have made (each is also one of its engine sessions when used)
 
 
@@ -128,6 +130,31 @@ async def by_line(events: AsyncIterator[Output | Result]) -> AsyncIterator[Outpu
         yield event
 
 
+async def ticking(events: AsyncIterator[Output | Result], every: float) -> AsyncIterator[Output | Result | None]:
+    """`events`, with None whenever `every` seconds pass without one. Closing this closes `events`."""
+    pending = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield None
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield event
+            pending = asyncio.ensure_future(anext(events))
+    finally:
+        if not pending.done():
+            pending.cancel()
+            try:
+                await pending
+            except BaseException:  # noqa: BLE001 - the cancellation, or what the run raised meanwhile
+                pass
+        await events.aclose()
+
+
 def _routes(router: APIRouter, owner_dep) -> None:
     Owner = Annotated[str, Depends(owner_dep)]
 
@@ -140,23 +167,36 @@ def _routes(router: APIRouter, owner_dep) -> None:
             req, context_id = await off_loop(request, e2b.from_e2b, body.model_dump())
         except PeerRequestError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
-        ctx, session = await contexts.session(request, sb, owner, context_id)
         sessions = request.app.state.sessions
-        events = by_line(coalesce(sessions.stream(session, req.code, None, owner=owner, env=req.env or None)))
-        try:
-            first = await anext(events)  # a refused run (bad input, full queue) fails here, before the 200
-        except InvalidInputError as exc:
-            await events.aclose()
-            raise ApiError(400, "invalid_input", str(exc)) from None
-        except BaseException:
-            await events.aclose()
-            raise
+        for attempt in range(2):
+            ctx, session = await contexts.session(request, sb, owner, context_id)
+            events = ticking(by_line(coalesce(sessions.stream(session, req.code, None, owner=owner,
+                                                              env=req.env or None))), KEEPALIVE_SECONDS)
+            try:
+                first = await anext(events)  # a refused run (bad input, full queue) fails here, before the 200
+                break
+            except InvalidInputError as exc:
+                await events.aclose()
+                raise ApiError(400, "invalid_input", str(exc)) from None
+            except (SessionClosedError, RunCancelledError):
+                # The context's session ended while this cell waited for its turn (the cell before it
+                # was killed): the cell runs in a fresh one, as after a kernel restart.
+                await events.aclose()
+                ctx.session = None
+                if attempt:
+                    raise ApiError(503, "unavailable", "the context's interpreter ended twice; retry") from None
+            except BaseException:
+                await events.aclose()
+                raise
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 event = first
-                while isinstance(event, Output):
-                    yield e2b.ndjson([e2b.output_event(event.stream, event.text)])
+                while not isinstance(event, Result):
+                    if event is None:   # E2B's own keep-alive: a client that left is noticed on this write
+                        yield e2b.ndjson([{"type": "keepalive"}])
+                    else:
+                        yield e2b.ndjson([e2b.output_event(event.stream, event.text)])
                     event = await anext(events)
                 ctx.runs += 1
                 yield e2b.ndjson(e2b.to_e2b_events(event, ctx.runs, logs=False))
