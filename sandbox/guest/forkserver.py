@@ -273,6 +273,7 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
     """The fork server's loop; returns when the zygote closes the socket."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    isolation.empty_bounding_set()  # once for every child (isolation.drop_privileges)
     # SIGCHLD wakes the poll below through a pipe, so reaping never blocks the command loop.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
