@@ -88,10 +88,12 @@ class Sandbox:
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
             on_stderr: TextCallback | None = None, cancel: threading.Event | None = None,
-            env: Mapping[str, str] | None = None) -> Result:
-        """Run `code` with `files` placed in its working directory and `stdin` as its standard
-        input; never raises for what the code does. `env` adds environment variables for this run
-        (never the sandbox's own, such as PATH, HOME, LANG, PYTHON*, LD_*: see wire.check_env).
+            env: Mapping[str, str] | None = None, fetch: Iterable[str] = ()) -> Result:
+        """Run `code` with `files` placed in its working directory (a name under `/tmp/` goes to
+        the run's own /tmp) and `stdin` as its standard input; never raises for what the code does.
+        `env` adds environment variables for this run (never the sandbox's own, such as PATH, HOME,
+        LANG, PYTHON*, LD_*: see wire.check_env). `fetch` names files under /tmp/ that come back
+        with the outputs (the working directory's new and changed files always do).
         `on_stdout`/`on_stderr` receive the text as
         the program writes it (in order, on a thread of their own, all of it before run()
         returns); the Result holds the same text. Setting `cancel` (from another thread) kills
@@ -101,7 +103,7 @@ class Sandbox:
         lim = Limits.coerce(limits, self.limits, timeout)
         relay = Relay.maybe(on_stdout, on_stderr)
         request = wire.encode_request(code, files, lim, filename, stdin,  # InvalidInputError first
-                                      stream=relay is not None, env=env)
+                                      stream=relay is not None, env=env, fetch=tuple(fetch))
         try:
             return self._execute(request, lim, relay, cancel)
         finally:
@@ -204,24 +206,26 @@ class AsyncSandbox:
     async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                   filename: str = "main.py", on_stdout: TextCallback | None = None,
-                  on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None) -> Result:
+                  on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None,
+                  fetch: Iterable[str] = ()) -> Result:
         """Sandbox.run(), awaited: same arguments, same Result (callbacks run on a worker thread;
         stream() gives the same output as async events). Cancelling the awaiting task kills the
         run in its jail."""
         sync, bridge = self._started()
         return await bridge.cancellable(lambda cancel: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
 
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-                     filename: str = "main.py", env: Mapping[str, str] | None = None) -> AsyncIterator[Output | Result]:
+                     filename: str = "main.py", env: Mapping[str, str] | None = None,
+                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | Result]:
         """Run like run(), yielding Output(stream, text) events as the program writes, then the
         Result. Closing the iterator early (or cancelling its consumer) kills the run."""
         sync, bridge = self._started()
         events = bridge.events(lambda on_stdout, on_stderr, cancel: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
         try:
             async for event in events:
                 yield event

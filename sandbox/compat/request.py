@@ -23,6 +23,7 @@ class RunRequest:
     timeout: float | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)   # checked by the engine (names it allows)
+    fetch: tuple[str, ...] = ()                          # files under /tmp/ to return with the outputs
 
 
 def b64decode(value: Any, what: str) -> bytes:

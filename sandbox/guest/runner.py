@@ -130,9 +130,14 @@ def _place_inputs(entries: list, blobs: list[bytes], overwrite: bool = False) ->
     inputs = {}
     for entry, data in zip(entries, blobs):
         name = entry["name"]
-        # The host already rejected bad names; refuse again rather than trust one frame.
-        parts = name.split("/")
-        if name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
+        # The host already rejected bad names; refuse again rather than trust one frame. A name
+        # under /tmp/ goes to the execution's own /tmp.
+        parts = name[len(TMP):].split("/") if name.startswith(TMP) else name.split("/")
+        if name.startswith(TMP):
+            parts[0] = TMP + parts[0]
+        elif name.startswith("/"):
+            raise ValueError(f"bad input file name {name!r}")
+        if "\0" in name or any(p in ("", ".", "..", TMP) for p in parts):
             raise ValueError(f"bad input file name {name!r}")
         if len(parts) > 1:
             os.makedirs("/".join(parts[:-1]), exist_ok=True)
@@ -421,6 +426,8 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     except OSError:
         files, files_dropped = [], 0
     _restore_env(saved_env)
+    if header.get("fetch"):
+        files_dropped += _fetch_tmp(header["fetch"], files, limits["max_files"], limits["max_file_bytes"])
     if script is not None:
         _remove_script(script, session)
 
@@ -433,6 +440,38 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
         "files_dropped": files_dropped,
     }
     return result, [d for _, d in FIGURES.images] + [d for _, d in files]
+
+
+TMP = "/tmp/"
+
+
+def _fetch_tmp(paths: list, files: list, max_files: int, max_bytes: int) -> int:
+    """Add the regular files at `paths` (under the execution's own /tmp, checked by the host) to
+    `files`, within the caps; returns how many did not fit. Missing ones are left out."""
+    dropped, total = 0, sum(len(d) for _, d in files)
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith(TMP) or any(
+                p in ("", ".", "..") for p in path[len(TMP):].split("/")):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(max_bytes - total + 1)
+            if len(files) >= max_files or total + len(data) > max_bytes:
+                dropped += 1
+                continue
+            total += len(data)
+            files.append((path, data))
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return dropped
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:

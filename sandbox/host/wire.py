@@ -30,8 +30,15 @@ MAX_PATH = 4096
 MAX_COMPONENT = 255
 
 
-def check_path(name: object, what: str = "input file name") -> str:
-    """A relative path inside the working directory: no '..', no absolute path, no NUL."""
+TMP = "/tmp/"   # the run's own /tmp (a fresh tmpfs): input files and fetched files may live there too
+
+
+def check_path(name: object, what: str = "input file name", tmp: bool = False) -> str:
+    """A relative path inside the working directory: no '..', no absolute path, no NUL. With `tmp`,
+    also a path under the run's own /tmp (`/tmp/` and then a relative path of the same rules)."""
+    if tmp and isinstance(name, str) and name.startswith(TMP) and len(name) > len(TMP):
+        check_path(name[len(TMP):], what)
+        return name
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"{what} must be a non-empty string, not {name!r}")
     if "\0" in name:
@@ -116,10 +123,10 @@ def flavor(code: str) -> str:
 
 def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: Limits, filename: str,
                    stdin: bytes | str | None = None, stream: bool = False, extra: Mapping | None = None,
-                   env: Mapping[str, str] | None = None) -> bytes:
+                   env: Mapping[str, str] | None = None, fetch: list[str] | tuple[str, ...] = ()) -> bytes:
     """The request frame: header, then each input file's bytes, then stdin's. `extra` adds to
     the header (a session call's session number); `env`, checked by check_env, is the call's own
-    environment variables."""
+    environment variables; `fetch`, paths under /tmp/ whose files come back with the outputs."""
     if not isinstance(code, str):
         raise InvalidInputError(f"code must be a str, not {type(code).__name__}")
     try:
@@ -130,6 +137,13 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
         raise InvalidInputError(f"code is larger than max_code_bytes={limits.max_code_bytes}")
     check_path(filename, "filename")
     env = check_env(env)
+    if not isinstance(fetch, (list, tuple)) or len(fetch) > limits.max_files:
+        raise InvalidInputError(f"fetch must be a list of at most max_files={limits.max_files} paths")
+    for path in fetch:
+        if not isinstance(path, str) or not path.startswith(TMP):
+            raise InvalidInputError(f"fetch path {path!r} must be under {TMP} (the working directory's "
+                                    "new and changed files come back without asking)")
+        check_path(path, "fetch path", tmp=True)
     entries, blobs, total = [], [], 0
     files = files or {}
     if not isinstance(files, Mapping):
@@ -138,7 +152,7 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
         raise InvalidInputError(f"{len(files)} input files exceed max_input_files={limits.max_input_files}")
     seen: set[str] = set()
     for name, data in files.items():
-        check_path(name)
+        check_path(name, tmp=True)
         if isinstance(data, str):
             data = data.encode()
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -163,7 +177,7 @@ def encode_request(code: str, files: Mapping[str, bytes | str] | None, limits: L
         raise InvalidInputError(f"input files and stdin exceed max_input_bytes={limits.max_input_bytes}")
     header = {protocol.OP: protocol.CALL, "code": code, "filename": filename, "files": entries, "stdin": len(stdin),
               "limits": limits.per_request(), "profile": limits.profile(), "flavor": flavor(code), "stream": stream,
-              **({"env": env} if env else {}), **(extra or {})}
+              **({"env": env} if env else {}), **({"fetch": list(fetch)} if fetch else {}), **(extra or {})}
     return protocol.encode(header, blobs + [stdin])
 
 
@@ -291,7 +305,7 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
         entries = []
         for meta, data in zip(file_meta, parts[len(img_meta):]):
             try:
-                entries.append((check_path(meta.get("path"), "output file path"), data))
+                entries.append((check_path(meta.get("path"), "output file path", tmp=True), data))
             except InvalidInputError:
                 notes.append("an output file with an unsafe path was discarded")
         clashing = _clashes([path for path, _ in entries])

@@ -50,7 +50,7 @@ def body_caps(settings: Settings, max_code_bytes: int) -> Callable[[str, str], i
         if method in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return SMALL_BODY
         rest = _strip_key(path)
-        if rest in ("/v1/execute", "/run_code", "/mcp", "/librechat/upload") or \
+        if rest in ("/v1/execute", "/run_code", "/run_jupyter", "/mcp", "/librechat/upload") or \
                 (rest.startswith("/v1/sessions/") and (rest.endswith("/execute") or "/files/" in rest)):
             return full
         if rest in ("/e2b/execute", "/librechat/exec"):

@@ -97,15 +97,16 @@ class MeteredSandbox(AsyncSandbox):
     async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                   filename: str = "main.py", on_stdout: TextCallback | None = None,
-                  on_stderr: TextCallback | None = None) -> Result:
+                  on_stderr: TextCallback | None = None, **kwargs: Any) -> Result:
         return await self.metrics.run(super().run(code, files, stdin=stdin, timeout=timeout, limits=limits,
-                                                  filename=filename, on_stdout=on_stdout, on_stderr=on_stderr))
+                                                  filename=filename, on_stdout=on_stdout, on_stderr=on_stderr,
+                                                  **kwargs))
 
     def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-               filename: str = "main.py") -> AsyncIterator[Output | Result]:
+               filename: str = "main.py", **kwargs: Any) -> AsyncIterator[Output | Result]:
         return self.metrics.stream(super().stream(code, files, stdin=stdin, timeout=timeout, limits=limits,
-                                                  filename=filename))
+                                                  filename=filename, **kwargs))
 
 
 router = APIRouter(tags=["health"])
