@@ -18,13 +18,15 @@ from live_server import KEY, OTHER_KEY
 CLIENT_DIR = Path(__file__).parent / "librechat"
 
 
-def exec_tool(server, args: dict, files: list | None = None, key: str = KEY) -> dict:
-    """One call of LibreChat's execute_code tool; its {content, artifact} or {error}."""
+def exec_tool(server, args: dict, files: list | None = None, key: str = KEY, params: dict | None = None) -> dict:
+    """One call of LibreChat's execute_code tool; its {content, artifact} or {error}. `params` are
+    the tool's extra request fields (user_id, entity_id, session_id)."""
     assert (CLIENT_DIR / "node_modules" / "@librechat" / "agents").is_dir(), \
         "LibreChat's client is not installed: run `make npm-deps`"
     env = dict(os.environ, LIBRECHAT_CODE_BASEURL=f"{server.url}/librechat")
     out = subprocess.run(["node", str(CLIENT_DIR / "exec.cjs")], capture_output=True, text=True, env=env,
-                         input=json.dumps({"apiKey": key, "args": args, "files": files}), timeout=300)
+                         input=json.dumps({"apiKey": key, "args": args, "files": files, "params": params}),
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -117,3 +119,50 @@ def test_bad_uploads_are_clear_errors(server, body, status):
 def test_mnt_data_in_string_literals_maps_to_the_working_directory(code, expected):
     from sandbox.compat.librechat import map_data_dir
     assert map_data_dir(code) == expected
+
+
+def test_a_session_keeps_variables_for_the_same_user_and_entity(server):
+    who = {"user_id": "user-7", "entity_id": "agent-state"}
+    first = exec_tool(server, {"lang": "py", "code": "x = 41\nimport math"}, params=who)
+    again = exec_tool(server, {"lang": "py", "code": "print(x + 1, math.pi > 3)"}, params=who)
+    assert again["content"].rstrip() == "stdout:\n42 True", again
+    assert again["artifact"]["session_id"] == first["artifact"]["session_id"]
+    other = exec_tool(server, {"lang": "py", "code": "print(x)"}, params={**who, "user_id": "user-8"})
+    assert "NameError" in other["content"] and other["artifact"]["session_id"] != first["artifact"]["session_id"]
+    # The engine session behind it is one of this key's sessions, with the engine's ttl.
+    sid = first["artifact"]["session_id"]
+    space = next(sp for (o, kind, i), sp in server.app.state.peer_store._spaces.items() if i == sid)
+    owned = next(o for o, mine in server.app.state.peer_store._owned.items() if any(k[2] == sid for k in mine))
+    assert space.session in {s.id for s in server.app.state.sessions.owned_by(owned)}
+
+
+def test_outputs_are_stored_under_the_requests_session_with_its_inputs(server):
+    with http(server) as c:
+        up = c.post("/upload", files={"file": ("notes.txt", b"draft", "text/plain")}).json()
+    sid, fid = up["session_id"], up["files"][0]["fileId"]
+    files = [{"id": fid, "name": "notes.txt", "storage_session_id": sid, "resource_id": "u", "kind": "user"}]
+    code = "open('/mnt/data/notes.txt', 'w').write('final')\nopen('/mnt/data/more.txt', 'w').write('new')"
+    got = exec_tool(server, {"lang": "py", "code": code}, files=files, params={"session_id": sid})
+    art = got["artifact"]
+    assert art["session_id"] == sid
+    changed = {f["name"]: f for f in art["files"]}
+    assert set(changed) == {"notes.txt", "more.txt"}
+    assert changed["notes.txt"]["modified_from"]["id"] == fid and "modified_from" not in changed["more.txt"]
+    with http(server) as c:
+        assert c.get(f"/download/{sid}/{changed['notes.txt']['id']}").content == b"final"
+        full = c.get(f"/files/{sid}", params={"detail": "full"}).json()
+    by_name = {e["metadata"]["original-filename"]: e for e in full}
+    assert set(by_name) == {"notes.txt", "more.txt"}
+    assert by_name["more.txt"]["size"] == 3 and by_name["more.txt"]["contentType"] == "text/plain"
+    # A later exec that names only the session finds its files (inputs and outputs) in place.
+    got = exec_tool(server, {"lang": "py", "code": "print(open('notes.txt').read(), open('more.txt').read())"},
+                    params={"session_id": sid})
+    assert got["content"].rstrip() == "stdout:\nfinal new", got
+
+
+def test_a_long_exec_sends_keep_alive_spaces_before_its_json(server):
+    with http(server) as c, c.stream("POST", "/exec", json={
+            "lang": "py", "code": "import time\ntime.sleep(5)\nprint('done')"}) as r:
+        body = b"".join(r.iter_raw())
+    assert r.status_code == 200 and body.startswith(b" ")
+    assert json.loads(body)["stdout"] == "done\n"

@@ -103,3 +103,50 @@ def test_limits_may_tighten_the_policy_never_loosen_it(server):
     req, _ = sf.from_sandboxfusion({"code": "", "language": "python", "run_timeout": 3600, "memory_limit_MB": 1 << 20},
                                    max_timeout=30.0, max_memory_bytes=1 << 30)
     assert req.timeout == 30.0 and req.limits == {"memory_bytes": 1 << 30}
+
+
+def test_absolute_paths_under_mnt_data_and_tmp(server):
+    code = ("print(open('/mnt/data/in.txt').read(), open('/tmp/work/in.txt').read())\n"
+            "open('/mnt/data/out.txt', 'w').write('d')\nopen('/tmp/out.txt', 'w').write('t')")
+    req = RunCodeRequest(code=code, language="python",
+                         files={"/mnt/data/in.txt": base64.b64encode(b"A").decode(),
+                                "/tmp/work/in.txt": base64.b64encode(b"B").decode()},
+                         fetch_files=["/mnt/data/out.txt", "/tmp/out.txt", "/mnt/data/in.txt", "/tmp/none"])
+    resp = run_code(req, endpoint=endpoint(server), max_attempts=1)
+    assert resp.status.value == "Success", resp
+    assert resp.run_result.stdout == "A B\n"
+    got = {k: base64.b64decode(v) for k, v in resp.files.items()}
+    assert got == {"/mnt/data/out.txt": b"d", "/tmp/out.txt": b"t", "/mnt/data/in.txt": b"A"}
+    with pytest.raises(Exception, match="outside the sandbox's places"):  # the client raises on a SandboxError
+        run_code(RunCodeRequest(code="1", language="python", files={"/etc/x": "eA=="}),
+                 endpoint=endpoint(server), max_attempts=1)
+
+
+def test_language_pytest_runs_the_code_as_a_test_module(server):
+    from sandbox.host.image import load
+
+    passing = "def test_add():\n    assert 1 + 1 == 2\n"
+    failing = "def test_add():\n    assert 1 + 1 == 3\n"
+    ok = run_code(RunCodeRequest(code=passing, language="pytest"), endpoint=endpoint(server), max_attempts=1)
+    bad = run_code(RunCodeRequest(code=failing, language="pytest"), endpoint=endpoint(server), max_attempts=1)
+    assert bad.status.value == "Failed"
+    if "pytest" in {k.lower() for k in load().manifest.get("packages", {})}:
+        assert ok.status.value == "Success", ok
+        assert "1 passed" in ok.run_result.stdout and "1 failed" in bad.run_result.stdout
+    else:  # an image built before pytest was pinned in it says so
+        assert ok.status.value == "Failed" and "pytest is not installed" in ok.run_result.stderr
+
+
+def test_run_jupyter_cells_share_one_interpreter(server):
+    from sandbox_fusion import RunJupyterRequest, run_jupyter
+
+    before = server.app.state.sessions.count()
+    req = RunJupyterRequest(cells=["a = 'hello'", "a", "print(a)", "assert False", "len(a)",
+                                   "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()"])
+    resp = run_jupyter(req, endpoint=endpoint(server), max_attempts=1)
+    cells = resp.cells
+    assert cells[0].stdout == "" and cells[1].display == [{"text/plain": "'hello'"}]
+    assert cells[2].stdout == "hello\n" and cells[3].error[0]["ename"] == "AssertionError"
+    assert cells[4].display == [{"text/plain": "5"}] and "image/png" in cells[5].display[0]
+    assert resp.status.value == "Failed"   # a cell raised
+    assert server.app.state.sessions.count() == before   # its session is closed at the end

@@ -29,6 +29,7 @@ from ...results import Output, Result
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
 from ..runs import coalesce
+from .implicit import implicit
 from .transform import check_code_size, off_loop
 
 TAGS = ["peer: E2B code interpreter"]
@@ -84,18 +85,28 @@ class Contexts:
             if cid != DEFAULT:
                 raise ApiError(404, "not_found", f"no context {context_id!r}")
             ctx = mine[DEFAULT] = _Context()
+        session = None
         if ctx.session is not None:
             try:
-                return ctx, sessions.get(owner, ctx.session)
+                session = sessions.get(owner, ctx.session)
             except ApiError:
+                implicit(request).drop(ctx.session)
                 ctx.session = None  # it ended: a fresh interpreter, as a kernel that restarts
-        session = await sessions.create(sb, owner)
-        ctx.session = session.id
+        if session is None:
+            session = await implicit(request).create(request, sb, owner)
+            ctx.session = session.id
+        if cid == DEFAULT:  # made on the caller's behalf: it may give way at the key's session cap
+
+            def forget() -> None:
+                ctx.session = None
+
+            implicit(request).touch(owner, session.id, forget)
         return ctx, session
 
     async def close(self, request: Request, owner: str, ctx: _Context) -> None:
         if ctx.session is not None:
             sid, ctx.session = ctx.session, None
+            implicit(request).drop(sid)
             try:
                 await request.app.state.sessions.close(owner, sid)
             except ApiError:

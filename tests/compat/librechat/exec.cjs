@@ -1,6 +1,6 @@
 // Runs one code execution through LibreChat's own tool (@librechat/agents createCodeExecutionTool)
 // against LIBRECHAT_CODE_BASEURL, and prints {content, artifact} (or {error}) as one JSON line.
-// Input (stdin, JSON): {apiKey, args: {lang, code, ...}, files?: [CodeEnvFile]}.
+// Input (stdin, JSON): {apiKey, args: {lang, code, ...}, files?: [CodeEnvFile], params?: {...}}.
 const { createCodeExecutionTool } = require('@librechat/agents');
 
 async function main() {
@@ -10,6 +10,7 @@ async function main() {
   const tool = createCodeExecutionTool({
     authHeaders: { 'X-API-Key': input.apiKey },
     ...(input.files ? { files: input.files } : {}),
+    ...(input.params || {}),  // more fields of the /exec body (user_id, entity_id, session_id)
   });
   try {
     const message = await tool.invoke({ id: 'call_1', name: tool.name, type: 'tool_call', args: input.args });
