@@ -131,14 +131,17 @@ if __name__ == "__main__":
 
 
 def test_script_name_and_data_next_to_it(sb):
-    # __file__ is the name given (as the engine always had it); the inputs sit "next to" it, and
-    # the work dir holds only them: the script spawn re-imports lives on the run's own /tmp.
+    # __file__ is the name given (as the engine always had it), and names a file that exists, as for
+    # `python analysis.py`: the script sits in the work dir with the inputs "next to" it (issue 18);
+    # it is not an output unless the program changes it.
     r = ok(sb.run("""
 import os
 from pathlib import Path
-print(__file__, (Path(__file__).parent / "data.csv").read_text().strip(), sorted(os.listdir(".")))
+print(__file__, (Path(__file__).parent / "data.csv").read_text().strip(), sorted(os.listdir(".")),
+      open(__file__).read().startswith("\\nimport os"))
 """, filename="analysis.py", files={"data.csv": "a,b"}))
-    assert r.stdout == "analysis.py a,b ['data.csv']\n"
+    assert r.stdout == "analysis.py a,b ['analysis.py', 'data.csv'] True\n"
+    assert r.files == []
 
 
 def test_read_xml_with_lxml_defaults(sb):

@@ -38,6 +38,7 @@ from PIL import Image
 import cv2
 
 listing = sorted(os.path.relpath(os.path.join(d, f), '.') for d, _, fs in os.walk('.') for f in fs)
+listing.remove(__file__)  # the program's own file sits with its inputs, as for `python main.py`
 print(json.dumps(listing))
 print(open('notes.txt', encoding='utf-8').read().splitlines()[1])
 print(Image.open('image.png').size, cv2.imread('image.png').shape)
@@ -78,8 +79,9 @@ def test_input_files_are_writable_by_the_program(sb):
 
 
 def test_empty_and_none_files_mean_no_inputs(sb):
-    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files={}).stdout == "[]\n"
-    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files=None).stdout == "[]\n"
+    # Only the program's own file (as for `python main.py`).
+    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files={}).stdout == "['main.py']\n"
+    assert run_ok(sb, "import os\nprint(os.listdir('.'))", files=None).stdout == "['main.py']\n"
 
 
 def test_large_input_file(sb):
@@ -202,13 +204,15 @@ found = {}
 for d, _, fs in os.walk('.'):
     for f in fs:
         p = os.path.relpath(os.path.join(d, f), '.')
+        if p == __file__ and p not in INPUTS:
+            continue  # the program's own file
         found[p] = base64.b64encode(open(p, 'rb').read()).decode()
 print(json.dumps(found))
 for p in found:
     os.makedirs(os.path.dirname(os.path.join('out', p)), exist_ok=True)
     shutil.copyfile(p, os.path.join('out', p))
 """
-    r = run_ok(sb, code, files=files)
+    r = run_ok(sb, f"INPUTS = {sorted(files)!r}\n" + code, files=files)
     found = {k: base64.b64decode(v) for k, v in json.loads(r.stdout).items()}
     assert found == files
     assert {f.path: f.data for f in r.files} == {"out/" + k: v for k, v in files.items()}

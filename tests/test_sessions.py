@@ -71,7 +71,7 @@ def test_two_sessions_do_not_share_state(sb):
     with sb.session() as a, sb.session() as b:
         ok(a.run("secret = 'a-only'\nopen('mine.txt', 'w').write('a')"))
         r = ok(b.run("import os\nprint('secret' in globals(), os.listdir('.'))"))
-        assert r.stdout == "False []\n"
+        assert r.stdout == "False ['main.py']\n"  # only its own program's file (there while it runs)
         assert a.id != b.id and len(a.id) >= 32
 
 
@@ -110,7 +110,7 @@ def test_files_read_write_delete(sb):
         with pytest.raises(NoSuchFileError):
             s.delete_file("out.bin")
         assert [f.path for f in s.files()] == ["in/data.csv"]
-        assert ok(s.run("import os\nprint(sorted(os.listdir('.')))")).stdout == "['in', 'link']\n"
+        assert ok(s.run("import os\nprint(sorted(os.listdir('.')))")).stdout == "['in', 'link', 'main.py']\n"
 
 
 # -- limits and the ways a session ends ----------------------------------------------------------

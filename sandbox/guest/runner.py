@@ -389,7 +389,7 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
         # As for `python main.py`: the script's directory first on the path, so the inputs'
         # .py files import; the engine's own directory is not the user's business.
         sys.path[:] = [workdir] + [p for p in sys.path if p not in (workdir, os.path.dirname(GUEST_DIR))]
-        main.__file__ = _path_join(workdir, filename)
+        main.__file__ = filename  # relative, as sys.argv[0]: the file is in the work dir, the cwd
         sys.modules["__main__"] = main
         if not session:
             atexit._clear()  # the zygote's exit handlers are not the user's
@@ -476,9 +476,6 @@ def _fetch_tmp(paths: list, files: list, max_files: int, max_bytes: int) -> int:
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-_path_join = os.path.join  # os.path is a module the user may change too
 
 
 def _place_script(filename: str, code: str, inputs: dict[str, bytes]) -> tuple[str, tuple] | None:
