@@ -265,19 +265,25 @@ def _owner_alive(mark: str) -> bool:
 
 def remove_stale_run_dirs() -> int:
     """Remove the run directories (config, device nodes) of jails whose host process is gone, e.g.
-    killed with SIGKILL before it could clean up. Only directories whose owner is dead: another
-    live Sandbox's jails are left alone. Returns how many were removed."""
+    killed with SIGKILL before it could clean up. A directory stays while its owner lives or any
+    process (its nsjail) still names it on its command line; one without an owner mark (made by an
+    older version, or being made right now) only goes once it is old and unused. Returns how many."""
     removed = 0
     root = state_dir() / "run"
     try:
         entries = list(root.glob("jail-*"))
     except OSError:
         return 0
+    if not entries:
+        return 0
+    in_use = _named_by_processes()
     for d in entries:
+        if str(d) in in_use:
+            continue
         try:
             mark = (d / OWNER_FILE).read_text()
         except FileNotFoundError:
-            try:  # made before marks existed, or being made right now: only an old one goes
+            try:
                 if time.time() - d.stat().st_mtime < STALE_UNMARKED_SECONDS:
                     continue
             except OSError:
@@ -289,6 +295,23 @@ def remove_stale_run_dirs() -> int:
             devices.remove(d)
             removed += 1
     return removed
+
+
+def _named_by_processes() -> set[str]:
+    """Run directories named on some process's command line (`nsjail --config DIR/nsjail.cfg`)."""
+    named: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        for a in args:
+            if a.endswith(b"/nsjail.cfg"):
+                named.add(os.fsdecode(a[: -len(b"/nsjail.cfg")]))
+    return named
 
 
 def spawn(image: Image, settings: JailSettings, per_uid_devices: bool = False) -> tuple[subprocess.Popen, Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -111,6 +112,8 @@ def test_tls_serves_https(tmp_path):
     s = Server(tmp_path, "--slots", "1", "--no-mcp", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
     try:
         assert s.url.startswith("https://127.0.0.1:")
+        serving = next(ln for ln in s.output().splitlines() if "serving on" in ln)
+        assert "/mcp" not in serving  # --no-mcp: no MCP URL announced
         r = httpx.post(s.url + "/v1/execute", json={"code": "print('tls')"}, headers={"Authorization": f"Bearer {KEY}"},
                        verify=ssl.create_default_context(cafile=str(cert)), timeout=120)
         assert r.status_code == 200 and r.json()["stdout"] == "tls\n"
@@ -122,3 +125,27 @@ def test_tls_serves_https(tmp_path):
         assert refused
     finally:
         s.stop()
+
+
+def test_an_empty_or_comment_only_key_file_is_refused(tmp_path):
+    for text in ("", "# only a comment\n\n   \n"):
+        keys = tmp_path / "keys"
+        keys.write_text(text)
+        p = subprocess.run([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--api-key-file", str(keys)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "holds no API key" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_refused_limit_prints_bytes_as_a_whole_number(client):
+    r = client.post("/v1/execute", json={"code": "1", "limits": {"memory_bytes": 1 << 40}})
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "e+" not in message and str(1 << 40) in message, message
+    assert re.search(r"at most \d+ on this server", message), message
+
+
+def test_run_url_without_a_key_names_sandbox_api_key(server):
+    env = {k: v for k, v in os.environ.items() if k not in ("SANDBOX_API_KEY", "SANDBOX_URL")}
+    p = subprocess.run([sys.executable, "-m", "sandbox", "run", "--url", server.url, "-c", "print(1)"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode != 0 and "SANDBOX_API_KEY" in p.stderr and "Traceback" not in p.stderr
