@@ -9,7 +9,7 @@ from _helpers import run_ok
 PROBE = """
 import os, json, sys, builtins, numpy
 seen = {
-    "cwd": sorted(os.listdir('.')),
+    "cwd": sorted(n for n in os.listdir('.') if n != __file__),  # the program's own file is there
     "tmp": sorted(n for n in os.listdir('/tmp') if n.startswith('leak')),
     "shm": sorted(os.listdir('/dev/shm')),
     "env": os.environ.get('LEAK_ENV'),
@@ -40,7 +40,7 @@ def test_consecutive_runs_do_not_see_each_others_state(sb):
 def test_inputs_of_one_run_are_not_visible_to_the_next(sb):
     run_ok(sb, "print(1)", files={"private.csv": "a,b\n1,2\n"})
     for _ in range(3):
-        assert run_ok(sb, "import os\nprint(os.listdir('.'))").stdout == "[]\n"
+        assert run_ok(sb, "import os\nprint(os.listdir('.'))").stdout == "['main.py']\n"  # its own file only
 
 
 def test_random_state_differs_between_runs(sb):
@@ -54,7 +54,7 @@ def test_random_state_differs_between_runs(sb):
 def test_working_directory_is_fresh_and_writable(sb):
     r = run_ok(sb, "import os\nprint(os.getcwd(), os.listdir('.'), os.access('.', os.W_OK))")
     cwd, rest = r.stdout.split(" ", 1)
-    assert rest == "[] True\n"
+    assert rest == "['main.py'] True\n"  # only the program's own file, as for `python main.py`
     assert cwd.startswith("/")
 
 
