@@ -68,6 +68,9 @@ class Sessions:
         self._open: dict[str, _Owned] = {}
         self._opening: dict[str, int] = {}     # sessions being made, per owner: counted against the cap at once
         self._ended: OrderedDict[str, tuple[str, str]] = OrderedDict()   # id -> (owner, reason)
+        # Sessions a peer route made on its caller's behalf (a LibreChat session's interpreter, an E2B
+        # key's default context), least recently used first: at the key's cap an idle one gives way.
+        self._implicit: OrderedDict[str, Callable[[], None]] = OrderedDict()   # id -> forget
         self._closing: set[asyncio.Future[None]] = set()
         self.in_flight = 0      # session calls running now (the shutdown waits for them, then kills them)
         # Every stateless call a key makes into the pool holds one of its `runs` places; a session's
@@ -81,6 +84,8 @@ class Sessions:
         self.prune()
         if self.max_per_owner:  # counted and taken in one step: no await between the check and the count
             mine = [o.session for o in self._open.values() if o.owner == owner]
+            if len(mine) + self._opening.get(owner, 0) >= self.max_per_owner and self._make_room(owner):
+                mine = [o.session for o in self._open.values() if o.owner == owner]
             if len(mine) + self._opening.get(owner, 0) >= self.max_per_owner:
                 raise ApiError(429, "session_limit", f"this key has {len(mine) + self._opening.get(owner, 0)} "
                                "sessions open, the most this server allows one key: close one "
@@ -100,6 +105,30 @@ class Sessions:
                 del self._opening[owner]
         self._open[session.id] = _Owned(owner, session)
         return session
+
+    def implicit(self, session_id: str, forget: Callable[[], None]) -> None:
+        """Mark the session as made on its caller's behalf (and as just used): at its key's cap, the
+        least recently used idle one is closed to make room, and `forget()` tells its peer route."""
+        self._implicit[session_id] = forget
+        self._implicit.move_to_end(session_id)
+
+    def _make_room(self, owner: str) -> bool:
+        """Close `owner`'s least recently used idle implicit session, if it has one (at once for the
+        count; the engine's close finishes in the background)."""
+        for sid in self._implicit:
+            owned = self._open.get(sid)
+            if owned is not None and owned.owner == owner and not self.turns.held(sid):
+                break
+        else:
+            return False
+        forget = self._implicit.pop(sid)
+        forget()
+        self._forget(sid, "closed to make room for another session of its key (it was idle, made on its behalf)")
+        task = asyncio.ensure_future(owned.session.close())
+        self._closing.add(task)
+        task.add_done_callback(_closed)
+        task.add_done_callback(self._closing.discard)
+        return True
 
     async def engine_call(self, owner: str, call: Callable[[], Awaitable[T]]) -> T:
         """A stateless call of `owner` into the engine, holding one of the key's places."""
@@ -220,6 +249,7 @@ class Sessions:
         self._ended.clear()
 
     def _forget(self, session_id: str, reason: str) -> None:
+        self._implicit.pop(session_id, None)
         owned = self._open.pop(session_id, None)
         if owned is not None:
             self._ended[session_id] = (owned.owner, reason)

@@ -364,7 +364,8 @@ def test_peer_store_spaces_and_bytes_are_per_key(srv):
                    timeout=60)
     a_contexts = httpx.get(srv.url + "/e2b/contexts", headers=A, timeout=60).json()
     assert len(a_contexts) <= 5
-    assert [c["id"] for c in httpx.get(srv.url + "/e2b/contexts", headers=B, timeout=60).json()] == [mine]
+    # B's own context, after the default one every key lists (issue 18)
+    assert [c["id"] for c in httpx.get(srv.url + "/e2b/contexts", headers=B, timeout=60).json()] == ["default", mine]
     got = httpx.get(srv.url + f"/librechat/download/{up['session_id']}/{up['files'][0]['fileId']}",
                     headers={"X-API-Key": OTHER_KEY}, timeout=60)
     assert got.status_code == 200 and got.content == b"B" * 1000

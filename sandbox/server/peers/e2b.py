@@ -5,8 +5,8 @@ sandbox.compat.e2b. The E2B SDK sends no auth header to this API: point its `san
 Every context is an engine session owned by the key (the engine's ttl and caps, and the key's
 quotas of sandbox.server.sessions): variables, imports and files carry over from cell to cell. A
 key's default context (no `context_id`, or "python") is one such session, made on its first cell;
-`POST /contexts` makes more, `restart` replaces a context's session (same id, fresh interpreter),
-`DELETE` closes it. A context whose session ended (idle past its ttl, or a cell that hit a limit)
+`POST /contexts` makes more (past the key's `--peer-spaces-per-key`, its least recently used one
+goes), `restart` replaces a context's session (same id, fresh interpreter), `DELETE` closes it. A context whose session ended (idle past its ttl, or a cell that hit a limit)
 gets a fresh one on its next cell, as a kernel restarts after a crash.
 """
 
@@ -14,8 +14,9 @@ gets a fresh one on its next cell, as a kernel restarts after a crash.
 # and FastAPI must resolve it when it reads the handlers' signatures.
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -29,13 +30,11 @@ from ...results import Output, Result
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
 from ..runs import coalesce
-from .implicit import implicit
 from .transform import check_code_size, off_loop
 
 TAGS = ["peer: E2B code interpreter"]
 DEFAULT = "default"
 KEEPALIVE_SECONDS = 2.0    # a {"type": "keepalive"} line while a cell is silent, as E2B's server sends
-MAX_CONTEXTS = 64          # contexts a key may have made (each is also one of its engine sessions when used)
 
 
 class E2BExecute(BaseModel):
@@ -63,6 +62,7 @@ class _Context:
     cwd: str = "/work"        # where runs start (reported back as given, if given)
     session: str | None = None      # the engine session's id, made on the first cell
     runs: int = 0
+    used: float = field(default_factory=time.monotonic)
 
 
 class Contexts:
@@ -85,28 +85,27 @@ class Contexts:
             if cid != DEFAULT:
                 raise ApiError(404, "not_found", f"no context {context_id!r}")
             ctx = mine[DEFAULT] = _Context()
+        ctx.used = time.monotonic()
         session = None
         if ctx.session is not None:
             try:
                 session = sessions.get(owner, ctx.session)
             except ApiError:
-                implicit(request).drop(ctx.session)
                 ctx.session = None  # it ended: a fresh interpreter, as a kernel that restarts
         if session is None:
-            session = await implicit(request).create(request, sb, owner)
+            session = await sessions.create(sb, owner)
             ctx.session = session.id
         if cid == DEFAULT:  # made on the caller's behalf: it may give way at the key's session cap
 
             def forget() -> None:
                 ctx.session = None
 
-            implicit(request).touch(owner, session.id, forget)
+            sessions.implicit(session.id, forget)
         return ctx, session
 
     async def close(self, request: Request, owner: str, ctx: _Context) -> None:
         if ctx.session is not None:
             sid, ctx.session = ctx.session, None
-            implicit(request).drop(sid)
             try:
                 await request.app.state.sessions.close(owner, sid)
             except ApiError:
@@ -217,13 +216,18 @@ def _routes(router: APIRouter, owner_dep) -> None:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @router.post("/contexts", summary="E2B: create a context (an engine session: state carries over)")
-    async def create_context(owner: Owner, contexts: ContextsDep, body: E2BContext | None = None) -> JSONResponse:
+    async def create_context(request: Request, owner: Owner, contexts: ContextsDep,
+                             body: E2BContext | None = None) -> JSONResponse:
         language = (body.language if body is not None else None) or "python"
         if language not in ("python", "python3"):
             raise ApiError(400, "invalid_input", f"language {language!r} is not supported: Python only")
         mine = contexts.of(owner)
-        if len([c for c in mine if c != DEFAULT]) >= MAX_CONTEXTS:
-            raise ApiError(429, "context_limit", f"this key has {MAX_CONTEXTS} contexts: remove one first")
+        share = request.app.state.settings.peer_spaces_per_key
+        made = [c for c in mine if c != DEFAULT]
+        while made and len(made) >= max(1, share - 1):  # the default one counts too: the least recently used goes
+            oldest = min(made, key=lambda c: mine[c].used)
+            made.remove(oldest)
+            await contexts.close(request, owner, mine.pop(oldest))
         cid = secrets.token_hex(16)
         mine[cid] = _Context(cwd=(body.cwd if body is not None and body.cwd else None) or "/work")
         return JSONResponse(e2b.context_document(cid, "python", mine[cid].cwd))

@@ -29,7 +29,6 @@ from ...errors import InvalidInputError, SandboxError
 from ..deps import SandboxDep
 from ..errors import ApiError
 from .auth import HeaderOwnerDep
-from .implicit import implicit
 from .store import PeerStore, Space, get_store
 from .transform import code_too_large, off_loop
 
@@ -86,23 +85,22 @@ def _find_space(store: PeerStore, owner: str, req: lc.ExecRequest) -> tuple[str,
 
 async def _engine_session(request: Request, sb, owner: str, space: Space):
     """The space's open engine session, made (again, if the last one ended) when needed; it is an
-    implicit session (see .implicit): at the key's cap, the least recently used idle one goes."""
+    implicit session (Sessions.implicit): at the key's cap, the least recently used idle one goes."""
     sessions = request.app.state.sessions
     session = None
     if space.session is not None:
         try:
             session = sessions.get(owner, space.session)
         except ApiError:
-            implicit(request).drop(space.session)
             space.session = None   # ended (idle past its ttl, or a run hit a limit): a fresh interpreter
     if session is None:
-        session = await implicit(request).create(request, sb, owner)
+        session = await sessions.create(sb, owner)
         space.session = session.id
 
     def forget() -> None:
         space.session = None
 
-    implicit(request).touch(owner, session.id, forget)
+    sessions.implicit(session.id, forget)
     return session
 
 

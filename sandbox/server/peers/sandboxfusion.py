@@ -15,7 +15,6 @@ from ...errors import InvalidInputError, SessionClosedError
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
 from ..gate import OWNER
-from .implicit import implicit
 
 TAGS = ["peer: SandboxFusion"]
 router = APIRouter(tags=TAGS, dependencies=[Depends(require_key)])
@@ -78,7 +77,7 @@ async def run_jupyter(body: SandboxFusionRunJupyter, sb: SandboxDep, request: Re
     owner = request.scope.get("state", {}).get(OWNER, "local")
     sessions = request.app.state.sessions
     try:
-        session = await implicit(request).create(request, sb, owner, limits=req.limits or None)
+        session = await sessions.create(sb, owner, limits=req.limits or None)
     except ApiError as exc:
         return JSONResponse(sf.refusal(exc.message))
     cells, results, written, message = [], [], {}, ""
