@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .guest.protocol import BINARY_MIMES, CHART_MIME
+from .guest.protocol import BINARY_MIMES, CHART_MIME, TABLE_MIME
 
 
 class Outcome(str, enum.Enum):
@@ -132,6 +132,11 @@ class DisplayOutput:
     @property
     def chart(self) -> dict | None:
         return self.data.get(CHART_MIME)
+
+    @property
+    def table(self) -> dict | None:
+        """A DataFrame's columns as {name: [values]} (small frames only; E2B's `data`)."""
+        return self.data.get(TABLE_MIME)
 
     @property
     def vegalite(self) -> dict | None:

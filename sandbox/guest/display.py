@@ -36,6 +36,7 @@ MAX_TABLE_COLUMNS = 12    # ...first and last columns kept
 MAX_CELL_CHARS = 40       # ...each cell cut to this
 MAX_TABLE_CHARS = 6000    # ...and the whole table (about 1,500 tokens)
 MAX_REPR_CHARS = 256 << 10
+MAX_TABLE_DATA_CELLS = 10_000  # a DataFrame this small also travels as data ({column: [values]})
 
 
 class Outputs:
@@ -103,13 +104,29 @@ def _encode(mime: str, value) -> bytes | None:
                 return None
         try:
             return json.dumps(value, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
-        except (TypeError, ValueError, RecursionError):
+        except ValueError:  # NaN or infinity somewhere: null, as JSON has no such numbers
+            try:
+                return json.dumps(_finite(json.loads(json.dumps(value, default=_json_default))),
+                                  allow_nan=False, separators=(",", ":")).encode()
+            except (TypeError, ValueError, RecursionError):
+                return None
+        except (TypeError, RecursionError):
             return None
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", "replace")
     if not isinstance(value, str):
         return None
     return value.encode("utf-8", "backslashreplace")
+
+
+def _finite(v):
+    if isinstance(v, float):
+        return v if v - v == 0 else None
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
 
 
 def _json_default(o):
@@ -212,6 +229,8 @@ def _pandas(obj) -> dict:
     frame = obj.to_frame() if type(obj).__name__ == "Series" else obj
     plain, markdown = tables(frame)
     bundle = {"text/plain": plain if type(obj).__name__ == "DataFrame" else _safe_repr(obj), "text/markdown": markdown}
+    if type(obj).__name__ == "DataFrame" and obj.size <= MAX_TABLE_DATA_CELLS and obj.columns.is_unique:
+        bundle[protocol.TABLE_MIME] = {str(k): v for k, v in obj.to_dict(orient="list").items()}
     html = getattr(obj, "_repr_html_", None)
     if callable(html):
         value = html()

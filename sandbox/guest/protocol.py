@@ -36,6 +36,7 @@ ERROR = "error"                # zygote -> host: a session op that cannot be don
 # may carry, and the per-request limit that caps one value of it. Text types travel as UTF-8,
 # images as their bytes, JSON types as JSON text. A type not listed here is never sent.
 CHART_MIME = "application/vnd.sandbox.chart+json"  # a chart's data (type, title, axes, series)
+TABLE_MIME = "application/vnd.sandbox.table+json"  # a small DataFrame's columns, {name: [values]}
 TEXT_MIMES = ("text/plain", "text/markdown", "text/latex")
 OUTPUT_MIME_CAPS = {
     "text/plain": "max_output_text_bytes",
@@ -51,6 +52,7 @@ OUTPUT_MIME_CAPS = {
     "application/vnd.vegalite.v6+json": "max_output_json_bytes",
     "application/vnd.plotly.v1+json": "max_output_json_bytes",
     CHART_MIME: "max_output_json_bytes",
+    TABLE_MIME: "max_output_json_bytes",
 }
 JSON_MIMES = tuple(m for m in OUTPUT_MIME_CAPS if m.endswith("json"))
 BINARY_MIMES = ("image/png", "image/jpeg")

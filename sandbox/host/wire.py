@@ -205,11 +205,15 @@ def _output_sizes(out_meta: object, img_meta: list, limits: Limits) -> tuple[lis
     return item_sizes, chart_sizes
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_value(data: bytes) -> object:
     """A JSON value a jail sent (at most its cap long); ValueError if it is not one. Linear: the
     parser recurses once per nesting level, and a deep one ends in RecursionError."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_no_constant)  # NaN and Infinity are not JSON
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError("not JSON") from None
 
