@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .guest.protocol import BINARY_MIMES, CHART_MIME, TABLE_MIME
+from .guest.protocol import BINARY_MIMES, CHART_MIME, OUTPUT_MIME_CAPS, TABLE_MIME
 
 
 class Outcome(str, enum.Enum):
@@ -153,13 +153,22 @@ class DisplayOutput:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DisplayOutput:
         data = d["data"]
-        if not isinstance(data, dict):
-            raise ValueError("output data must be an object")
+        if not isinstance(data, dict) or not isinstance(data.get("text/plain"), str) \
+                or not all(m in OUTPUT_MIME_CAPS for m in data):
+            raise ValueError("output data must be a MIME bundle of known types with text/plain")
         return cls(data={m: base64.b64decode(v) if m in BINARY_MIMES else v for m, v in data.items()},
                    main=bool(d.get("main")), truncated=bool(d.get("truncated")))
 
 
 Rich = DisplayOutput  # a short name
+
+# The file name ending of each MIME type when outputs are written as files (`sandbox run --out`,
+# LibreChat's files): output_<n>.<ending>.
+FILE_ENDINGS = {"text/plain": "txt", "text/markdown": "md", "text/latex": "tex", "text/html": "html",
+                "image/svg+xml": "svg", "image/png": "png", "image/jpeg": "jpg", "application/json": "json",
+                "application/vnd.vegalite.v4+json": "vl.json", "application/vnd.vegalite.v5+json": "vl.json",
+                "application/vnd.vegalite.v6+json": "vl.json", "application/vnd.plotly.v1+json": "plotly.json",
+                CHART_MIME: "chart.json", TABLE_MIME: "table.json"}
 
 
 @dataclass(frozen=True)
@@ -232,6 +241,21 @@ class Result:
             outputs=[DisplayOutput.from_dict(o) for o in d.get("outputs") or []],
             outputs_dropped=int(d.get("outputs_dropped") or 0),
         )
+
+    def output_files(self, text: bool = True) -> list[tuple[str, bytes]]:
+        """The rich outputs and the figures' chart data as (file name, bytes): output_<n>.<ending>
+        per MIME type of output n (1-based; `text=False` leaves out text/plain), and
+        figure_<n>.chart.json beside each figure's PNG."""
+        out: list[tuple[str, bytes]] = []
+        for n, o in enumerate(self.outputs, 1):
+            for mime, value in o.data.items():
+                if mime == "text/plain" and not text:
+                    continue
+                data = value if isinstance(value, bytes) else value.encode() if isinstance(value, str) \
+                    else json.dumps(value).encode()
+                out.append((f"output_{n}.{FILE_ENDINGS.get(mime, 'bin')}", data))
+        out += [(i.name.removesuffix(".png") + ".chart.json", json.dumps(i.chart).encode()) for i in self.images if i.chart]
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
