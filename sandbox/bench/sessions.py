@@ -21,6 +21,7 @@ from .harness import Context
 from .stats import ratio, summarize
 
 MiB = 1 << 20
+IDLE_LIMITS = {"memory_bytes": 64 << 20, "max_processes": 8}  # 200 of them: 12.5 GiB, 1,800 processes
 
 
 def _ms(t0: float) -> float:
@@ -107,7 +108,9 @@ def sessions(ctx: Context) -> dict:
     idle = []
     with ctx.progress(f"sessions: {n_idle} idle sessions", n_idle) as bar:
         for i in range(n_idle):
-            s = sb.session()
+            # Small limits: the session jail admits sessions only while their limits' sum fits its
+            # totals (16 GiB, 4096 processes by default: 16 sessions at the default limits).
+            s = sb.session(limits=IDLE_LIMITS)
             s.run(f"import numpy as np\nx = {i}\ndata = list(range(1000))")
             idle.append(s)
             bar.advance()

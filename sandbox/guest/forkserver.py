@@ -273,6 +273,7 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
     """The fork server's loop; returns when the zygote closes the socket."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    isolation.empty_bounding_set()  # once for every child (isolation.drop_privileges)
     # SIGCHLD wakes the poll below through a pipe, so reaping never blocks the command loop.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -364,6 +365,7 @@ class Child:
         except ProcessLookupError:  # already gone (setup failed); the result pipe says why
             self.pidfd = os.open("/dev/null", os.O_RDONLY)
         self.setup: bytes | None = None   # b"R" once isolated, or b"E..." / b"" if setup failed
+        self.retired = False              # killed and handed to the fork server to reap
 
     def wait_ready(self) -> bytes:
         """Block until the child has isolated itself (b"R") or failed (anything else)."""
@@ -374,7 +376,11 @@ class Child:
 
     def kill(self) -> None:
         """End the execution: its process group (which nothing can leave: setsid and setpgid
-        are refused) and the child itself, in case it died before making its own group."""
+        are refused) and the child itself, in case it died before making its own group. Never
+        once it is retired: the fork server may have reaped it, and its pid (and its group's
+        number) may belong to another execution or session now."""
+        if self.retired:
+            return
         for target in (-self.pid, self.pid):
             try:
                 os.kill(target, signal.SIGKILL)
@@ -483,6 +489,7 @@ class ForkServer:
     def retire(self, child: Child) -> None:
         """End an execution and have it reaped in the background."""
         child.kill()
+        child.retired = True
         child.close()
         if child.pid not in self.dying:
             self._ask({"op": REAP, "pid": child.pid})
@@ -491,6 +498,7 @@ class ForkServer:
     def reaped(self, child: Child) -> dict:
         """Kill the execution and wait until every process of it is gone; its exit status and CPU."""
         child.kill()
+        child.retired = True
         if child.pid not in self.dying:
             self._ask({"op": REAP, "pid": child.pid})
             self.dying[child.pid] = None

@@ -34,7 +34,7 @@ class Settings:
     shutdown_grace_seconds: float = 5.0   # runs in flight get this long at shutdown, then are killed
     mcp: bool = True                      # serve MCP at /mcp
     # Quotas per API key (the engine's own caps stay global on top of them). Beyond each: 429 + Retry-After.
-    max_sessions_per_key: int = 16        # sessions one key may hold open
+    max_sessions_per_key: int = 4         # sessions one key may hold open (the engine admits 16 at the default limits)
     # One key's calls in the engine at once (running or queued for a slot). None: the number of
     # slots, so a key's flood never holds more than the slots and another key's first call waits
     # at most one run per slot (the pool's own queue is first come, first served).

@@ -315,3 +315,24 @@ def test_a_stateless_run_sees_no_host_pid(sb):
     """)
     cgroup = one(ok(r))["cgroup"]
     assert "NSJAIL" not in cgroup and all(line.endswith(":/") for line in cgroup.splitlines()), cgroup
+
+
+# -- 8. the session jail's totals cover the sessions it admits ----------------------------------
+
+def test_the_session_jail_admits_only_sessions_its_totals_cover(sb):
+    # Before: the jail's totals (8 GiB, 4096 processes) were below the sum of its sessions' limits,
+    # so one tenant's sessions could fill them and the jail's OOM killer would take another's
+    # session, within that session's own limit. Now a session the totals cannot cover is refused.
+    from sandbox import SessionLimitError
+
+    total = sb._sessions.settings.total_memory_bytes
+    big = sb.session(limits={"memory_bytes": total - (512 << 20)})
+    try:
+        with pytest.raises(SessionLimitError, match="no room"):
+            sb.session(limits={"memory_bytes": 1 << 30})
+        small = sb.session(limits={"memory_bytes": 256 << 20})  # what is left still fits
+        ok(small.run("print(1)"))
+        small.close()
+    finally:
+        big.close()
+    ok(sb.session().run("print(2)"))
