@@ -2,7 +2,7 @@
 internet; a strict Content-Security-Policy lets it load nothing from anywhere else.
 
 A program's rich outputs (HTML tables, plotly figures) are untrusted: the page shows each in an
-iframe of `GET /frame`, a page whose own policy makes it a sandbox with an opaque origin (it cannot
+iframe of `GET /static/frame.html`, a page whose own policy makes it a sandbox with an opaque origin (it cannot
 read the page, its key or its storage, and may connect nowhere). The page hands it the output by
 postMessage; it renders HTML without running the program's scripts, and a plotly figure from its
 JSON with the plotly.js the image itself ships (`GET /static/vendor/plotly.min.js`), never a CDN.
@@ -38,7 +38,7 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP, **HEADERS})
 
 
-@router.get("/frame", include_in_schema=False)
+@router.get("/static/frame.html", include_in_schema=False)  # before the /static mount: with its policy
 async def frame() -> FileResponse:
     return FileResponse(STATIC / "frame.html", headers={"Content-Security-Policy": FRAME_CSP, **HEADERS})
 

@@ -34,6 +34,6 @@ window.addEventListener("message", async (event) => {
     out.textContent = `could not show this output: ${err}`;
   }
   report();
-  document.body.dataset.rendered = "1";
+  requestAnimationFrame(() => { report(); document.body.dataset.rendered = "1"; });
 });
 window.addEventListener("resize", report);

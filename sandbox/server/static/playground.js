@@ -67,7 +67,7 @@ function show(doc) {
 }
 
 // A program's rich output. HTML and plotly figures are the program's: each goes into its own
-// iframe of /frame, a sandbox with an opaque origin (it cannot reach this page or its key); the
+// iframe of /static/frame.html, a sandbox with an opaque origin (it cannot reach this page or its key); the
 // output is handed over by postMessage. Images are data: URLs; anything else is text.
 const frames = new Map();
 window.addEventListener("message", (event) => {
@@ -87,7 +87,7 @@ function richOutput(out) {
     const frame = document.createElement("iframe");
     frame.sandbox = "allow-scripts";
     frame.title = "program output";
-    frame.src = "/frame";
+    frame.src = "/static/frame.html";
     frame.addEventListener("load", () => {
       frames.set(frame.contentWindow, frame);
       frame.contentWindow.postMessage(plotly ? { plotly } : { html }, "*");
