@@ -164,7 +164,8 @@ def test_altair_charts_are_a_spec_a_png_and_chart_data(sb):
     assert out.main and out.vegalite["mark"]["type"] == "bar"
     assert png_size(out.png) is not None                       # rendered in the jail by vl-convert
     assert out.chart == {"type": "bar", "title": "AT", "x_label": "k", "y_label": "v", "x_scale": "linear",
-                         "y_scale": "linear", "source": "vega-lite",
+                         "y_scale": "linear", "source": "vega-lite", "x_unit": None, "y_unit": None, "x_ticks": [],
+                         "x_tick_labels": [], "y_ticks": [], "y_tick_labels": [],
                          "elements": [{"label": "a", "group": "v", "value": 3}, {"label": "b", "group": "v", "value": 5}]}
 
 

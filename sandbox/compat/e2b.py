@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import datetime
 import json
+import textwrap
 from typing import Any
 
 from ..results import CHART_MIME, TABLE_MIME, DisplayOutput, Outcome, Result
@@ -50,8 +51,11 @@ def from_e2b(payload: Any) -> tuple[RunRequest, str | None]:
     context_id = payload.get("context_id")
     if context_id is not None and not isinstance(context_id, str):
         raise PeerRequestError("context_id must be a string")
-    # The engine itself returns the last expression's value (Result.main); the cell runs as written.
-    return RunRequest(code=payload["code"]), context_id
+    # The engine itself returns the last expression's value (Result.main). A cell indented as a
+    # whole runs dedented, as IPython (E2B's kernel) runs it.
+    code = payload["code"]
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    return RunRequest(code=textwrap.dedent(code) if first[:1] in (" ", "\t") else code), context_id
 
 
 def keep_last_expression(code: str) -> str:

@@ -331,6 +331,10 @@ def _altair(chart) -> dict:
     return bundle
 
 
+# The fields of a matplotlib chart (e2b-charts' shape) a spec does not give: the same keys, so a
+# reader of one shape (E2B's SDK among them) reads every chart.
+NO_UNITS = {"x_unit": None, "y_unit": None, "x_ticks": [], "x_tick_labels": [], "y_ticks": [], "y_tick_labels": []}
+
 _MARKS = {"line": "line", "point": "scatter", "circle": "scatter", "square": "scatter", "bar": "bar",
           "arc": "pie", "boxplot": "box_and_whisker", "area": "line", "tick": "scatter"}
 
@@ -356,7 +360,7 @@ def chart_of_vegalite(spec: dict) -> dict | None:
     kind = _MARKS.get(mark, "unknown")
     chart = {"type": kind, "title": title if isinstance(title, str) else None, "x_label": label("x"),
              "y_label": label("y"), "x_scale": scale("x"), "y_scale": scale("y"), "elements": [],
-             "source": "vega-lite"}
+             "source": "vega-lite", **NO_UNITS}
     x, y, color = field("x"), field("y"), field("color")
     if isinstance(values, list) and x and y:
         series: dict = {}
@@ -424,7 +428,7 @@ def chart_of_plotly(spec: dict) -> dict | None:
         if kind == "bar":
             elements += [{"label": str(a), "group": name, "value": b} for a, b in zip(x, y)]
         elif kind == "pie":
-            elements += [{"label": str(a), "angle": b} for a, b in zip(_values(t.get("labels")), _values(t.get("values")))]
+            elements += [{"label": str(a), "angle": b, "radius": 1} for a, b in zip(_values(t.get("labels")), _values(t.get("values")))]
         elif kind == "histogram":
             elements.append({"label": name, "values": x or y})
         else:
@@ -432,7 +436,7 @@ def chart_of_plotly(spec: dict) -> dict | None:
     return {"type": kinds.pop() if len(kinds) == 1 else ("superchart" if kinds else "unknown"),
             "title": text(layout.get("title")), "x_label": text(axis("xaxis").get("title")),
             "y_label": text(axis("yaxis").get("title")), "x_scale": axis("xaxis").get("type") or "linear",
-            "y_scale": axis("yaxis").get("type") or "linear", "elements": elements, "source": "plotly"}
+            "y_scale": axis("yaxis").get("type") or "linear", "elements": elements, "source": "plotly", **NO_UNITS}
 
 
 # ---- matplotlib ---------------------------------------------------------------------------------
