@@ -242,10 +242,10 @@ class Result:
             outputs_dropped=int(d.get("outputs_dropped") or 0),
         )
 
-    def output_files(self, text: bool = True) -> list[tuple[str, bytes]]:
+    def output_files(self, text: bool = True, charts: bool = True) -> list[tuple[str, bytes]]:
         """The rich outputs and the figures' chart data as (file name, bytes): output_<n>.<ending>
         per MIME type of output n (1-based; `text=False` leaves out text/plain), and
-        figure_<n>.chart.json beside each figure's PNG."""
+        figure_<n>.chart.json beside each figure's PNG (unless `charts=False`)."""
         out: list[tuple[str, bytes]] = []
         for n, o in enumerate(self.outputs, 1):
             for mime, value in o.data.items():
@@ -254,7 +254,9 @@ class Result:
                 data = value if isinstance(value, bytes) else value.encode() if isinstance(value, str) \
                     else json.dumps(value).encode()
                 out.append((f"output_{n}.{FILE_ENDINGS.get(mime, 'bin')}", data))
-        out += [(i.name.removesuffix(".png") + ".chart.json", json.dumps(i.chart).encode()) for i in self.images if i.chart]
+        if charts:
+            out += [(i.name.removesuffix(".png") + ".chart.json", json.dumps(i.chart).encode())
+                    for i in self.images if i.chart]
         return out
 
     def to_json(self, **kwargs: Any) -> str:

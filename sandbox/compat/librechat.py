@@ -99,7 +99,7 @@ def output_files(result: Result) -> list[tuple[str, bytes]]:
     names = {name for name, _ in out}
     out += [(i.name, i.data) for i in result.images if i.name not in names]
     names = {name for name, _ in out}
-    out += [(name, data) for name, data in result.output_files(text=False) if name not in names]
+    out += [(name, data) for name, data in result.output_files(text=False, charts=False) if name not in names]
     return out
 
 
