@@ -94,3 +94,11 @@ def test_librechat_gets_outputs_as_files_never_served_as_pages(server):
         assert page.headers["x-content-type-options"] == "nosniff"
         assert "sandbox" in page.headers["content-security-policy"]
         assert page.headers["content-disposition"].startswith("attachment")
+
+
+def test_the_agent_loop_shows_the_model_what_a_notebook_shows(sb):
+    from sandbox.agent.loop import feedback
+
+    text = feedback(sb.run(CELL), images_sent=True)
+    assert "displayed:\n<PIL image RGB 6x4>\n" in text
+    assert "value of the last expression:\n|  | city | total |\n|---|---|---|\n| 0 | Oslo | 3 |" in text
