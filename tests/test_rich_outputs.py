@@ -158,9 +158,11 @@ def test_seaborn_charts_are_matplotlib_charts(sb):
 
 def test_altair_charts_are_a_spec_a_png_and_chart_data(sb):
     code = ("import altair as alt, pandas as pd\n"
-            "alt.Chart(pd.DataFrame({'k': ['a', 'b'], 'v': [3, 5]})).mark_bar().encode(x='k', y='v')"
-            ".properties(title='AT')")
-    out = only(run_ok(sb, code, timeout=60))
+            "c = alt.Chart(pd.DataFrame({'k': ['a', 'b'], 'v': [3, 5]})).mark_bar().encode(x='k', y='v')"
+            ".properties(title='AT')\nc.show()\nc")
+    r = run_ok(sb, code, timeout=60)
+    shown, out = r.outputs
+    assert not shown.main and shown.data == out.data            # chart.show() displays it
     assert out.main and out.vegalite["mark"]["type"] == "bar"
     assert png_size(out.png) is not None                       # rendered in the jail by vl-convert
     assert out.chart == {"type": "bar", "title": "AT", "x_label": "k", "y_label": "v", "x_scale": "linear",
