@@ -17,8 +17,9 @@ from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
              "oneshot", "sessions", "fidelity", "http", "batch", "noisy", "rich"]
-# http and noisy need the server extra; batch is minutes long and starts a Ray cluster.
-OPT_IN = {"fidelity", "http", "batch", "noisy"}
+# http and noisy need the server extra; batch is minutes long and starts a Ray cluster; rich compares
+# with an earlier run of latency and chart (not yet run on the reference machine).
+OPT_IN = {"fidelity", "http", "batch", "noisy", "rich"}
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
