@@ -51,7 +51,9 @@ def test_every_runner_produced_results(quick_run):
     }
     sessions = w["sessions"]
     assert sessions["call_ms"]["session"]["n"] > 0 and sessions["call_ms"]["stateless"]["n"] > 0
-    assert sessions["idle_states_sample"] == ["stopped"] and sessions["first_byte_ms"]["session"]["n"] > 0
+    # Stopped by SIGSTOP, then frozen by the cgroup freezer, which shows a task as disk-sleep (v1).
+    assert set(sessions["idle_states_sample"]) <= {"stopped", "disk-sleep"}, sessions["idle_states_sample"]
+    assert sessions["first_byte_ms"]["session"]["n"] > 0
     for name, runners in expected.items():
         assert set(w[name]["runners"]) == runners, name
         for runner, block in w[name]["runners"].items():

@@ -65,7 +65,7 @@ def sessions(ctx: Context) -> dict:
         t_all = time.perf_counter()
         for _ in range(n_create):
             t0 = time.perf_counter()
-            made.append(sb.session())
+            made.append(sb.session(limits=IDLE_LIMITS))  # all open at once: within the jail's totals
             burst.append(_ms(t0))
             bar.advance()
         burst_s = time.perf_counter() - t_all

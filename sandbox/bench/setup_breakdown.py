@@ -49,8 +49,8 @@ def split():
     marks = [("child_start", ns())]
     mark = lambda name: marks.append((name, ns()))
     parent = os.getppid()
-    L.own_process_group(); mark("setpgid")
-    L._check(L._libc.unshare(L.CLONE_NEWNS | L.CLONE_NEWIPC), "unshare(mount, ipc)"); mark("unshare")
+    L.own_process_group(profile); mark("setpgid")
+    L._check(L._libc.unshare(L.CLONE_NEWNS | L.CLONE_NEWIPC | L.CLONE_NEWCGROUP), "unshare(mount, ipc, cgroup)"); mark("unshare")
     L._mount(None, "/", None, L.MS_REC | L.MS_PRIVATE); mark("mount_private")
     flags = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
     L._mount("tmpfs", workdir, "tmpfs", flags, f"size={profile['workdir_bytes']},mode=0755,uid={uid},gid={gid}")
@@ -73,6 +73,8 @@ def whole():
 
 
 samples = []
+L.empty_bounding_set()  # as the fork server does once, before it forks children
+
 for i in range(params["n"]):
     mode = "split" if i % 2 == 0 else "whole"
     r, w = os.pipe()

@@ -70,8 +70,8 @@ class Sessions:
         self._ended: OrderedDict[str, tuple[str, str]] = OrderedDict()   # id -> (owner, reason)
         self._closing: set[asyncio.Future[None]] = set()
         self.in_flight = 0      # session calls running now (the shutdown waits for them, then kills them)
-        # Every call a key makes into the engine (stateless or in a session) holds one of its `runs`
-        # places; a session's calls queue for their session's one turn first (on the loop, not a thread).
+        # Every stateless call a key makes into the pool holds one of its `runs` places; a session's
+        # calls queue for their session's one turn instead (on the loop, not a thread).
         self.runs: Places | None = Places(runs_per_owner, waiting_per_owner, "calls of this key in the engine",
                                           retry_after) if runs_per_owner else None
         self.turns = Places(1, waiting_per_session, "calls of this session", retry_after)
@@ -164,14 +164,12 @@ class Sessions:
 
     @asynccontextmanager
     async def turn(self, owner: str, session: AsyncSession, engine: bool = True) -> AsyncIterator[None]:
-        """The session's one turn (and, for a run, one of the key's places), waited for on the event loop:
-        beyond the waiters allowed, ApiError 429 at once, never a parked thread."""
+        """The session's one turn, waited for on the event loop: beyond the waiters allowed, ApiError 429
+        at once, never a parked thread. A session's call takes none of the key's `runs` places: those
+        are the pool's slots' share (one per slot by default), which a session call does not use, and a
+        key's session calls are bounded anyway (one at a time per session, its sessions capped)."""
         async with self.turns.hold(session.id):
-            if engine and self.runs is not None:
-                async with self.runs.hold(owner):
-                    yield
-            else:
-                yield
+            yield
 
     async def run(self, session: AsyncSession, code: str, files: Mapping[str, bytes | str] | None = None,
                   owner: str = LOCAL, started: Callable[[], None] | None = None, **kwargs: Any) -> Result:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.host import devices, jail
 from sandbox import Outcome
 
 from ._helpers import describe, expect, one, run
@@ -375,7 +376,7 @@ def test_mounts_are_read_only_and_writable_ones_are_noexec(sb):
     """)
     expect(r, Outcome.OK)
     mounts = one(r)["mounts"]
-    writable = {"/work", "/tmp", "/dev/shm", "/proc", "/dev/null", "/dev/zero", "/dev/full"}
+    writable = {"/work", "/tmp", "/dev/shm", "/proc", *(f"/dev/{n}" for n in devices.NODES)}
     for point, opts, _ in mounts:
         if point not in writable:
             assert "ro" in opts, (point, opts)
@@ -386,7 +387,8 @@ def test_mounts_are_read_only_and_writable_ones_are_noexec(sb):
         assert {"rw", "nosuid", "nodev", "noexec"} <= set(top[point]), (point, top[point])
     allowed = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd",
                "/etc/group", "/etc/hosts", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
-               "/var/lib/sandbox/images/default", "/opt/sandbox", "/tmp", "/work", "/dev/shm", "/proc"}
+               "/var/lib/sandbox/images/default", "/opt/sandbox", "/tmp", "/work", "/dev/shm", "/proc",
+               jail.MASK_DIR, *jail.proc_masks()}  # the stand-ins for /proc's host-wide counters (read-only)
     assert {p for p, _, _ in mounts} <= allowed, mounts
     roots = {root for p, _, root in mounts if p == "/opt/sandbox"}
     assert all(root.startswith("/var/lib/sandbox/guest/") for root in roots), roots

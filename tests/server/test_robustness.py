@@ -30,7 +30,9 @@ def _post(url: str, code: str, headers: dict | None = None, **kw) -> httpx.Respo
 
 
 def test_full_queue_is_429_with_retry_after(tmp_path):
-    s = Server(tmp_path, "--slots", "1", "--max-queue", "1", "--no-mcp")
+    # One key fills the engine's queue here: it may hold more engine places than the one slot
+    # (by default a key holds one place per slot, and its further calls wait in its own queue).
+    s = Server(tmp_path, "--slots", "1", "--max-queue", "1", "--max-runs-per-key", "8", "--no-mcp")
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             running = ex.submit(_post, s.url, "import time; time.sleep(3); print('first')")
