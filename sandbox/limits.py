@@ -118,9 +118,9 @@ class Limits:
         }
 
     def result_cap(self) -> int:
-        """Largest result frame a child may send: every image and file at its cap, plus JSON."""
-        return self.max_images * (self.max_image_bytes + self.max_output_json_bytes) + self.max_file_bytes \
-            + self.max_output_bytes + (4 << 20)
+        """Largest result frame a child may send: every image and file at its cap, the rich outputs
+        and the figures' chart data (max_output_bytes together), plus JSON."""
+        return self.max_images * self.max_image_bytes + self.max_file_bytes + self.max_output_bytes + (4 << 20)
 
     def per_request(self) -> dict[str, Any]:
         """The limits the zygote and the runner enforce for one request, as sent in it."""

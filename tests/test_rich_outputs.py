@@ -260,3 +260,10 @@ def test_cli_json_and_out(tmp_path):
     assert names == ["figure_1.chart.json", "figure_1.png", "output_1.html", "output_1.md", "output_1.table.json",
                      "output_1.txt"]
     assert "<table" in (out / "output_1.html").read_text()
+
+
+def test_figure_chart_data_shares_the_output_budget(sb):
+    r = run_ok(sb, "import matplotlib.pyplot as plt\nplt.plot(range(50))\nplt.show()\n'x' * 50",
+               limits={"max_output_bytes": 200})
+    assert len(r.images) == 1 and r.images[0].chart is None      # its data would not fit: the PNG stays
+    assert only(r).text == "'" + "x" * 50 + "'"

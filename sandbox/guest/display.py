@@ -75,6 +75,13 @@ class Outputs:
         self.total += size
         self.items.append((main, truncated, encoded))
 
+    def take(self, size: int) -> bool:
+        """Room for `size` more bytes under max_output_bytes (taken if there is)."""
+        if self.total + size > self.limits.get("max_output_bytes", 0):
+            return False
+        self.total += size
+        return True
+
     def meta_and_blobs(self) -> tuple[list[dict], list[bytes]]:
         meta, blobs = [], []
         for main, truncated, encoded in self.items:

@@ -54,8 +54,10 @@ class _Figures:
             if len(data) > self.max_bytes:
                 self.dropped += 1
             else:
-                self.images.append((f"figure_{len(self.images) + 1}.png", data,
-                                    chart if len(chart) <= self.max_chart_bytes else b""))
+                # Chart data shares max_output_bytes with the rich outputs.
+                if len(chart) > self.max_chart_bytes or not display.OUTPUTS.take(len(chart)):
+                    chart = b""
+                self.images.append((f"figure_{len(self.images) + 1}.png", data, chart))
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is not None:
             plt.close(fig)

@@ -202,6 +202,9 @@ def _output_sizes(out_meta: object, img_meta: list, limits: Limits) -> tuple[lis
         if not _is_int(size) or size < 0:
             raise ValueError("chart")
         chart_sizes.append(size)
+    # Outputs and chart data share max_output_bytes: the runner never sends more.
+    if sum(item_sizes) + sum(chart_sizes) > limits.max_output_bytes:
+        raise ValueError("over max_output_bytes")
     return item_sizes, chart_sizes
 
 

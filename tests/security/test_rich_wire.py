@@ -107,3 +107,15 @@ def test_a_figure_chart_that_is_not_json_is_dropped_but_the_figure_stays():
                               "images": [{"name": "figure_1.png", "size": len(png), "chart": 3}]}, png + b"{{{")
     r = wire.decode_reply(header, payload, 0, 0, Limits())
     assert len(r.images) == 1 and r.images[0].chart is None and "chart data was not JSON" in r.stderr
+
+
+def test_charts_and_outputs_over_max_output_bytes_are_refused_together():
+    png = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000002000000030806000000")
+    outputs = [{"main": True, "truncated": False, "items": [["text/plain", 60]]}]
+    header, payload = _reply({"error": None, "exit_code": 0, "files": [], "outputs": outputs,
+                              "images": [{"name": "figure_1.png", "size": len(png), "chart": 60}]},
+                             png + b"t" * 60 + b"[" + b"0," * 28 + b"10]")
+    r = wire.decode_reply(header, payload, 0, 0, Limits(max_output_bytes=100))
+    assert r.images == [] and r.outputs == [] and "malformed" in r.stderr
+    r = wire.decode_reply(header, payload, 0, 0, Limits(max_output_bytes=120))
+    assert len(r.images) == 1 and r.images[0].chart is None and len(r.outputs) == 1   # a list is no chart
