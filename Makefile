@@ -8,14 +8,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv libseccomp2 libstdc++6
 
-.PHONY: run test test-cgroup2 bench image doctor system chromium npm-deps vm-system clean
+.PHONY: run test test-cgroup2 bench image doctor system chromium npm-deps deploy-deps vm-system clean
 
 run: $(STAMP) image          ## build everything and run the example (prints, draws a chart, writes a file)
 	$(BIN)/sandbox doctor
 	$(BIN)/sandbox run examples/analysis.py --file examples/sales.csv --out results
 	@echo "chart and files written to results/"
 
-test: $(STAMP) image chromium npm-deps ## the whole test suite, against real jails
+test: $(STAMP) image chromium npm-deps deploy-deps ## the whole test suite, against real jails
 	$(BIN)/python -m pytest -q tests
 
 test-cgroup2: $(STAMP) image vm-system  ## the cgroup-dependent tests on a cgroup v2 host: a Debian 12 VM (docs/operations.md)
@@ -40,6 +40,13 @@ chromium:                    ## Debian's Chromium for the playground's browser t
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "installing Debian's chromium"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
+DEPLOY_DEBS := systemd openssl podman runc debootstrap
+deploy-deps:                 ## what tests/test_deploy.py, test_container.py and server/test_ops.py need: systemd-analyze, openssl, podman (skipped when present)
+	@if command -v dpkg >/dev/null && ! dpkg -s $(DEPLOY_DEBS) >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(DEPLOY_DEBS)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEPLOY_DEBS); \
 	fi
 
 LIBRECHAT_CLIENT := tests/compat/librechat

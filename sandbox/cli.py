@@ -189,6 +189,8 @@ def parser() -> argparse.ArgumentParser:
     from .server import serve as _serve
     _serve.add_arguments(sv)
     sv.set_defaults(func=_serve.cmd_serve)
+    from .server.service_unit import add_parser as add_install_service
+    add_install_service(sub)
     mc = sub.add_parser("mcp", help="an MCP server on stdio with a run_python tool (needs the server extra)")
     mc.add_argument("--slots", type=int, default=1, help="jails in the pool (default 1)")
     mc.add_argument("--image", default="default", help="image to run in (default: default)")
@@ -210,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # stdout closed early (`sandbox doctor | head -1`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not print a second traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .guest import protocol
-from .host import cgroups, doctor, image as images, wire
+from .host import cgroups, doctor, image as images, jail, wire
 from .errors import InvalidInputError, RunCancelledError, SandboxClosedError, SandboxError
 from .limits import JailSettings, Limits, SessionSettings, seccomp_policy
 from .host.pool import Pool, PoolStats
@@ -87,6 +87,7 @@ class Sandbox:
         seccomp = seccomp_policy()
         cgroups.ensure_parents()
         cgroups.remove_stale()
+        jail.remove_stale_run_dirs()  # left by a host process killed before it could clean up
         self._closed = False
         t0 = time.monotonic()
 

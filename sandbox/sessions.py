@@ -236,6 +236,8 @@ class Session:
                 return self.close_reason or reason
             self.closed = True
             self.close_reason = reason
+        log.info("session %s… ended: %s", self.id[:8], reason,
+                 extra={"event": "session_ended", "session": self.id[:8], "reason": reason})
         self._manager.forget(self)
         self._jail.close_session(self._sid)
         return reason

@@ -11,12 +11,19 @@ actor as soon as one of its slots frees up (plus `prefetch` queued in the actor,
 round trip), and when an actor dies it re-queues that actor's in-flight items and starts a
 replacement on the same node if the node is still alive: no item is lost, none is reported twice.
 
-Ray is an optional extra (`pip install 'sandbox[ray]'`); only this module imports it.
+Ray is an optional extra (from the checkout: `pip install -e '.[ray]'`); only this module imports it.
+
+A cluster started with `ray start` (Ray 2.60) checks a token on every connection when the head was
+started with token authentication (`RAY_AUTH_MODE=token`, or a token in `~/.ray/auth_token`): the
+driver needs the same token, in `RAY_AUTH_TOKEN` or a file named by `RAY_AUTH_TOKEN_PATH` (with
+`RAY_AUTH_MODE=token`). Without it Ray's client retries for about 20 s, a warning a second; here
+those lines are held back and the failure says what to set (docs/batch.md).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -38,8 +45,68 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise SandboxUnavailableError("the Ray integration needs Ray: pip install 'sandbox[ray]'") from None
+        raise SandboxUnavailableError("the Ray integration needs Ray: pip install -e '.[ray]' (from the sandbox "
+                                      "checkout)") from None
     return ray
+
+
+TOKEN_HELP = ("the cluster uses token authentication (Ray 2.60): give the driver the cluster's token, "
+              "RAY_AUTH_MODE=token with RAY_AUTH_TOKEN=TOKEN or RAY_AUTH_TOKEN_PATH=FILE (print it on the head "
+              "with `ray get-auth-token`)")
+WORKER_PORTS = range(10002, 20000)   # Ray's default --min-worker-port..--max-worker-port
+
+
+def token_configured() -> bool:
+    """Would Ray's client send a token (from the environment or ~/.ray/auth_token)?"""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+
+
+def connect_failure(address: str | None, error: str, held: str) -> str:
+    """One message for a failed connection, naming the likely cause."""
+    text = f"cannot connect to a Ray cluster at {address!r}"
+    if "InvalidAuthToken" in held or "Unauthenticated" in held or "InvalidAuthToken" in error:
+        return (f"{text}: the token " + ("given is not this cluster's" if token_configured() else "is missing")
+                + f": {TOKEN_HELP}")
+    port = (address or "").rpartition(":")[2]
+    hint = ""
+    if port.isdigit() and int(port) in WORKER_PORTS:
+        hint = (f"; port {port} is inside Ray's worker port range ({WORKER_PORTS.start}-{WORKER_PORTS.stop - 1}): "
+                "start the head with another --port (such as the default 6379)")
+    return f"{text}: {error.splitlines()[0] if error else 'no answer'}{hint}. Start one with `ray start --head`, or use --ray local"
+
+
+class _HeldStderr:
+    """fd 2 sent to a temporary file for a while; `text` is what was written there."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.file = tempfile.TemporaryFile()
+        self.text = ""
+
+    def replay(self) -> None:
+        if self.text:
+            os.write(2, self.text.encode())
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[_HeldStderr]:
+    held = _HeldStderr()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield held
+        return
+    try:
+        os.dup2(held.file.fileno(), 2)
+        yield held
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        held.file.seek(0)
+        held.text = held.file.read().decode("utf-8", "replace")
+        held.file.close()
 
 
 class NodeRunner:
@@ -92,13 +159,17 @@ class NodePool:
         self._ray = ray
         self._owns_ray = False
         if not ray.is_initialized():
-            try:
-                ray.init(address="local" if address in (None, "local") else address, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=False,
-                         **(LOCAL_RAY if address in (None, "local") else {}))
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise SandboxUnavailableError(f"cannot connect to a Ray cluster at {address!r}: {exc}. Start one "
-                                              "with `ray start --head`, or use --ray local") from None
+            local = address in (None, "local")
+            with _held_stderr() as held:  # Ray's client logs every failed attempt on fd 2
+                try:
+                    ray.init(address="local" if local else address, log_to_driver=False,
+                             logging_level=logging.WARNING, configure_logging=False, **(LOCAL_RAY if local else {}))
+                    failure = None
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    failure = str(exc)
+            if failure is not None:
+                raise SandboxUnavailableError(connect_failure(address, failure, held.text)) from None
+            held.replay()
             self._owns_ray = True
         self.image = image
         self.prefetch = prefetch

@@ -35,25 +35,34 @@ CODE = "print(1)"
 
 
 @contextmanager
-def served(slots: int) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """`sandbox serve` on an ephemeral loopback port with a fresh key; stopped on exit."""
-    key = "bench-" + secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="sandbox-bench-http-") as tmp:
+def server(slots: int, keys: int = 1, *args: str) -> Iterator[tuple[str, list[str], subprocess.Popen]]:
+    """`sandbox serve` on an ephemeral loopback port with `keys` fresh keys (and `args`); stopped on exit."""
+    fresh = ["bench-" + secrets.token_hex(16) for _ in range(keys)]
+    with tempfile.TemporaryDirectory(prefix="sandbox-bench-serve-") as tmp:
         log_path = Path(tmp) / "server.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--slots", str(slots),
-                                     "--no-mcp", "--max-queue", str(4 * CLIENTS)],
-                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SANDBOX_API_KEYS": key})
+                                     "--no-mcp", *args], stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "SANDBOX_API_KEYS": ",".join(fresh)})
             try:
                 deadline = time.monotonic() + 300
                 while not (m := re.search(r"serving on (http://\S+) ", log_path.read_text())):
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("sandbox serve did not start:\n" + log_path.read_text()[-3000:])
                     time.sleep(0.1)
-                yield m.group(1), key, proc
+                yield m.group(1), fresh, proc
             finally:
                 proc.terminate()
                 proc.wait(60)
+
+
+@contextmanager
+def served(slots: int) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """The server this workload measures: one key, a queue deep enough for its 32 clients. The key
+    may hold as many places in the engine as its clients (the default is one per slot, for
+    fairness between keys; here one key is alone)."""
+    with server(slots, 1, "--max-queue", str(4 * CLIENTS), "--max-runs-per-key", str(4 * CLIENTS)) as (url, keys, proc):
+        yield url, keys[0], proc
 
 
 class RawClient:

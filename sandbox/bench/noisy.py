@@ -12,13 +12,8 @@ Run alone: `python -m sandbox.bench.noisy [--quick]`; in the harness: `sandbox b
 from __future__ import annotations
 
 import json
-import os
-import re
-import secrets
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,24 +29,11 @@ TARGETS = {"p50_ratio": 1.5, "p99_ratio": 3.0, "rss_growth_mib": 100}
 
 @contextmanager
 def served(slots: int) -> Iterator[tuple[str, str, str, int]]:
-    """`sandbox serve` with two fresh keys (A, B): (url, key A, key B, server pid)."""
-    key_a, key_b = (secrets.token_urlsafe(24) for _ in range(2))
-    with tempfile.TemporaryDirectory(prefix="sandbox-bench-noisy-") as tmp:
-        log_path = Path(tmp) / "server.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "sandbox", "serve", "--port", "0", "--slots", str(slots),
-                                     "--no-mcp"], stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "SANDBOX_API_KEYS": f"{key_a},{key_b}"})
-            try:
-                deadline = time.monotonic() + 300
-                while not (m := re.search(r"serving on (http://\S+) ", log_path.read_text())):
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("sandbox serve did not start:\n" + log_path.read_text()[-3000:])
-                    time.sleep(0.1)
-                yield m.group(1), key_a, key_b, proc.pid
-            finally:
-                proc.terminate()
-                proc.wait(60)
+    """`sandbox serve` with two fresh keys (A, B) and the default quotas: (url, key A, key B, pid)."""
+    from .http import server
+
+    with server(slots, 2) as (url, (key_a, key_b), proc):
+        yield url, key_a, key_b, proc.pid
 
 
 def _post(url: str, path: str, body: bytes, key: str | None, timeout: float = 120,

@@ -103,6 +103,10 @@ def _without_engine_frames(te: traceback.TracebackException, seen: set[int]) -> 
             _without_engine_frames(nxt, seen)
 
 
+NO_NETWORK_ERRNO_TEXT = "Address family not supported by protocol"
+NO_NETWORK_NOTE = " (this sandbox has no network: sockets other than AF_UNIX are refused; use the files given to the run)"
+
+
 def _describe(exc: BaseException, tb, filename: str) -> dict:
     """Structured error with the engine's own frames removed from the traceback."""
     line = None
@@ -122,6 +126,9 @@ def _describe(exc: BaseException, tb, filename: str) -> dict:
     te = traceback.TracebackException(kind, exc, tb)
     _without_engine_frames(te, set())
     text = "".join(te.format())
+    if NO_NETWORK_ERRNO_TEXT in text:  # what a socket() of any family but AF_UNIX gets here (seccomp)
+        message += NO_NETWORK_NOTE
+        text += NO_NETWORK_NOTE.strip() + "\n"
     return {"type": _clip(name, 256), "message": _clip(message, MAX_MESSAGE), "line": line,
             "traceback": _clip(text, MAX_TRACEBACK)}
 

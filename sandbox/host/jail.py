@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from . import cgroups, devices
@@ -237,12 +238,89 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
 
 
+OWNER_FILE = "owner"
+STALE_UNMARKED_SECONDS = 300.0  # a run directory without an owner mark this old is a leftover
+
+
+def _owner_mark(pid: int) -> str:
+    """`PID START`: the host process and its start time (clock ticks since boot), so a reused pid is
+    not mistaken for the owner."""
+    return f"{pid} {_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _owner_alive(mark: str) -> bool:
+    pid, _, start = mark.strip().partition(" ")
+    if not pid.isdigit():
+        return False
+    return _start_time(int(pid)) == start
+
+
+def remove_stale_run_dirs() -> int:
+    """Remove the run directories (config, device nodes) of jails whose host process is gone, e.g.
+    killed with SIGKILL before it could clean up. A directory stays while its owner lives or any
+    process (its nsjail) still names it on its command line; one without an owner mark (made by an
+    older version, or being made right now) only goes once it is old and unused. Returns how many."""
+    removed = 0
+    root = state_dir() / "run"
+    try:
+        entries = list(root.glob("jail-*"))
+    except OSError:
+        return 0
+    if not entries:
+        return 0
+    in_use = _named_by_processes()
+    for d in entries:
+        if str(d) in in_use:
+            continue
+        try:
+            mark = (d / OWNER_FILE).read_text()
+        except FileNotFoundError:
+            try:
+                if time.time() - d.stat().st_mtime < STALE_UNMARKED_SECONDS:
+                    continue
+            except OSError:
+                continue
+            mark = ""
+        except OSError:
+            continue
+        if not _owner_alive(mark):
+            devices.remove(d)
+            removed += 1
+    return removed
+
+
+def _named_by_processes() -> set[str]:
+    """Run directories named on some process's command line (`nsjail --config DIR/nsjail.cfg`)."""
+    named: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        for a in args:
+            if a.endswith(b"/nsjail.cfg"):
+                named.add(os.fsdecode(a[: -len(b"/nsjail.cfg")]))
+    return named
+
+
 def spawn(image: Image, settings: JailSettings, per_uid_devices: bool = False) -> tuple[subprocess.Popen, Path]:
     """Start nsjail with the zygote inside; returns the process and the jail's run directory
     (its config file and device nodes), which the caller removes when the jail ends.
     `per_uid_devices`: a set of device nodes for every uid of the jail (a session jail)."""
     run_dir = Path(tempfile.mkdtemp(prefix="jail-", dir=_mkdirs(state_dir() / "run")))
     try:
+        (run_dir / OWNER_FILE).write_text(_owner_mark(os.getpid()))  # for remove_stale_run_dirs()
         os.chmod(run_dir, 0o755)  # the jail's root (an unprivileged host uid) binds the nodes from it
         path = run_dir / "nsjail.cfg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # read by nsjail (root) only

@@ -38,7 +38,7 @@ class PoolStats:
     starting: int       # slots being started or replaced
     waiting: int        # calls queued for a slot
     replacements: int   # slots replaced since start (deaths and recycles)
-    runs: int           # runs served by the live slots
+    runs: int           # runs served since start (by live slots and by those replaced)
     sessions: int = 0   # sessions open (Sandbox.session)
 
     def to_dict(self) -> dict[str, int]:
@@ -72,6 +72,7 @@ class Pool:
         self._closed = False
         self.last_error: str | None = None
         self.replacements = 0
+        self._runs_before = 0  # runs served by slots since replaced, so stats().runs never goes back
         self._workers: set[threading.Thread] = set()  # slot starts and replacements under way
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -129,7 +130,8 @@ class Pool:
 
     def _retire(self, slot: Slot) -> None:
         """A slot served its share of runs: close it gracefully and start another. Not a death."""
-        log.info("slot %d served %d runs; recycling it", slot.index, slot.runs)
+        log.info("slot %d served %d runs; recycling it", slot.index, slot.runs,
+                 extra={"event": "jail_recycled", "slot": slot.index, "runs": slot.runs})
         self._take_out(slot, lambda: slot.close())
 
     def _take_out(self, slot: Slot, end: Callable[[], None]) -> None:
@@ -137,6 +139,7 @@ class Pool:
             if self._live.get(slot.index) is not slot:
                 return  # already handled
             del self._live[slot.index]
+            self._runs_before += slot.runs
             self._mourned.discard(slot)
             if slot in self._idle:
                 self._idle.remove(slot)
@@ -181,7 +184,9 @@ class Pool:
                             continue  # retired or replaced meanwhile: it was ended, it did not die
                         busy = slot in self._busy
                         self._mourned.add(slot)  # its pidfd stays readable: stop watching it
-                    log.warning("slot %d died; replacing it. Last words: %s", slot.index, slot.diagnostics()[-500:])
+                    last = slot.diagnostics()[-500:]
+                    log.warning("slot %d died; replacing it. Last words: %s", slot.index, last,
+                                extra={"event": "jail_died", "slot": slot.index, "last_words": last})
                     if not busy:
                         self._replace(slot)
                     # A busy slot's run sees the death through its own pidfd and gives the slot
@@ -221,7 +226,10 @@ class Pool:
                 slot = self._idle.pop()
                 self._busy.add(slot)
                 return slot
-            if len(self._waiters) >= self._max_queue:
+            # A slot being started (a recycle, a replacement) is capacity on its way: one caller per
+            # such slot may wait for it beyond max_queue, so a strictly sequential caller never
+            # gets QueueFullError just because its last run recycled the slot.
+            if len(self._waiters) >= self._max_queue + self._starting:
                 raise QueueFullError(f"all {self.size} slots are busy and {len(self._waiters)} calls are already waiting")
             waiter = _Waiter(self._lock)
             self._waiters.append(waiter)
@@ -279,4 +287,4 @@ class Pool:
         with self._lock:
             return PoolStats(size=self.size, live=len(self._live), idle=len(self._idle), busy=len(self._busy),
                              starting=self._starting, waiting=len(self._waiters), replacements=self.replacements,
-                             runs=sum(s.runs for s in self._live.values()))
+                             runs=self._runs_before + sum(s.runs for s in self._live.values()))

@@ -16,6 +16,7 @@ from ..limits import Limits
 from . import errors, health, image, playground, runs, sessions
 from .deps import check_key
 from .gate import Gate, body_caps
+from .logs import RequestLog
 from .metrics import MeteredSandbox, Metrics
 from .metrics import router as metrics_router
 from .settings import Settings
@@ -78,8 +79,10 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
 
     metrics.open_sessions = open_sessions
     # Outermost: nothing (no route, no parser, no MCP) sees a request before its key and body cap are checked.
-    app.add_middleware(Gate, settings=settings, check_key=lambda given: check_key(settings, given),
+    # The keys are read from app.state.settings at each request: `sandbox serve` replaces them on SIGHUP.
+    app.add_middleware(Gate, settings=settings, check_key=lambda given: check_key(app.state.settings, given),
                        cap=body_caps(settings, app.state.ceiling.max_code_bytes))
+    app.add_middleware(RequestLog)  # outermost: one log event per request, refusals included
     errors.install(app)
     for router in (playground.router, health.router, image.router, runs.router, sessions.router, metrics_router, *peer_routers()):
         app.include_router(router)

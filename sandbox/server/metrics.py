@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from ..client import AsyncSandbox, Files, TextCallback
 from ..limits import Limits
 from ..results import Output, Result
+from .logs import note_run
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -37,6 +38,7 @@ class Metrics:
     def observe(self, result: Result, seconds: float) -> None:
         self.runs.labels(result.outcome.value).inc()
         self.latency.observe(seconds)
+        note_run(result.outcome.value, result.usage.cpu_ms)  # for the request's log event
 
     async def run(self, call: Awaitable[Result]) -> Result:
         """Await one run (a sandbox's or a session's) and count it, or count why it was refused."""

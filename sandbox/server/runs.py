@@ -99,7 +99,12 @@ def check_ceiling(ceiling: Limits, timeout: float | None, limits: dict[str, int 
     for name, value in asked.items():
         top = getattr(ceiling, name) if name in known else None
         if top is not None and isinstance(value, (int, float)) and value > top:
-            raise ApiError(422, "invalid_input", f"limit {name} may be at most {top:g} on this server, not {value:g}")
+            raise ApiError(422, "invalid_input", f"limit {name} may be at most {_num(top)} on this server, not {_num(value)}")
+
+
+def _num(value: int | float) -> str:
+    """1073741824, not 1.07374e+09 (a byte count must read as one); 2.5 as 2.5."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 NDJSON = "application/x-ndjson"

@@ -8,11 +8,14 @@ import argparse
 import asyncio
 import logging
 import re
+import signal
 import socket
 import sys
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidInputError, SandboxError
+from . import logs
 from .settings import Settings
 
 _PATH_KEY = re.compile(r"/k/[^/?\s\"']+")
@@ -67,15 +70,20 @@ def _scrub_arg(arg: object, keys: tuple[str, ...]) -> object:
     return arg if clean == text and not isinstance(arg, str) else clean
 
 
+_SCRUBBED: list[str] = []  # every key this process has known (a key removed on SIGHUP stays scrubbed)
+
+
 def scrub_keys(keys: tuple[str, ...]) -> None:
-    """Every log record this process makes, on any logger, is scrubbed as it is created."""
+    """Every log record this process makes, on any logger, is scrubbed as it is created. Called
+    again (a reload), the new keys are scrubbed too."""
+    _SCRUBBED.extend(k for k in keys if k not in _SCRUBBED)
     make = logging.getLogRecordFactory()
     if getattr(make, "scrubs_keys", False):
         return
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        scrub_record(record, keys)
+        scrub_record(record, tuple(_SCRUBBED))
         return record
 
     factory.scrubs_keys = True  # type: ignore[attr-defined]
@@ -113,6 +121,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"connections served at once; beyond, 503 (default {d.max_connections})")
     p.add_argument("--no-mcp", action="store_true", help="do not serve MCP at /mcp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text (uvicorn's access log) or json: one JSON object a line on stderr, one per request "
+                        "and per engine event (docs/operations.md)")
+    t = p.add_argument_group("TLS (keys cross the network: beyond loopback, HTTPS or an explicit --insecure-http)")
+    t.add_argument("--ssl-certfile", help="PEM certificate (chain): serve HTTPS")
+    t.add_argument("--ssl-keyfile", help="PEM private key of --ssl-certfile")
+    t.add_argument("--insecure-http", action="store_true",
+                   help="allow plain HTTP beyond loopback (a TLS proxy in front on another host, a private network)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -130,7 +146,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         max_waiting_per_session=args.max_waiting_per_session,
                         max_mcp_sessions_per_key=args.max_mcp_sessions_per_key,
                         peer_spaces_per_key=args.peer_spaces_per_key, peer_bytes_per_key=args.peer_store_mb_per_key << 20,
-                        max_connections=args.max_connections).with_keys_from(args.api_key_file)
+                        max_connections=args.max_connections, key_file=args.api_key_file,
+                        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                        insecure_http=args.insecure_http).with_keys_from(args.api_key_file)
     settings.check_bind()
     return settings
 
@@ -145,29 +163,53 @@ def bind(host: str, port: int, backlog: int = Settings.backlog) -> socket.socket
     return sock
 
 
-def uvicorn_config(app: Any, settings: Settings, log_level: str = "info") -> Any:
+def uvicorn_config(app: Any, settings: Settings, log_level: str = "info", log_config: dict | None = None) -> Any:
     """uvicorn's config: connections served at once capped (beyond: 503 at once), the listen backlog,
     idle keep-alive connections closed, request heads capped."""
     import uvicorn
 
     # uvicorn's own cancel (a 500 and a traceback per request) is only a backstop: after the grace
     # period, `reap` closes the sandbox, which kills the runs still in flight, so each gets its result.
+    extra: dict[str, Any] = {"log_config": log_config} if log_config is not None else {}
+    if settings.tls:
+        extra.update(ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
+                          **extra,
                           lifespan="on", server_header=False, limit_concurrency=settings.max_connections,
                           backlog=settings.backlog, timeout_keep_alive=settings.keep_alive_seconds,
                           h11_max_incomplete_event_size=64 << 10)
 
 
-def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "info") -> None:
-    """Run the app on `sock` until SIGINT/SIGTERM; runs still in flight after the grace period are killed."""
+def reload_keys(app: Any) -> None:
+    """SIGHUP: read the key file again and swap the app's keys. A removed key gets 401 from the next
+    request on; sessions belong to a key's owner id (its hash), so those of unchanged keys go on. A file
+    that cannot be read, is empty or holds a bad key changes nothing (and says why)."""
+    log = logging.getLogger("sandbox.server")
+    settings: Settings = app.state.settings
+    if settings.key_file is None:
+        log.warning("SIGHUP: no --api-key-file to read again; keys unchanged", extra={"event": "keys_unchanged"})
+        return
+    try:
+        new = settings.reload_keys()
+    except InvalidInputError as exc:
+        log.error("SIGHUP: keys unchanged: %s", exc, extra={"event": "keys_unchanged"})
+        return
+    scrub_keys(new.api_keys)  # before any record could name them
+    app.state.settings = replace(settings, api_keys=new.api_keys)
+    log.info("SIGHUP: %d API key(s) loaded", len(new.api_keys), extra={"event": "keys_reloaded", "keys": len(new.api_keys)})
+
+
+def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "info", log_format: str = "text") -> None:
+    """Run the app on `sock` until SIGINT/SIGTERM (SIGHUP: reload the keys); runs still in flight after
+    the grace period are killed."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    config = uvicorn_config(app, settings, log_level)
-    server = uvicorn.Server(config)
     scrub_keys(settings.api_keys)
+    config = uvicorn_config(app, settings, log_level, logs.configure(log_format, log_level))
+    server = uvicorn.Server(config)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.auth_required else "no API key (loopback only)"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    url = f"{'https' if settings.tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def busy() -> int:
         """Runs in flight: the pool's, and calls in sessions (which run in the session jail)."""
@@ -192,6 +234,8 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
             await app.state.sandbox.close()
 
     async def main() -> None:
+        if settings.auth_required:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, app)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
@@ -209,12 +253,25 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
         runner.run(main())
 
 
+def check_tls(settings: Settings) -> None:
+    """Load the certificate and key once before binding, so a bad pair is a message, not a traceback."""
+    if not settings.tls:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInputError(f"cannot load --ssl-certfile/--ssl-keyfile: {exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..client import check_host
     from .app import create_app
 
     try:
         settings = settings_from(args)
+        check_tls(settings)
         sock = bind(settings.host, settings.port, settings.backlog)
     except InvalidInputError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
@@ -229,5 +286,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"sandbox: {exc}", file=sys.stderr)
         sock.close()
         return 3
-    serve(app, settings, sock, args.log_level)
+    serve(app, settings, sock, args.log_level, args.log_format)
     return 0

@@ -48,6 +48,14 @@ class Settings:
     max_connections: int = 1024           # connections and tasks uvicorn serves at once (beyond: 503)
     backlog: int = 2048                   # connections the kernel queues before uvicorn accepts them
     keep_alive_seconds: int = 5           # an idle keep-alive connection is closed after this
+    key_file: str | None = None           # --api-key-file, read again on SIGHUP
+    ssl_certfile: str | None = None       # TLS: uvicorn serves HTTPS with these
+    ssl_keyfile: str | None = None
+    insecure_http: bool = False           # the operator's explicit yes to plain HTTP beyond loopback
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ssl_certfile)
 
     @property
     def auth_required(self) -> bool:
@@ -77,12 +85,27 @@ class Settings:
                     f"'-', '_', '.', '~' can: the /k/KEY/ routes put the key in the path). Make keys with: {KEY_RECIPE}")
         return replace(self, api_keys=tuple(dict.fromkeys(keys)))
 
+    def reload_keys(self) -> Settings:
+        """The same settings with the keys read again (SIGHUP): the key file as it is now, and
+        `SANDBOX_API_KEYS`. InvalidInputError (and the old keys stay) if the file is unreadable,
+        empty, or holds a bad key."""
+        return replace(self, api_keys=()).with_keys_from(self.key_file)
+
     def check_bind(self) -> None:
-        """Refuse to listen beyond loopback without an API key: anyone who can reach the port could run code."""
+        """Refuse to listen beyond loopback without an API key (anyone who can reach the port could run
+        code), and beyond loopback over plain HTTP (the keys would travel in clear) unless the operator
+        says so with --insecure-http (a TLS proxy in front, a private network)."""
         if not self.auth_required and not is_loopback(self.host):
             raise InvalidInputError(
                 f"refusing to listen on {self.host} without an API key: anyone who reaches it could run code. "
                 "Give keys with --api-key-file FILE or SANDBOX_API_KEYS, or listen on 127.0.0.1")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise InvalidInputError("--ssl-certfile and --ssl-keyfile go together: give both")
+        if not self.tls and not self.insecure_http and not is_loopback(self.host):
+            raise InvalidInputError(
+                f"refusing to listen on {self.host} over plain HTTP: API keys would cross the network in clear. "
+                "Give --ssl-certfile and --ssl-keyfile, or put a TLS proxy in front and listen on 127.0.0.1, or, "
+                "if the network is yours, say so with --insecure-http")
 
 
 def is_loopback(host: str) -> bool:

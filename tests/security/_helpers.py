@@ -70,3 +70,9 @@ def assert_alive(sb) -> None:
     """The engine still answers a trivial program with outcome ok."""
     r = sb.run("print(1)", timeout=20)
     assert r.outcome is Outcome.OK and r.stdout == "1\n", describe(r)
+
+
+def ok(r):
+    """The result, asserted ok."""
+    assert r.outcome is Outcome.OK, describe(r)
+    return r

@@ -63,3 +63,12 @@ def host_secret():
         yield s
     finally:
         s.cleanup()
+
+
+@pytest.fixture
+def pair(sb):
+    """Two sessions side by side in the shared sandbox's session jail (tenant A and tenant B)."""
+    a, b = sb.session(), sb.session()
+    yield a, b
+    a.close()
+    b.close()

@@ -14,26 +14,13 @@ import pytest
 
 from sandbox import Outcome, SessionClosedError
 
-from ._helpers import program
+from ._helpers import ok, program
 
 
 def evidence(r) -> dict:
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("EVIDENCE ")]
     assert lines, (r.outcome, r.stdout[-2000:], r.stderr[-2000:], r.error)
     return json.loads(lines[-1][len("EVIDENCE "):])
-
-
-def ok(r):
-    assert r.outcome is Outcome.OK, (r.outcome, r.stderr[-2000:], r.error)
-    return r
-
-
-@pytest.fixture
-def pair(sb):
-    a, b = sb.session(), sb.session()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_files_of_one_session_are_invisible_to_another(pair):

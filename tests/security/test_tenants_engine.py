@@ -21,20 +21,7 @@ from sandbox import Limits, Outcome
 from sandbox.host import devices, wire
 from sandbox.host.image import load_any
 
-from ._helpers import describe, one, program, run
-
-
-def ok(r):
-    assert r.outcome is Outcome.OK, describe(r)
-    return r
-
-
-@pytest.fixture
-def pair(sb):
-    a, b = sb.session(), sb.session()
-    yield a, b
-    a.close()
-    b.close()
+from ._helpers import describe, ok, one, program, run
 
 
 # -- 1. the host's work on what a jail sends is linear and capped ------------------------------

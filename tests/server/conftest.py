@@ -37,7 +37,7 @@ class Server:
     def _wait_url(self, timeout: float = 180) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = re.search(r"serving on (http://\S+) ", self.log_path.read_text())
+            m = re.search(r"serving on (https?://\S+) ", self.log_path.read_text())
             if m:
                 return m.group(1)
             if self.proc.poll() is not None:
