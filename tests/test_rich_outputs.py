@@ -79,10 +79,11 @@ def test_repr_mimebundle_and_raw_bundles(sb):
     png = base64.b64encode(run_ok(sb, "from PIL import Image\nImage.new('RGB', (3, 2))").outputs[0].png).decode()
     code = ("class B:\n    def _repr_mimebundle_(self, include=None, exclude=None):\n"
             "        return {'text/markdown': '# hi', 'application/x-unknown': 'dropped'}, {}\n"
-            f"display(B())\ndisplay({{'image/png': '{png}', 'text/plain': 'a raw png'}}, raw=True)")
+            f"display(B())\ndisplay({{'image/png': '{png}', 'text/plain': 'a raw png', 'x-other': 'x'}}, raw=True)")
     r = run_ok(sb, code)
     assert r.outputs[0].markdown == "# hi" and set(r.outputs[0].data) == {"text/markdown", "text/plain"}
-    assert r.outputs[1].text == "a raw png" and png_size(r.outputs[1].png) == (3, 2)
+    assert r.outputs[1].text == "a raw png" and png_size(r.outputs[1].png) == (3, 2) and not r.outputs[1].truncated
+    assert set(r.outputs[1].data) == {"image/png", "text/plain"}
 
 
 def test_a_broken_repr_never_breaks_the_run(sb):

@@ -58,7 +58,9 @@ class Outputs:
             return
         encoded, truncated = [], False
         for mime, value in bundle.items():
-            cap = self.limits.get(protocol.OUTPUT_MIME_CAPS.get(mime, ""), 0)
+            if mime not in protocol.OUTPUT_MIME_CAPS:
+                continue  # a type no surface knows (raw=True bundles may carry any)
+            cap = self.limits.get(protocol.OUTPUT_MIME_CAPS[mime], 0)
             data = _encode(mime, value)
             if data is None:
                 continue
