@@ -41,7 +41,7 @@ DESCRIPTIONS = {
 
 
 def _functions():
-    from . import batch, fidelity, humaneval, load, memory, rich, sessions, setup_breakdown, workloads
+    from . import batch, fidelity, humaneval, load, memory, rich, session_workload, setup_breakdown, workloads
     from .http import http
     from .noisy import noisy
 
@@ -55,7 +55,7 @@ def _functions():
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
         "oneshot": load.one_shot,
-        "sessions": sessions.sessions,
+        "sessions": session_workload.sessions,
         "fidelity": fidelity.fidelity,
         "http": http,
         "batch": batch.batch,
