@@ -11,11 +11,11 @@ from .errors import (ImageError, InvalidInputError, NoSuchFileError, QueueFullEr
                      SessionLimitError)
 from .limits import Limits
 from .host.pool import PoolStats
-from .results import ExecError, Figure, File, Image, Outcome, Output, Result, Usage
+from .results import DisplayOutput, ExecError, Figure, File, Image, Outcome, Output, Result, Rich, Usage
 from .sessions import AsyncSession, FileInfo, Session
 
 __all__ = [
-    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "Output", "ExecError", "Figure", "Image", "File", "Usage",
+    "AsyncSandbox", "Sandbox", "Limits", "PoolStats", "Result", "Outcome", "Output", "DisplayOutput", "Rich", "ExecError", "Figure", "Image", "File", "Usage",
     "SandboxError", "InvalidInputError", "QueueFullError", "SandboxUnavailableError", "SandboxClosedError",
     "ImageError", "Session", "AsyncSession", "FileInfo", "SessionClosedError", "SessionLimitError",
     "RunCancelledError", "NoSuchFileError",

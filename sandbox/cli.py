@@ -27,7 +27,8 @@ def _write_outputs(result: Result, out: Path) -> list[str]:
     """Write figures and files under `out`. Paths were validated by the engine; links in
     `out` are still never followed for the final component."""
     written: list[str] = []
-    items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files]
+    items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files] \
+        + result.output_files()
     for rel, data in items:
         target = out / rel
         if str(target) in written:
@@ -104,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say(f"outcome: {result.outcome.value}")
         if result.stdout_truncated or result.stderr_truncated:
             _say("output was truncated at the configured cap")
-    if args.out is not None and (result.images or result.files):
+    if args.out is not None and (result.images or result.files or result.outputs):
         written = _write_outputs(result, Path(args.out))
         if not args.json:
             _say(f"wrote {len(written)} file(s) to {args.out}/: {', '.join(os.path.basename(w) for w in written)}")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .guest import protocol
 from .host import cgroups, doctor, image as images, jail, wire
-from .errors import InvalidInputError, RunCancelledError, SandboxClosedError
+from .errors import InvalidInputError, RunCancelledError, SandboxClosedError, SandboxError
 from .limits import JailSettings, Limits, SessionSettings, seccomp_policy
 from .host.pool import Pool, PoolStats
 from .relay import Relay
@@ -30,6 +30,23 @@ __all__ = ["Sandbox", "AsyncSandbox", "Files", "TextCallback"]
 def image_manifest(image: str = "default") -> dict[str, Any]:
     """An image's manifest (Python version, packages, preloaded modules) without starting a Sandbox."""
     return dict(images.load_any(image).manifest)
+
+
+def image_package_file(relpath: str, image: str = "default") -> str | None:
+    """The path of a file an image's packages ship (`relpath` under its site-packages, e.g.
+    "plotly/package_data/plotly.min.js"), or None: how a server serves a viewer library from the
+    image itself, with no CDN. Read-only; `relpath` must stay inside site-packages."""
+    if relpath.startswith("/") or ".." in relpath.split("/"):
+        return None
+    try:
+        venv = images.load_any(image).path / "venv"
+    except SandboxError:
+        return None
+    for site in sorted(venv.glob("lib/python3*/site-packages")):
+        path = site / relpath
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def check_host() -> None:

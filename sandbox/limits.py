@@ -38,6 +38,12 @@ class Limits:
     max_stderr_bytes: int = 1 << 20
     max_images: int = 32
     max_image_bytes: int = 8 << 20
+    max_outputs: int = 64
+    max_output_bytes: int = 32 << 20
+    max_output_text_bytes: int = 256 << 10
+    max_output_html_bytes: int = 4 << 20
+    max_output_image_bytes: int = 8 << 20
+    max_output_json_bytes: int = 8 << 20
     max_files: int = 64
     max_file_bytes: int = 64 << 20
     max_input_files: int = 256
@@ -51,7 +57,7 @@ class Limits:
                 raise InvalidInputError(f"limit {f.name} must be a finite number, not {value!r}")
             if f.name != "timeout_seconds" and not isinstance(value, int):
                 raise InvalidInputError(f"limit {f.name} must be a whole number, not {value!r}")
-            if value <= 0 and f.name not in ("max_images", "max_files"):
+            if value <= 0 and f.name not in ("max_images", "max_files", "max_outputs"):
                 raise InvalidInputError(f"limit {f.name} must be positive, not {value!r}")
             if value < 0:
                 raise InvalidInputError(f"limit {f.name} must not be negative, not {value!r}")
@@ -112,8 +118,9 @@ class Limits:
         }
 
     def result_cap(self) -> int:
-        """Largest result frame a child may send: every image and file at its cap, plus JSON."""
-        return self.max_images * self.max_image_bytes + self.max_file_bytes + (4 << 20)
+        """Largest result frame a child may send: every image and file at its cap, the rich outputs
+        and the figures' chart data (max_output_bytes together), plus JSON."""
+        return self.max_images * self.max_image_bytes + self.max_file_bytes + self.max_output_bytes + (4 << 20)
 
     def per_request(self) -> dict[str, Any]:
         """The limits the zygote and the runner enforce for one request, as sent in it."""
@@ -125,6 +132,12 @@ class Limits:
             "max_image_bytes": self.max_image_bytes,
             "max_files": self.max_files,
             "max_file_bytes": self.max_file_bytes,
+            "max_outputs": self.max_outputs,
+            "max_output_bytes": self.max_output_bytes,
+            "max_output_text_bytes": self.max_output_text_bytes,
+            "max_output_html_bytes": self.max_output_html_bytes,
+            "max_output_image_bytes": self.max_output_image_bytes,
+            "max_output_json_bytes": self.max_output_json_bytes,
             "max_result_bytes": self.result_cap(),
         }
 

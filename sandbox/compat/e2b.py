@@ -1,10 +1,12 @@
 """E2B's code interpreter: `POST /execute` answered as its newline-delimited JSON stream.
 
 Request `{code, context_id?, language?, env_vars?}`: the cell is dedented (as E2B's kernel does),
-`env_vars` hold for this execution (names the engine allows: not PATH, HOME, PYTHON*...). The stream, one JSON object a line, in order:
+`env_vars` hold for this execution (names the engine allows: not PATH, HOME, PYTHON*...). The
+stream, one JSON object a line, in order:
 `{"type": "stdout", "text", "timestamp"}`, `{"type": "stderr", ...}`, one
-`{"type": "result", "png", "text"}` per figure, the value of the last expression as
-`{"type": "result", "text", "is_main_result": true}` (as a notebook cell shows it),
+`{"type": "result", "text", "html", "markdown", "png", "data", "chart", ...}` per rich output
+(display()) and per figure (its PNG and chart data), the value of the last expression as a
+`result` with `"is_main_result": true` (as a notebook cell shows it),
 `{"type": "error", "name", "value", "traceback"}` when the run failed, then
 `{"type": "number_of_executions", "execution_count"}` and `{"type": "end_of_execution"}`.
 
@@ -21,7 +23,7 @@ import json
 import textwrap
 from typing import Any
 
-from ..results import Outcome, Result
+from ..results import CHART_MIME, TABLE_MIME, DisplayOutput, Outcome, Result
 from .request import PeerRequestError, RunRequest, b64
 from .text import outcome_summary
 
@@ -51,8 +53,11 @@ def from_e2b(payload: Any) -> tuple[RunRequest, str | None]:
     context_id = payload.get("context_id")
     if context_id is not None and not isinstance(context_id, str):
         raise PeerRequestError("context_id must be a string")
-    # As E2B's kernel does: a cell indented as a whole (a triple-quoted string in the caller's code) runs.
-    return RunRequest(code=keep_last_expression(textwrap.dedent(payload["code"])), env=env), context_id
+    # The engine itself returns the last expression's value (Result.main). A cell indented as a
+    # whole runs dedented, as IPython (E2B's kernel) runs it.
+    code = payload["code"]
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    return RunRequest(code=textwrap.dedent(code) if first[:1] in (" ", "\t") else code, env=env), context_id
 
 
 def keep_last_expression(code: str) -> str:
@@ -114,12 +119,13 @@ def to_e2b_events(result: Result, execution_count: int = 1, timestamp: str | Non
         events.append(output_event("stdout", result.stdout, ts))
     if logs and result.stderr:
         events.append(output_event("stderr", result.stderr, ts))
+    events += [e2b_result(o) for o in result.outputs if not o.main]
     for image in result.images:
         events.append(_event("result", png=b64(image.data), text=f"<Figure size {image.width}x{image.height}>",
-                             is_main_result=False))
-    main = next((f for f in result.files if f.path == MAIN_RESULT_FILE), None)
+                             chart=image.chart, is_main_result=False))
+    main = result.main
     if main is not None and result.outcome is Outcome.OK:
-        events.append(_event("result", text=main.data.decode("utf-8", "replace"), is_main_result=True))
+        events.append(e2b_result(main))
     if result.outcome is Outcome.ERROR:
         err = result.error
         if err is not None:
@@ -132,6 +138,25 @@ def to_e2b_events(result: Result, execution_count: int = 1, timestamp: str | Non
     events.append(_event("number_of_executions", execution_count=execution_count))
     events.append(_event("end_of_execution"))
     return events
+
+
+_E2B_FIELDS = (("text/plain", "text"), ("text/html", "html"), ("text/markdown", "markdown"), ("image/svg+xml", "svg"),
+               ("text/latex", "latex"), ("application/json", "json"), (TABLE_MIME, "data"), (CHART_MIME, "chart"))
+
+
+def e2b_result(output: DisplayOutput) -> dict[str, Any]:
+    """A rich output as E2B's `result` event: its own fields for the formats E2B knows (a
+    DataFrame's columns as `data`, chart data as `chart`), the rest (a vega-lite spec, a plotly
+    figure) under `extra` by MIME type."""
+    fields: dict[str, Any] = {e2b_name: output.data[mime] for mime, e2b_name in _E2B_FIELDS if mime in output.data}
+    for mime, name in (("image/png", "png"), ("image/jpeg", "jpeg")):
+        if mime in output.data:
+            fields[name] = b64(output.data[mime])
+    known = {m for m, _ in _E2B_FIELDS} | {"image/png", "image/jpeg"}
+    extra = {m: v for m, v in output.data.items() if m not in known}
+    if extra:
+        fields["extra"] = extra
+    return _event("result", **fields, is_main_result=output.main)
 
 
 def written_files(result: Result) -> dict[str, bytes]:

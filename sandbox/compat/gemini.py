@@ -46,13 +46,20 @@ def executable_code_part(code: str, id: str | None = None) -> dict[str, Any]:
 
 
 def result_parts(result: Result, id: str | None = None) -> list[dict[str, Any]]:
-    """The `codeExecutionResult` part and one `inlineData` part per figure."""
+    """The `codeExecutionResult` part, one `inlineData` part per figure, then per rich output a
+    `text` part (its markdown table or its text) and an `inlineData` part for its image."""
     body: dict[str, Any] = {"outcome": OUTCOMES[result.outcome], "output": run_report(result)}
     if id is not None:
         body["id"] = id
     parts: list[dict[str, Any]] = [{"codeExecutionResult": body}]
     for image in result.images:
         parts.append({"inlineData": {"mimeType": image.mime_type, "data": base64.b64encode(image.data).decode()}})
+    for output in result.outputs:
+        # A table as its markdown, anything else as its text; its image inline.
+        parts.append({"text": output.markdown or output.text})
+        for mime in ("image/png", "image/jpeg"):
+            if mime in output.data:
+                parts.append({"inlineData": {"mimeType": mime, "data": base64.b64encode(output.data[mime]).decode()}})
     return parts
 
 

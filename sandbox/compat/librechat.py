@@ -103,10 +103,13 @@ def from_librechat_exec(payload: Any) -> ExecRequest:
 
 
 def output_files(result: Result) -> list[tuple[str, bytes]]:
-    """(name, bytes) of everything a run produced: written files, then figures not saved as files."""
+    """(name, bytes) of everything a run produced: written files, then figures not saved as files,
+    then the rich outputs (output_<n>.html, .md, .png, ...; Result.output_files)."""
     out = [(f.path, f.data) for f in result.files]
     names = {name for name, _ in out}
     out += [(i.name, i.data) for i in result.images if i.name not in names]
+    names = {name for name, _ in out}
+    out += [(name, data) for name, data in result.output_files(text=False, charts=False) if name not in names]
     return out
 
 

@@ -43,6 +43,14 @@ def to_openai_item(result: Result, code: str, id: str | None = None,
     for image in result.images:
         outputs.append({"type": "image",
                         "url": f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode()}"})
+    for output in result.outputs:
+        # The Responses API knows two kinds of output: a rich output's text (its markdown table or
+        # its text) is a `logs` entry, its image an `image`.
+        outputs.append({"type": "logs", "logs": output.markdown or output.text})
+        for mime in ("image/png", "image/jpeg"):
+            if mime in output.data:
+                outputs.append({"type": "image",
+                                "url": f"data:{mime};base64,{base64.b64encode(output.data[mime]).decode()}"})
     return {
         "type": "code_interpreter_call",
         "id": id or _default_id(code),

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..results import Outcome, Result
-from .e2b import MAIN_RESULT_FILE, keep_last_expression
 from .librechat import DATA_DIR, map_data_dir
 from .request import PeerRequestError, RunRequest, b64, b64decode
 from .text import outcome_summary, stderr_with_summary
@@ -169,17 +168,19 @@ def from_jupyter(payload: Any, max_timeout: float | None = None, max_memory_byte
     cell_timeout = payload.get("cell_timeout", 0)
     if not isinstance(cell_timeout, (int, float)) or isinstance(cell_timeout, bool) or cell_timeout < 0:
         raise PeerRequestError("cell_timeout must be a number of seconds (0: only the total)")
-    return JupyterRequest(cells=[keep_last_expression(c) for c in cells], cell_timeout=float(cell_timeout) or None,
+    return JupyterRequest(cells=list(cells), cell_timeout=float(cell_timeout) or None,
                           total_timeout=run.timeout, files=run.files, fetch=fetch, limits=run.limits)
 
 
 def jupyter_cell(result: Result) -> dict[str, Any]:
-    """One cell's `{stdout, stderr, display, error}`: figures and the last expression's value as
-    display data (`image/png`, `text/plain`), an error as `{ename, evalue, traceback}`."""
-    display: list[dict[str, Any]] = [{"image/png": b64(i.data)} for i in result.images]
-    main = next((f for f in result.files if f.path == MAIN_RESULT_FILE), None)
+    """One cell's `{stdout, stderr, display, error}`: display() outputs, figures and the last
+    expression's value as MIME bundles (binary values base64, as Jupyter sends them), an error as
+    `{ename, evalue, traceback}`."""
+    display: list[dict[str, Any]] = [_bundle(o.data) for o in result.outputs if not o.main]
+    display += [{"image/png": b64(i.data), "text/plain": f"<Figure size {i.width}x{i.height}>"} for i in result.images]
+    main = result.main
     if main is not None and result.outcome is Outcome.OK:
-        display.append({"text/plain": main.data.decode("utf-8", "replace")})
+        display.append(_bundle(main.data))
     error = []
     if result.outcome is not Outcome.OK:
         err = result.error
@@ -187,6 +188,10 @@ def jupyter_cell(result: Result) -> dict[str, Any]:
                       "evalue": err.message if err else outcome_summary(result),
                       "traceback": (err.traceback if err else "").splitlines()})
     return {"stdout": result.stdout, "stderr": result.stderr, "display": display, "error": error}
+
+
+def _bundle(data: dict[str, Any]) -> dict[str, Any]:
+    return {mime: b64(v) if isinstance(v, (bytes, bytearray)) else v for mime, v in data.items()}
 
 
 def to_jupyter(cells: list[dict[str, Any]], results: list[Result], written: dict[str, bytes],

@@ -136,7 +136,7 @@ def limit_resources(profile: dict) -> None:
     # (and RLIMIT_NICE 0) the code cannot lower it again.
     os.setpriority(os.PRIO_PROCESS, 0, 19)
     # A session lives across calls: its CPU time is counted per call by the zygote instead
-    # (guest/sessions.py), as RLIMIT_CPU would add up every call the session makes.
+    # (guest/session_loop.py), as RLIMIT_CPU would add up every call the session makes.
     cpu = resource.RLIM_INFINITY if profile.get("session") else profile["cpu_seconds"]
     for res, value in (
         (resource.RLIMIT_CPU, cpu),

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 
-from . import runner
+from . import display, runner
 
 # Imported once in the zygote before the lean fork server is forked (each costs a child
 # nothing; not importing them would cost each program that needs them a millisecond or more).
@@ -94,6 +94,7 @@ def full(modules: list[str]) -> dict[str, str | None]:
     if plt is not None:
         plt.show = runner.show
         _warm_matplotlib(plt)
+    display.install()  # Image.show(), fig.show() and chart.show() display, patched once here
     return versions
 
 
@@ -107,4 +108,5 @@ def _warm_matplotlib(plt) -> None:  # noqa: ANN001
     ax.set_title("warm-up")
     ax.legend()
     fig.savefig(io.BytesIO(), format="png")
+    display.chart_of_figure(fig)  # and its chart data, whose first extraction costs ~10 ms
     plt.close(fig)

@@ -32,6 +32,31 @@ OPENED = "opened"
 CLOSED = "closed"
 ERROR = "error"                # zygote -> host: a session op that cannot be done now
 
+# Rich outputs (guest/display.py sends them, host/wire.py checks them): each MIME type a display
+# may carry, and the per-request limit that caps one value of it. Text types travel as UTF-8,
+# images as their bytes, JSON types as JSON text. A type not listed here is never sent.
+CHART_MIME = "application/vnd.sandbox.chart+json"  # a chart's data (type, title, axes, series)
+TABLE_MIME = "application/vnd.sandbox.table+json"  # a small DataFrame's columns, {name: [values]}
+TEXT_MIMES = ("text/plain", "text/markdown", "text/latex")
+OUTPUT_MIME_CAPS = {
+    "text/plain": "max_output_text_bytes",
+    "text/markdown": "max_output_text_bytes",
+    "text/latex": "max_output_text_bytes",
+    "text/html": "max_output_html_bytes",
+    "image/svg+xml": "max_output_html_bytes",
+    "image/png": "max_output_image_bytes",
+    "image/jpeg": "max_output_image_bytes",
+    "application/json": "max_output_json_bytes",
+    "application/vnd.vegalite.v4+json": "max_output_json_bytes",
+    "application/vnd.vegalite.v5+json": "max_output_json_bytes",
+    "application/vnd.vegalite.v6+json": "max_output_json_bytes",
+    "application/vnd.plotly.v1+json": "max_output_json_bytes",
+    CHART_MIME: "max_output_json_bytes",
+    TABLE_MIME: "max_output_json_bytes",
+}
+JSON_MIMES = tuple(m for m in OUTPUT_MIME_CAPS if m.endswith("json"))
+BINARY_MIMES = ("image/png", "image/jpeg")
+
 MAGIC = b"SBX1"
 PREFIX = struct.Struct(">4sIQ")
 MAX_HEADER = 4 << 20  # 4 MiB of JSON is far beyond any legitimate header

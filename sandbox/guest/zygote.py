@@ -12,7 +12,7 @@ request.
 
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
   host -> init    {policy, preload, uid, gid, workdir, profile, spares, uids, lean_uids?, mode?}
-  (mode "sessions": the loop of guest/sessions.py instead of serve() below)
+  (mode "sessions": the loop of guest/session_loop.py instead of serve() below)
   zygote -> ready {python, modules, import_ms, pids_overhead}
   host -> request {code, filename, files, stdin, limits, profile, flavor, stream}   (+ input blobs)
   zygote -> output {status: "output", stream}    (+ the chunk)   only with "stream": live output, 0..n
@@ -86,7 +86,7 @@ def main() -> None:
     t0 = time.monotonic()
     servers, versions = warm_up(init, close_in_child=[proto_in, proto_out])
     profile = init["profile"]
-    # A session jail's spares are session interpreters (guest/sessions.py).
+    # A session jail's spares are session interpreters (guest/session_loop.py).
     spare_profile = dict(profile, session=True) if init.get("mode") == "sessions" else profile
     for server in servers.values():
         server.refill(spare_profile)
@@ -103,9 +103,9 @@ def main() -> None:
         "pids_overhead": sum(1 + s.spares for s in servers.values()),
     }))
     if init.get("mode") == "sessions":
-        from . import sessions  # imported here: it builds on this module's supervision helpers
+        from . import session_loop  # imported here: a stateless jail never needs it
 
-        sessions.serve(proto_in, proto_out, servers.get("full") or servers["lean"], profile)
+        session_loop.serve(proto_in, proto_out, servers.get("full") or servers["lean"], profile)
     else:
         serve(proto_in, proto_out, servers, profile)
     kill_all_but_me()

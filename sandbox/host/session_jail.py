@@ -1,7 +1,7 @@
 """The host's end of a session jail: one jail whose zygote holds many sessions at once.
 
 A session is not a jail of its own (a jail costs ~250 MiB and seconds to start): it is a child of
-this jail's warm fork server, isolated like every execution's child (guest/sessions.py), that
+this jail's warm fork server, isolated like every execution's child (guest/session_loop.py), that
 lives across calls and is stopped between them. The host gives each session a cgroup of its own
 below the jail's, before its first request: the session's memory and process limits hold for
 everything it will ever run, and its OOM kills are counted apart from every other session's.

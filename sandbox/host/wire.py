@@ -8,6 +8,7 @@ the engine's own timers and cgroup counters, never from the exit code alone.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 import signal
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from ..errors import InvalidInputError
 from ..guest import protocol
 from ..limits import Limits
-from ..results import ExecError, Figure, File, Outcome, Result, Usage
+from ..results import DisplayOutput, ExecError, Figure, File, Outcome, Result, Usage
 from .jail_process import SlotDied
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -237,6 +238,87 @@ def _clashes(paths: list[str]) -> set[int]:
     return clashing
 
 
+def _output_sizes(out_meta: object, img_meta: list, limits: Limits) -> tuple[list[int], list[int]]:
+    """The blob sizes of the rich outputs' values and of the figures' chart data, from a reply's
+    lists, with every count checked against its cap before any per-entry work (ValueError if
+    anything is off: the runner never sends more than the caps, so more is a forged frame)."""
+    if out_meta is None:
+        out_meta = []
+    if not isinstance(out_meta, list) or len(out_meta) > limits.max_outputs:
+        raise ValueError("outputs")
+    per_output = len(protocol.OUTPUT_MIME_CAPS)
+    item_sizes = []
+    for entry in out_meta:
+        items = entry.get("items") if isinstance(entry, dict) else None
+        if not isinstance(items, list) or len(items) > per_output:
+            raise ValueError("output items")
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2 and _is_int(item[1]) and item[1] >= 0):
+                raise ValueError("output item")
+            item_sizes.append(item[1])
+    chart_sizes = []
+    for meta in img_meta:
+        size = meta.get("chart", 0) if isinstance(meta, dict) else 0
+        if not _is_int(size) or size < 0:
+            raise ValueError("chart")
+        chart_sizes.append(size)
+    # Outputs and chart data share max_output_bytes: the runner never sends more.
+    if sum(item_sizes) + sum(chart_sizes) > limits.max_output_bytes:
+        raise ValueError("over max_output_bytes")
+    return item_sizes, chart_sizes
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_value(data: bytes) -> object:
+    """A JSON value a jail sent (at most its cap long); ValueError if it is not one. Linear: the
+    parser recurses once per nesting level, and a deep one ends in RecursionError."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)  # NaN and Infinity are not JSON
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("not JSON") from None
+
+
+def _outputs(out_meta: list, values: list[bytes], limits: Limits, notes: list[str]) -> list[DisplayOutput]:
+    """The rich outputs of a reply, each value re-checked: a known MIME type, within its cap, of
+    its kind (UTF-8 text, a PNG or JPEG, JSON); "text/plain" present. A bad output is left out."""
+    outputs, pos, total = [], 0, 0
+    for entry in out_meta:
+        items = entry["items"]
+        blobs, pos = values[pos:pos + len(items)], pos + len(items)
+        data: dict = {}
+        truncated = entry.get("truncated") is True
+        try:
+            for (mime, _), blob in zip(items, blobs):
+                cap_name = protocol.OUTPUT_MIME_CAPS.get(mime) if isinstance(mime, str) else None
+                if cap_name is None or mime in data or len(blob) > getattr(limits, cap_name):
+                    raise ValueError("MIME type unknown, repeated or over its cap")
+                total += len(blob)
+                if total > limits.max_output_bytes:
+                    raise ValueError("over max_output_bytes")
+                if mime == "image/png":
+                    if _png_size(blob) is None:
+                        raise ValueError("not a PNG")
+                    data[mime] = blob
+                elif mime == "image/jpeg":
+                    if not blob.startswith(b"\xff\xd8"):
+                        raise ValueError("not a JPEG")
+                    data[mime] = blob
+                elif mime in protocol.JSON_MIMES:
+                    data[mime] = _json_value(blob)
+                else:
+                    data[mime] = blob.decode("utf-8", errors="replace")
+            if not isinstance(data.get("text/plain"), str):
+                raise ValueError("no text/plain")
+        except ValueError as exc:
+            notes.append(f"a rich output was discarded ({exc})")
+            continue
+        outputs.append(DisplayOutput(data=data, main=entry.get("main") is True, truncated=truncated))
+    return outputs
+
+
 def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
     """The result of a run the engine could not complete (the caller may retry)."""
     return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
@@ -255,6 +337,8 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
     has_result = header.get("result") is True
     notes: list[str] = []
     images: list[Figure] = []
+    outputs: list[DisplayOutput] = []
+    outputs_dropped = 0
     files: list[File] = []
     error = None
     exit_code = header["exit_code"]
@@ -287,21 +371,40 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
                 or len(img_meta) > limits.max_images or len(file_meta) > limits.max_files:
             img_meta, file_meta = [], []
             notes.append("the program's result was malformed; figures and files were discarded")
+        out_meta: list = []
+        item_sizes: list[int] = []
+        chart_sizes: list[int] = []
+        try:
+            item_sizes, chart_sizes = _output_sizes(result.get("outputs"), img_meta, limits)
+            out_meta = result.get("outputs") or []
+        except ValueError:
+            img_meta, file_meta = [], []
+            notes.append("the program's result was malformed; figures, files and outputs were discarded")
         try:
             sizes_all = [m.get("size") if isinstance(m, dict) else None for m in img_meta + file_meta]
-            parts = protocol.split_blobs(blobs[3], sizes_all)
+            parts = protocol.split_blobs(blobs[3], sizes_all + item_sizes + chart_sizes)
         except protocol.ProtocolError:
             parts = []
-            img_meta, file_meta = [], []
+            img_meta, file_meta, out_meta, chart_sizes = [], [], [], []
             notes.append("the program's result was malformed; figures and files were discarded")
-        for meta, data in zip(img_meta, parts[:len(img_meta)]):
+        n_fixed = len(img_meta) + len(file_meta)
+        outputs = _outputs(out_meta, parts[n_fixed:n_fixed + len(item_sizes)], limits, notes)
+        charts = parts[n_fixed + len(item_sizes):]
+        for meta, data, chart_blob in zip(img_meta, parts[:len(img_meta)], charts or [b""] * len(img_meta)):
             dims = _png_size(data)
             name = meta.get("name")
             if dims is None or not isinstance(name, str) or not _IMAGE_NAME.fullmatch(name) \
                     or len(images) >= limits.max_images or len(data) > limits.max_image_bytes:
                 notes.append("a figure that was not a valid PNG within the caps was discarded")
                 continue
-            images.append(Figure(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data))
+            chart = None
+            if chart_blob and len(chart_blob) <= limits.max_output_json_bytes:
+                try:
+                    chart = _json_value(chart_blob)
+                except ValueError:
+                    notes.append("a figure's chart data was not JSON and was discarded")
+            images.append(Figure(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data,
+                                 chart=chart if isinstance(chart, dict) else None))
         entries = []
         for meta, data in zip(file_meta, parts[len(img_meta):]):
             try:
@@ -322,10 +425,13 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
             mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
             files.append(File(path=path, mime_type=mime, size=len(data), data=data))
         for key, what, cap in (("images_dropped", "figure", "max_images/max_image_bytes"),
-                               ("files_dropped", "output file", "max_files/max_file_bytes")):
+                               ("files_dropped", "output file", "max_files/max_file_bytes"),
+                               ("outputs_dropped", "rich output", "max_outputs/max_output_bytes")):
             dropped = result.get(key)
             if _is_int(dropped) and dropped > 0:
                 notes.append(f"{dropped} {what}(s) dropped: over {cap}")
+        dropped = result.get("outputs_dropped")
+        outputs_dropped = dropped if _is_int(dropped) and dropped > 0 else 0
     elif header.get("result_error") and exit_code == 0 and not header["timed_out"]:
         error = ExecError("ResultChannelError", f"the program corrupted its result channel: "
                           f"{str(header['result_error'])[:500]}", None, "")
@@ -347,6 +453,8 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
         images=images,
         files=files,
         usage=Usage(wall_ms=float(header["wall_ms"]), cpu_ms=float(header["cpu_ms"]), peak_memory_bytes=peak),
+        outputs=outputs,
+        outputs_dropped=outputs_dropped,
     )
 
 

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import json
 import mimetypes
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import CallToolResult, ImageContent, TextContent
+from mcp_types import CallToolResult, EmbeddedResource, ImageContent, TextContent, TextResourceContents
 from pydantic import Field
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -37,7 +38,7 @@ from .. import __version__
 from ..client import AsyncSandbox, image_manifest
 from ..errors import QueueFullError, SandboxError
 from ..limits import Limits
-from ..results import Result
+from ..results import DisplayOutput, Result
 from .deps import LOCAL_OWNER
 from .errors import ApiError
 from .sessions import Sessions
@@ -92,9 +93,31 @@ def result_content(result: Result) -> CallToolResult:
         lines.append("files written: " + ", ".join(f"{f.path} ({f.size} bytes)" for f in result.files))
     if result.images:
         lines.append(f"figures: {len(result.images)} (as images below)")
+    for chart in result.charts:
+        lines.append("--- chart data ---\n" + json.dumps(chart)[:CHART_CHARS])
     blocks: list[Any] = [TextContent(text="\n".join(lines))]
     blocks += [ImageContent(data=base64.b64encode(i.data).decode(), mime_type=i.mime_type) for i in result.images]
+    for n, o in enumerate(result.outputs, 1):
+        blocks += output_blocks(n, o)
     return CallToolResult(content=blocks, structured_content=result.to_dict(), is_error=not result.ok)
+
+
+CHART_CHARS = 4000
+
+
+def output_blocks(n: int, output: DisplayOutput) -> list[Any]:
+    """A rich output as MCP content: its markdown (else its text) as a text block, its image as an
+    image block, its HTML as an embedded resource (the program's HTML: a client shows it sandboxed)."""
+    what = "result" if output.main else f"output {n}"
+    note = " (truncated)" if output.truncated else ""
+    blocks: list[Any] = [TextContent(text=f"--- {what}{note} ---\n{output.markdown or output.text}")]
+    for mime in ("image/png", "image/jpeg"):
+        if mime in output.data:
+            blocks.append(ImageContent(data=base64.b64encode(output.data[mime]).decode(), mime_type=mime))
+    if output.html is not None:
+        blocks.append(EmbeddedResource(type="resource", resource=TextResourceContents(
+            uri=f"sandbox://outputs/{n}.html", mime_type="text/html", text=output.html)))
+    return blocks
 
 
 def tool_error(message: str) -> CallToolResult:

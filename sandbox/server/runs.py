@@ -2,7 +2,9 @@
 only a request that could not run is an error (see errors.py).
 
 With `Accept: application/x-ndjson` the answer is one JSON object per line: `{"type": "stdout", "text"}`
-and `{"type": "stderr", "text"}` as the program writes, then `{"type": "result", ...the result...}`.
+and `{"type": "stderr", "text"}` as the program writes, then one `{"type": "output", "main", "truncated",
+"data"}` per rich output (display() and the last expression's value; sent when the run ends, not yet
+as each is displayed), then `{"type": "result", ...the result...}`.
 Output is coalesced (`coalesce`): what arrives within COALESCE_SECONDS, up to COALESCE_BYTES, is one
 line per stream, in order, so a program writing a byte at a time costs a few lines a second, not one
 line per byte.
@@ -115,9 +117,12 @@ def wants_stream(request: Request) -> bool:
 
 
 def event_line(event: Output | Result) -> bytes:
-    doc = {"type": "result", **event.to_dict()} if isinstance(event, Result) else \
-        {"type": event.stream, "text": event.text}
-    return json.dumps(doc).encode() + b"\n"
+    """An event's JSON line; a result's lines are first one `{"type": "output", ...}` per rich
+    output (DisplayOutput.to_dict()), then the result itself."""
+    if isinstance(event, Result):
+        lines = [json.dumps({"type": "output", **o.to_dict()}).encode() + b"\n" for o in event.outputs]
+        return b"".join(lines) + json.dumps({"type": "result", **event.to_dict()}).encode() + b"\n"
+    return json.dumps({"type": event.stream, "text": event.text}).encode() + b"\n"
 
 
 async def coalesce(events: AsyncIterator[Output | Result], window: float = COALESCE_SECONDS,

@@ -18,7 +18,7 @@ def test_execute_returns_the_result_document(client):
     assert r.status_code == 200, r.text
     doc = r.json()
     assert set(doc) == {"outcome", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "error",
-                        "exit_code", "images", "files", "usage"}
+                        "exit_code", "images", "files", "usage", "outputs", "outputs_dropped"}
     assert doc["outcome"] == "ok"
     assert doc["stdout"] == "HELLO\ntyped\n"
     assert doc["stderr"] == "err\n"

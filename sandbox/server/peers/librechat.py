@@ -190,7 +190,9 @@ async def download(session_id: str, file_id: str, owner: HeaderOwnerDep, store: 
         raise ApiError(404, "not_found", "no such file")
     safe = f.name.replace('"', "_").encode("ascii", "replace").decode()
     return Response(f.data, media_type=f.content_type,
-                    headers={"Content-Disposition": f'attachment; filename="{safe}"'})
+                    headers={"Content-Disposition": f'attachment; filename="{safe}"',
+                             # a program's file (an HTML output too): never rendered as this origin's page
+                             "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"})
 
 
 @router.get("/files/{session_id}", summary="LibreChat: the files of a session")

@@ -29,6 +29,7 @@ async function readFiles(input) {
 function clear() {
   for (const id of ["stdout", "stderr", "error", "outcome", "usage", "status"]) $(id).textContent = "";
   $("figures").replaceChildren();
+  $("rich").replaceChildren();
   $("outputs").replaceChildren();
   $("error").hidden = true;
   $("summary").hidden = true;
@@ -47,6 +48,7 @@ function show(doc) {
     $("error").hidden = false;
     $("error").textContent = doc.error.traceback || `${doc.error.type}: ${doc.error.message}`;
   }
+  for (const out of doc.outputs || []) $("rich").append(richOutput(out));
   for (const img of doc.images) {
     const el = document.createElement("img");
     el.alt = img.name;
@@ -62,6 +64,56 @@ function show(doc) {
     li.append(a);
     $("outputs").append(li);
   }
+}
+
+// A program's rich output. HTML and plotly figures are the program's: each goes into its own
+// iframe of /static/frame.html, a sandbox with an opaque origin (it cannot reach this page or its key); the
+// output is handed over by postMessage. Images are data: URLs; anything else is text.
+const frames = new Map();
+window.addEventListener("message", (event) => {
+  const frame = frames.get(event.source);
+  const h = event.data && event.data.height;
+  if (frame && Number.isFinite(h)) frame.style.height = `${Math.min(Math.max(h, 40), 2000)}px`;
+});
+
+function richOutput(out) {
+  const box = document.createElement("div");
+  box.className = out.main ? "rich main" : "rich";
+  const data = out.data;
+  const plotly = data["application/vnd.plotly.v1+json"];
+  const html = data["text/html"];
+  const image = data["image/png"] ? ["image/png", data["image/png"]] : data["image/jpeg"] ? ["image/jpeg", data["image/jpeg"]] : null;
+  if (plotly || (html && !image)) {
+    const frame = document.createElement("iframe");
+    frame.sandbox = "allow-scripts";
+    frame.title = "program output";
+    frame.src = "/static/frame.html";
+    frame.addEventListener("load", () => {
+      frames.set(frame.contentWindow, frame);
+      frame.contentWindow.postMessage(plotly ? { plotly } : { html }, "*");
+    });
+    box.append(frame);
+  } else if (image) {
+    const img = document.createElement("img");
+    img.alt = data["text/plain"];
+    img.src = `data:${image[0]};base64,${image[1]}`;
+    box.append(img);
+  } else if (data["image/svg+xml"]) {
+    const img = document.createElement("img");  // an <img> never runs an SVG's scripts
+    img.alt = data["text/plain"];
+    img.src = URL.createObjectURL(new Blob([data["image/svg+xml"]], { type: "image/svg+xml" }));
+    box.append(img);
+  } else {
+    const pre = document.createElement("pre");
+    pre.textContent = data["text/markdown"] || data["text/plain"];
+    box.append(pre);
+  }
+  if (out.truncated) {
+    const note = document.createElement("p");
+    note.textContent = "[output truncated at the configured cap]";
+    box.append(note);
+  }
+  return box;
 }
 
 // Reads the NDJSON answer line by line: stdout/stderr text appears as the program writes it.
