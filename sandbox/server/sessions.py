@@ -84,7 +84,7 @@ class Sessions:
         self.prune()
         if self.max_per_owner:  # counted and taken in one step: no await between the check and the count
             mine = [o.session for o in self._open.values() if o.owner == owner]
-            if len(mine) + self._opening.get(owner, 0) >= self.max_per_owner and self._make_room(owner):
+            if len(mine) + self._opening.get(owner, 0) >= self.max_per_owner and self._make_room(owner) is not None:
                 mine = [o.session for o in self._open.values() if o.owner == owner]
             if len(mine) + self._opening.get(owner, 0) >= self.max_per_owner:
                 raise ApiError(429, "session_limit", f"this key has {len(mine) + self._opening.get(owner, 0)} "
@@ -93,7 +93,16 @@ class Sessions:
                                {"Retry-After": _retry_after(mine)})
         self._opening[owner] = self._opening.get(owner, 0) + 1
         try:
-            session = await sb.session(ttl, limits=limits)
+            try:
+                session = await sb.session(ttl, limits=limits)
+            except SessionLimitError:
+                # The engine's own room (its session count, memory and process budget) is full: an idle
+                # session made on this key's behalf gives way, if it has one, and the engine is asked again.
+                closing = self._make_room(owner)
+                if closing is None:
+                    raise
+                await asyncio.wait({closing})
+                session = await sb.session(ttl, limits=limits)
         except SessionLimitError as exc:
             raise ApiError(429, "session_limit", str(exc),
                            {"Retry-After": _retry_after([o.session for o in self._open.values()])}) from None
@@ -112,15 +121,15 @@ class Sessions:
         self._implicit[session_id] = forget
         self._implicit.move_to_end(session_id)
 
-    def _make_room(self, owner: str) -> bool:
+    def _make_room(self, owner: str) -> asyncio.Future[None] | None:
         """Close `owner`'s least recently used idle implicit session, if it has one (at once for the
-        count; the engine's close finishes in the background)."""
+        count; the engine's close finishes in the background: the returned task)."""
         for sid in self._implicit:
             owned = self._open.get(sid)
             if owned is not None and owned.owner == owner and not self.turns.held(sid):
                 break
         else:
-            return False
+            return None
         forget = self._implicit.pop(sid)
         forget()
         self._forget(sid, "closed to make room for another session of its key (it was idle, made on its behalf)")
@@ -128,7 +137,7 @@ class Sessions:
         self._closing.add(task)
         task.add_done_callback(_closed)
         task.add_done_callback(self._closing.discard)
-        return True
+        return task
 
     async def engine_call(self, owner: str, call: Callable[[], Awaitable[T]]) -> T:
         """A stateless call of `owner` into the engine, holding one of the key's places."""
