@@ -148,7 +148,7 @@ def targets(results: dict) -> list[list[str]]:
         rows.append(["`sandbox run` of a script importing pandas ≤ 1× the image's python running it",
                      times(o["ratio_pandas"]), yes(None if o["ratio_pandas"] is None else o["ratio_pandas"] <= 1)])
     if "sessions" in w:
-        from .sessions import targets as session_targets
+        from .session_workload import targets as session_targets
 
         rows += session_targets(w["sessions"], ms, times, yes)
     return rows
@@ -345,7 +345,7 @@ def markdown(results: dict) -> str:
         lines.append(table(["command", "n", "p50 ms", "max ms"], rows))
 
     if "sessions" in w:
-        from .sessions import markdown as session_markdown
+        from .session_workload import markdown as session_markdown
 
         lines += session_markdown(w["sessions"], ms)
 

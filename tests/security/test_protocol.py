@@ -89,7 +89,7 @@ def test_result_channel_flood_is_capped(sb):
         for _ in range(8):
             os.write(3, block)
         os._exit(0)
-    """, limits={"max_images": 0, "max_file_bytes": 1})
+    """, limits={"max_images": 0, "max_file_bytes": 1, "max_output_bytes": 1})
     expect(r, Outcome.ERROR)
     assert r.error.type == "ResultChannelError" and "exceeded" in r.error.message, describe(r)
     assert_alive(sb)
@@ -127,8 +127,8 @@ def test_tampered_runner_cannot_smuggle_unsafe_artefacts(sb):
     r = run(sb, r"""
         import sys
         runner = sys.modules["guest.runner"]
-        runner._collect_files = lambda inputs, n, b: ([("../../../tmp/sbx-sectest-escape", b"pwned"), ("ok.txt", b"y")], 0)
-        runner.FIGURES.images.append(("figure_1.png", b"GIF89a not a png"))
+        runner._collect_files = lambda *a, **k: ([("../../../tmp/sbx-sectest-escape", b"pwned"), ("ok.txt", b"y")], 0)
+        runner.FIGURES.images.append(("figure_1.png", b"GIF89a not a png", b""))
     """)
     expect(r, Outcome.OK)
     assert [f.path for f in r.files] == ["ok.txt"] and r.images == [], describe(r)

@@ -49,12 +49,12 @@ def test_a_forged_reply_with_many_entries_costs_the_host_nothing(sb):
     assert host_cpu < 0.5, f"the host spent {host_cpu:.2f} s of CPU on one forged reply"
 
 
-def test_decoding_the_largest_reply_the_header_cap_allows_is_linear():
-    # The worst a jail can send within the 4 MiB header cap, decoded in this process: as cheap as
-    # parsing its JSON, whatever the entries are (deep paths, duplicates, clashes).
+def _decode_seconds(n: int) -> float:
+    """CPU seconds to decode a forged reply of n deep paths, every one of which clashes with another
+    (a directory of all of them, repeated), as the jail may send it within the header cap."""
     lim = Limits(max_files=100_000)
-    entries = [{"path": "/".join(["p"] * 60) + f"/{i}", "size": 0} for i in range(20_000)]
-    entries += [{"path": "/".join(["p"] * 60), "size": 0}] * 5_000   # a directory of all of them, 5,000 times
+    entries = [{"path": "/".join(["p"] * 60) + f"/{i}", "size": 0} for i in range(n)]
+    entries += [{"path": "/".join(["p"] * 60), "size": 0}] * (n // 4)
     raw = json.dumps({"error": None, "exit_code": 0, "images": [], "images_dropped": 0,
                       "files": entries, "files_dropped": 0}).encode()
     assert len(raw) < 4 << 20
@@ -62,13 +62,18 @@ def test_decoding_the_largest_reply_the_header_cap_allows_is_linear():
               "wall_ms": 1.0, "cpu_ms": 1.0, "main_cpu_ms": 0.0, "result": True, "result_error": None,
               "blob_sizes": [0, 0, len(raw), 0]}
     t0 = time.process_time()
-    json.loads(raw)
-    parse = time.process_time() - t0
-    t0 = time.process_time()
     r = wire.decode_reply(header, raw, 0, 0, lim)
     spent = time.process_time() - t0
     assert r.files == [], "every one of those paths clashes with another"
-    assert spent < 20 * parse + 0.2, f"decoding took {spent:.2f} s; parsing its JSON {parse:.3f} s"
+    return spent
+
+
+def test_decoding_the_largest_reply_the_header_cap_allows_is_linear():
+    # The worst a jail can send within the 4 MiB header cap (20,000 deep paths and 5,000 copies of
+    # their directory), decoded in this process at a quarter and at the whole size: linear work
+    # grows 4x (some slack for the sort's log and for noise), quadratic work 16x.
+    small, large = _decode_seconds(5_000), _decode_seconds(20_000)
+    assert large < 7 * small + 0.05, f"4x the entries took {large / small:.1f}x the time ({small:.3f} s, {large:.3f} s)"
 
 
 # -- 2. sessions are tenants: signals, pausing, CPU --------------------------------------------
