@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import httpx
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
