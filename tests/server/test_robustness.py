@@ -55,6 +55,13 @@ def test_full_queue_is_429_with_retry_after(tmp_path):
 
 def test_shutdown_finishes_short_runs_kills_long_ones_and_leaves_nothing(tmp_path):
     s = Server(tmp_path, "--slots", "2", "--grace", "3", "--no-mcp")
+    try:
+        _shutdown_checks(s)
+    finally:
+        s.stop()  # a failed check must not leave the server and its jails running
+
+
+def _shutdown_checks(s: Server) -> None:
     server = psutil.Process(s.proc.pid)
     sid = httpx.post(s.url + "/v1/sessions", json={}, headers=AUTH, timeout=60).json()["session_id"]
     in_session = f"{s.url}/v1/sessions/{sid}/execute"
@@ -84,4 +91,3 @@ def test_shutdown_finishes_short_runs_kills_long_ones_and_leaves_nothing(tmp_pat
     assert alive == [], [(p.pid, p.name()) for p in alive]
     out = s.output()
     assert "Traceback" not in out and "killing 2 run(s) still in flight" in out, out
-    s.stop()
