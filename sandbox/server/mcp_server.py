@@ -208,7 +208,7 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
         engine = ctx.request_context.lifespan_context
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
-                async with engine.sessions.turn(caller(ctx), session, engine=False):
+                async with engine.sessions.turn(caller(ctx), session):
                     found = await session.files()
         except ApiError as exc:
             return tool_error(exc.message)
@@ -226,7 +226,7 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
         engine = ctx.request_context.lifespan_context
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
-                async with engine.sessions.turn(caller(ctx), session, engine=False):
+                async with engine.sessions.turn(caller(ctx), session):
                     data = await session.read_file(path)
         except ApiError as exc:
             return tool_error(exc.message)
@@ -262,7 +262,7 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
             return tool_error("content is not valid base64" if encoding == "base64" else "content is not valid text")
         try:
             with engine.sessions.call(caller(ctx), session_id) as session:
-                async with engine.sessions.turn(caller(ctx), session, engine=False):
+                async with engine.sessions.turn(caller(ctx), session):
                     await session.write_file(path, data)
         except ApiError as exc:
             return tool_error(exc.message)

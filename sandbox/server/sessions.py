@@ -201,7 +201,7 @@ class Sessions:
         task.add_done_callback(self._closing.discard)
 
     @asynccontextmanager
-    async def turn(self, owner: str, session: AsyncSession, engine: bool = True) -> AsyncIterator[None]:
+    async def turn(self, owner: str, session: AsyncSession) -> AsyncIterator[None]:
         """The session's one turn, waited for on the event loop: beyond the waiters allowed, ApiError 429
         at once, never a parked thread. A session's call takes none of the key's `runs` places: those
         are the pool's slots' share (one per slot by default), which a session call does not use, and a
@@ -410,7 +410,7 @@ async def execute(session_id: SessionId, body: ExecuteRequest, owner: OwnerDep, 
             responses=ERRORS)
 async def list_files(session_id: SessionId, owner: OwnerDep, sessions: SessionsDep) -> FileList:
     with sessions.call(owner, session_id) as session:
-        async with sessions.turn(owner, session, engine=False):
+        async with sessions.turn(owner, session):
             found = await session.files()
     return FileList(files=[FileEntry(**f.to_dict()) for f in found])
 
@@ -428,7 +428,7 @@ async def put_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessi
               request.app.state.ceiling.max_input_bytes)
     data = await _read_capped(request, cap)
     with sessions.call(owner, session_id) as session:
-        async with sessions.turn(owner, session, engine=False):
+        async with sessions.turn(owner, session):
             await session.write_file(path, data)
     return FileEntry(path=path, size=len(data), mime_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
 
@@ -438,7 +438,7 @@ async def put_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessi
                        **ERRORS, 422: {"description": "a bad path"}})
 async def get_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessions: SessionsDep) -> Response:
     with sessions.call(owner, session_id) as session:
-        async with sessions.turn(owner, session, engine=False):
+        async with sessions.turn(owner, session):
             data = await session.read_file(path)
     name = path.rsplit("/", 1)[-1]
     # Never rendered by a browser on this origin: the program wrote it, it may be HTML with a script.
@@ -451,7 +451,7 @@ async def get_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessi
                responses={**ERRORS, 422: {"description": "a bad path"}})
 async def delete_file(session_id: SessionId, path: FilePath, owner: OwnerDep, sessions: SessionsDep) -> Response:
     with sessions.call(owner, session_id) as session:
-        async with sessions.turn(owner, session, engine=False):
+        async with sessions.turn(owner, session):
             await session.delete_file(path)
     return Response(status_code=204)
 
