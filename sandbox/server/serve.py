@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidInputError, SandboxError
-from . import logs
+from . import connections, logs
 from .settings import Settings
 
 _PATH_KEY = re.compile(r"/k/[^/?\s\"']+")
@@ -119,6 +119,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"MiB of peer files one key keeps (default {d.peer_bytes_per_key >> 20})")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
                    help=f"connections served at once; beyond, 503 (default {d.max_connections})")
+    c = p.add_argument_group("slow clients (a connection that misses one is closed; docs/threat-model.md)")
+    c.add_argument("--head-timeout", type=float, default=d.head_timeout_seconds,
+                   help=f"seconds for a request's head to arrive (default {d.head_timeout_seconds:g})")
+    c.add_argument("--body-timeout", type=float, default=d.body_timeout_seconds,
+                   help=f"seconds for its body to arrive after the head (default {d.body_timeout_seconds:g})")
+    c.add_argument("--write-stall-timeout", type=float, default=d.write_stall_seconds,
+                   help=f"seconds a response may go unread (default {d.write_stall_seconds:g})")
     p.add_argument("--no-mcp", action="store_true", help="do not serve MCP at /mcp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -136,6 +143,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  "peer_store_mb_per_key", "max_connections"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("head_timeout", "body_timeout", "write_stall_timeout"):
+        if not getattr(args, flag) > 0:
+            raise InvalidInputError(f"--{flag.replace('_', '-')} must be more than 0 seconds")
     for flag in ("max_waiting_per_key", "max_waiting_per_session"):
         if getattr(args, flag) < 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be 0 or more")
@@ -147,6 +157,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         max_mcp_sessions_per_key=args.max_mcp_sessions_per_key,
                         peer_spaces_per_key=args.peer_spaces_per_key, peer_bytes_per_key=args.peer_store_mb_per_key << 20,
                         max_connections=args.max_connections, key_file=args.api_key_file,
+                        head_timeout_seconds=args.head_timeout, body_timeout_seconds=args.body_timeout,
+                        write_stall_seconds=args.write_stall_timeout,
                         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                         insecure_http=args.insecure_http).with_keys_from(args.api_key_file)
     settings.check_bind()
@@ -165,7 +177,7 @@ def bind(host: str, port: int, backlog: int = Settings.backlog) -> socket.socket
 
 def uvicorn_config(app: Any, settings: Settings, log_level: str = "info", log_config: dict | None = None) -> Any:
     """uvicorn's config: connections served at once capped (beyond: 503 at once), the listen backlog,
-    idle keep-alive connections closed, request heads capped."""
+    idle keep-alive connections closed, request heads capped, deadlines on slow clients (connections.py)."""
     import uvicorn
 
     # uvicorn's own cancel (a 500 and a traceback per request) is only a backstop: after the grace
@@ -173,8 +185,10 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "info", log_co
     extra: dict[str, Any] = {"log_config": log_config} if log_config is not None else {}
     if settings.tls:
         extra.update(ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
+    http = connections.protocol_class(settings.head_timeout_seconds, settings.body_timeout_seconds,
+                                      settings.write_stall_seconds)
     return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
-                          **extra,
+                          **extra, http=http,
                           lifespan="on", server_header=False, limit_concurrency=settings.max_connections,
                           backlog=settings.backlog, timeout_keep_alive=settings.keep_alive_seconds,
                           h11_max_incomplete_event_size=64 << 10)

@@ -48,6 +48,9 @@ class Settings:
     max_connections: int = 1024           # connections and tasks uvicorn serves at once (beyond: 503)
     backlog: int = 2048                   # connections the kernel queues before uvicorn accepts them
     keep_alive_seconds: int = 5           # an idle keep-alive connection is closed after this
+    head_timeout_seconds: float = 10.0    # a request's head must arrive within this (connections.py: slowloris)
+    body_timeout_seconds: float = 120.0   # ...and its body within this of the head (64 MiB at ~0.5 MiB/s)
+    write_stall_seconds: float = 30.0     # a response nobody reads for this long is dropped
     key_file: str | None = None           # --api-key-file, read again on SIGHUP
     ssl_certfile: str | None = None       # TLS: uvicorn serves HTTPS with these
     ssl_keyfile: str | None = None

@@ -140,6 +140,101 @@ def test_uvicorn_runs_with_connection_limits_and_timeouts():
     assert config.h11_max_incomplete_event_size is not None
 
 
+# --- slow clients: no connection held for ever, before or after the key ---------------------------------------
+
+@pytest.fixture(scope="module")
+def slow_srv(tmp_path_factory):
+    """Short deadlines and 8 connections, so a test can reach both in seconds (defaults: settings.py)."""
+    s = Server(tmp_path_factory.mktemp("slow"), "--slots", "1", "--max-connections", "8", "--head-timeout", "1",
+               "--body-timeout", "2", "--write-stall-timeout", "2")
+    yield s
+    s.stop()
+
+
+def _connect(url: str) -> socket.socket:
+    u = urllib.parse.urlsplit(url)
+    return socket.create_connection((u.hostname, u.port), timeout=10)
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """True when the server ends the connection within `within` seconds (EOF or reset)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_silent_and_trickling_connections_cannot_take_every_place(slow_srv):
+    """Slowloris without a key: 8 connections that send nothing or a byte at a time would hold all 8
+    places (everyone else gets 503); each is closed when its request head is late."""
+    silent = [_connect(slow_srv.url) for _ in range(4)]
+    trickle = [_connect(slow_srv.url) for _ in range(4)]
+    time.sleep(0.2)  # all 8 accepted before the real request
+    try:
+        head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 64
+        for i in range(5):  # a valid head, a few bytes every 0.4 s: never idle, never complete
+            for sock in trickle:
+                try:
+                    sock.send(head[i * 4:i * 4 + 4])
+                except OSError:
+                    pass
+            time.sleep(0.4)
+        r = httpx.post(slow_srv.url + "/v1/execute", json={"code": "print(1)"}, headers=A, timeout=30)
+        assert r.status_code == 200, r.text[:200]
+        assert r.json()["stdout"] == "1\n"
+        assert all(_closed_by_server(sock, 2) for sock in silent + trickle)
+    finally:
+        for sock in silent + trickle:
+            sock.close()
+    assert "no complete request head within 1 s" in slow_srv.output()
+
+
+def test_a_body_that_never_finishes_is_dropped(slow_srv):
+    sock = _connect(slow_srv.url)
+    try:
+        sock.sendall(_head("/v1/execute", 1000, f"Authorization: Bearer {KEY}\r\n").encode() + b'{"code": "')
+        t0 = time.monotonic()
+        assert _closed_by_server(sock, 6)
+        assert time.monotonic() - t0 < 5
+    finally:
+        sock.close()
+
+
+def test_a_response_nobody_reads_is_dropped(slow_srv):
+    """A key holder asks for a 40 MiB result document and never reads it: the server drops it after
+    the stall deadline instead of holding it (and its memory) as long as the connection lives."""
+    code = "open('big.bin', 'wb').write(b'a' * (30 << 20))"
+    body = json.dumps({"code": code}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    u = urllib.parse.urlsplit(slow_srv.url)
+    sock.connect((u.hostname, u.port))
+    try:
+        sock.sendall(_head("/v1/execute", len(body), f"Authorization: Bearer {KEY}\r\n").encode() + body)
+        time.sleep(8)  # the run (a second or two), then more than the 2 s stall deadline unread
+        got, length = b"", None
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(1 << 20):
+                got += chunk
+                if length is None and b"\r\n\r\n" in got:
+                    head = got.split(b"\r\n\r\n")[0].decode().lower()
+                    length = int(head.split("content-length:")[1].split()[0])
+        except (ConnectionResetError, socket.timeout):
+            pass
+        assert length is not None and length > 40 << 20, got[:300]
+        assert len(got) < length, "the whole response was kept for a reader that did not read"
+    finally:
+        sock.close()
+    assert "the response was not read for 2 s" in slow_srv.output()
+    assert KEY not in slow_srv.output()
+
+
 # --- row 6: no transform of code before its size check or on the event loop -------------------------------
 
 def _probe_loop(url: str, seconds: float, worst: list[float]) -> None:
