@@ -6,7 +6,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .guest import protocol
@@ -15,7 +15,7 @@ from .errors import InvalidInputError, RunCancelledError, SandboxClosedError, Sa
 from .limits import JailSettings, Limits, SessionSettings, seccomp_policy
 from .host.pool import Pool, PoolStats
 from .relay import Relay
-from .results import Output, Result
+from .results import DisplayOutput, Output, Result
 from .types import Files, TextCallback
 from .host.session_jail import SessionJail
 from .sessions import AsyncSession, Session, SessionManager
@@ -106,7 +106,8 @@ class Sandbox:
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
             on_stderr: TextCallback | None = None, cancel: threading.Event | None = None,
-            env: Mapping[str, str] | None = None, fetch: Iterable[str] = ()) -> Result:
+            env: Mapping[str, str] | None = None, fetch: Iterable[str] = (),
+            on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         """Run `code` with `files` placed in its working directory (a name under `/tmp/` goes to
         the run's own /tmp) and `stdin` as its standard input; never raises for what the code does.
         `env` adds environment variables for this run (never the sandbox's own, such as PATH, HOME,
@@ -114,14 +115,17 @@ class Sandbox:
         with the outputs (the working directory's new and changed files always do).
         `on_stdout`/`on_stderr` receive the text as
         the program writes it (in order, on a thread of their own, all of it before run()
-        returns); the Result holds the same text. Setting `cancel` (from another thread) kills
-        the run within about 50 ms; run() then raises RunCancelledError."""
+        returns); the Result holds the same text. `on_output` receives each rich output (a
+        DisplayOutput) as it is displayed, the same way; the Result lists them too (and, if the run
+        was killed before its end, the ones displayed until then). Setting `cancel` (from another
+        thread) kills the run within about 50 ms; run() then raises RunCancelledError."""
         if self._closed:
             raise SandboxClosedError("the sandbox is closed")
         lim = Limits.coerce(limits, self.limits, timeout)
-        relay = Relay.maybe(on_stdout, on_stderr)
+        relay = Relay.maybe(on_stdout, on_stderr, on_output)
         request = wire.encode_request(code, files, lim, filename, stdin,  # InvalidInputError first
-                                      stream=relay is not None, env=env, fetch=tuple(fetch))
+                                      stream=relay is not None, env=env, fetch=tuple(fetch),
+                                      extra={"live_outputs": True} if on_output is not None else None)
         try:
             return self._execute(request, lim, relay, cancel)
         finally:
@@ -135,7 +139,8 @@ class Sandbox:
         slot = self._pool.acquire()
         t0 = time.monotonic()
         try:
-            header, body, peak, kills = slot.execute(request, lim, relay, cancel)
+            header, body, peak, kills = slot.execute(request, lim, relay, cancel,
+                                                     relay.display if relay is not None and relay.wants_outputs else None)
         except (SlotDied, OSError) as exc:
             self._pool.release(slot, broken=True)
             return wire.sandbox_error(f"the jail failed during the run ({exc}); it was replaced, retry the call",
@@ -147,7 +152,11 @@ class Sandbox:
         self._pool.release(slot, broken=broken)
         if header.get("cancelled") is True:
             raise RunCancelledError("the run was cancelled; it was killed")
-        return wire.decode_reply(header, body, peak, kills, lim)
+        result = wire.decode_reply(header, body, peak, kills, lim)
+        if relay is not None and relay.shown and header.get("result") is not True:
+            # Killed before its result (a timeout, a crash): what it displayed until then.
+            result = dataclasses.replace(result, outputs=list(relay.shown))
+        return result
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> Session:
         """A stateful interpreter: variables, imports and files carry over from call to call.
@@ -237,13 +246,15 @@ class AsyncSandbox:
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                      filename: str = "main.py", env: Mapping[str, str] | None = None,
-                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | Result]:
-        """Run like run(), yielding Output(stream, text) events as the program writes, then the
-        Result. Closing the iterator early (or cancelling its consumer) kills the run."""
+                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | DisplayOutput | Result]:
+        """Run like run(), yielding Output(stream, text) events as the program writes and a
+        DisplayOutput as each rich output is displayed, then the Result (which lists the rich
+        outputs too). Closing the iterator early (or cancelling its consumer) kills the run."""
         sync, bridge = self._started()
-        events = bridge.events(lambda on_stdout, on_stderr, cancel: sync.run(
+        events = bridge.events(lambda on_stdout, on_stderr, cancel, on_output: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch,
+            on_output=on_output), outputs=True)
         try:
             async for event in events:
                 yield event

@@ -51,6 +51,7 @@ class Outputs:
         self.total = 0
         self.limits = limits
         self.figure_sink = None  # runner's: takes a matplotlib figure
+        self.live = None  # runner's, for a request with live outputs: takes (main, truncated, [(mime, value)])
 
     def add(self, bundle: dict, main: bool = False) -> None:
         if len(self.items) >= self.limits.get("max_outputs", 0):
@@ -76,6 +77,8 @@ class Outputs:
             return
         self.total += size
         self.items.append((main, truncated, encoded))
+        if self.live is not None:
+            self.live(main, truncated, encoded)
 
     def take(self, size: int) -> bool:
         """Room for `size` more bytes under max_output_bytes (taken if there is)."""

@@ -213,6 +213,26 @@ def take_output(header: dict, body: bytes, on_output: Callable[[str, bytes], Non
     on_output(stream, body)
 
 
+def take_display(header: dict, body: bytes, on_display: Callable[[DisplayOutput], None] | None,
+                 room: dict[str, int], limits: Limits) -> None:
+    """One live rich output of a call (a display() as it happened), checked as a reply's outputs
+    are (`_outputs`) and handed on; one that is malformed is left out (the reply's copy is checked
+    again). Beyond what was asked, or beyond max_outputs/max_output_bytes, breaks the jail: the
+    zygote relays no more than that."""
+    if on_display is None or room["outputs"] < 1 or len(body) > room["bytes"]:
+        raise SlotDied("the jail sent a rich output it was not asked for, or beyond the caps")
+    room["outputs"] -= 1
+    room["bytes"] -= len(body)
+    entry = {k: header.get(k) for k in ("main", "truncated", "items")}
+    try:
+        sizes, _ = _output_sizes([entry], [], limits)
+        values = protocol.split_blobs(body, sizes)
+    except (ValueError, protocol.ProtocolError):
+        return
+    for output in _outputs([entry], values, limits, []):
+        on_display(output)
+
+
 def _clashes(paths: list[str]) -> set[int]:
     """Indices of every path that repeats another or is a file and a directory of another at once
     (all of them: the runner, walking a real directory, never sends either, so only a forged frame
