@@ -18,11 +18,13 @@ from .relay import Relay
 from .results import DisplayOutput, Output, Result
 from .types import Files, TextCallback
 from .host.session_jail import SessionJail
-from .sessions import AsyncSession, Session, SessionManager
+from .sessions import AsyncSession, Session, SessionManager, _either
 from .host.slot import Slot, SlotDied
 
 if TYPE_CHECKING:
     from .aio import Bridge
+
+SHUTDOWN_WAIT = 10.0  # seconds close() waits for the runs in flight to answer their kill, then ends the jails
 
 __all__ = ["Sandbox", "AsyncSandbox", "Files", "TextCallback"]
 
@@ -89,6 +91,9 @@ class Sandbox:
         cgroups.remove_stale()
         jail.remove_stale_run_dirs()  # left by a host process killed before it could clean up
         self._closed = False
+        self._stopping = threading.Event()  # close(): the runs in flight are killed, their output kept
+        self._flight = threading.Condition()
+        self._in_flight = 0
         t0 = time.monotonic()
 
         def factory(index: int) -> Slot:
@@ -137,9 +142,20 @@ class Sandbox:
         if cancel is not None and cancel.is_set():
             raise RunCancelledError("the run was cancelled before it started")
         slot = self._pool.acquire()
+        with self._flight:
+            self._in_flight += 1
+        try:
+            return self._execute_in(slot, request, lim, relay, cancel)
+        finally:
+            with self._flight:
+                self._in_flight -= 1
+                self._flight.notify_all()
+
+    def _execute_in(self, slot: Slot, request: bytes, lim: Limits, relay: Relay | None,
+                    cancel: threading.Event | None) -> Result:
         t0 = time.monotonic()
         try:
-            header, body, peak, kills = slot.execute(request, lim, relay, cancel,
+            header, body, peak, kills = slot.execute(request, lim, relay, _either(cancel, self._stopping),
                                                      relay.display if relay is not None and relay.wants_outputs else None)
         except (SlotDied, OSError) as exc:
             self._pool.release(slot, broken=True)
@@ -150,9 +166,12 @@ class Sandbox:
             raise
         broken = header.get(protocol.OP) == protocol.SETUP_FAILED
         self._pool.release(slot, broken=broken)
-        if header.get("cancelled") is True:
+        shutdown = header.get("cancelled") is True and not (cancel is not None and cancel.is_set())
+        if header.get("cancelled") is True and not shutdown:
             raise RunCancelledError("the run was cancelled; it was killed")
         result = wire.decode_reply(header, body, peak, kills, lim)
+        if shutdown:  # close() while it ran: killed, with what it had written and displayed
+            result = wire.ended_by_shutdown(result)
         if relay is not None and relay.shown and header.get("result") is not True:
             # Killed before its result (a timeout, a crash): what it displayed until then.
             result = dataclasses.replace(result, outputs=list(relay.shown))
@@ -194,6 +213,11 @@ class Sandbox:
         """Stop every jail and end every session. Leaves no process, mount or cgroup behind."""
         if not self._closed:
             self._closed = True
+            # Runs in flight are killed by their zygotes, which answer with what they had written
+            # (flushed stdout and stderr, live outputs): they end as sandbox_error, SandboxShutdown.
+            self._stopping.set()
+            with self._flight:
+                self._flight.wait_for(lambda: self._in_flight == 0, timeout=SHUTDOWN_WAIT)
             self._sessions.close()
             self._pool.close()
             cgroups.settle(timeout=60)  # cgroups whose killed processes were slow to leave

@@ -8,6 +8,7 @@ the engine's own timers and cgroup counters, never from the exit code alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mimetypes
 import re
@@ -344,6 +345,14 @@ def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
     return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
                   stderr_truncated=False, error=ExecError("SandboxError", message, None, ""), exit_code=None,
                   images=[], files=[], usage=Usage(wall_ms=wall_ms, cpu_ms=0.0, peak_memory_bytes=0))
+
+
+def ended_by_shutdown(result: Result) -> Result:
+    """A run the engine killed because it was shutting down (Sandbox.close(), a server's shutdown):
+    sandbox_error, so the caller may retry, with what the run had written until then."""
+    return dataclasses.replace(result, outcome=Outcome.SANDBOX_ERROR, error=ExecError(
+        "SandboxShutdown", "the sandbox shut down while this run was in flight; it was killed (its output "
+        "until then is kept); retry it", None, ""))
 
 
 def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: Limits) -> Result:
