@@ -83,6 +83,17 @@ def test_session_calls_carry_their_own_main_output(client):
         client.delete(f"/v1/sessions/{sid}")
 
 
+def test_remote_sandbox_on_output_gets_each_output_as_it_is_displayed(server):
+    seen = []
+    code = "import time\ndisplay('one')\ntime.sleep(1.5)\ndisplay('two')\n"
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        t0 = time.monotonic()
+        r = sb.run(code, on_output=lambda o: seen.append((time.monotonic() - t0, o)))
+        end = time.monotonic() - t0
+    assert [o for _, o in seen] == r.outputs and [o.data["text/plain"] for o in r.outputs] == ["'one'", "'two'"]
+    assert end - seen[0][0] > 1.0  # the first came while the program slept
+
+
 def test_remote_sandbox_returns_the_same_outputs(server):
     with RemoteSandbox(server.url, api_key=KEY) as sb:
         r = sb.run(CELL)
