@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from .results import Output, Result
+from .results import DisplayOutput, Output, Result
 from .types import TextCallback
 
 T = TypeVar("T")
@@ -38,18 +38,23 @@ class Bridge:
             future.add_done_callback(_retrieve)
             raise
 
-    async def events(self, fn: Callable[[TextCallback, TextCallback, threading.Event], Result]
-                     ) -> AsyncIterator[Output | Result]:
+    async def events(self, fn: Callable[..., Result], outputs: bool = False
+                     ) -> AsyncIterator[Output | DisplayOutput | Result]:
         """fn(on_stdout, on_stderr, cancel) on a worker thread, its output as Output events, then
-        its Result. Leaving the iteration early kills the run."""
+        its Result. With `outputs`, fn(on_stdout, on_stderr, cancel, on_output), whose rich outputs
+        come as DisplayOutput events among them. Leaving the iteration early kills the run."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Output | None] = asyncio.Queue()
+        events: asyncio.Queue[Output | DisplayOutput | None] = asyncio.Queue()
         cancel = threading.Event()
 
         def emit(stream: str) -> TextCallback:
             return lambda text: loop.call_soon_threadsafe(events.put_nowait, Output(stream, text))
 
-        future = loop.run_in_executor(self._executor, fn, emit("stdout"), emit("stderr"), cancel)
+        def show(output: DisplayOutput) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, output)
+
+        args = (emit("stdout"), emit("stderr"), cancel) + ((show,) if outputs else ())
+        future = loop.run_in_executor(self._executor, fn, *args)
         # Every Output was queued before run() returned, so this marker comes after the last.
         future.add_done_callback(lambda _: events.put_nowait(None))
         try:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .guest import protocol
@@ -15,14 +15,16 @@ from .errors import InvalidInputError, RunCancelledError, SandboxClosedError, Sa
 from .limits import JailSettings, Limits, SessionSettings, seccomp_policy
 from .host.pool import Pool, PoolStats
 from .relay import Relay
-from .results import Output, Result
+from .results import DisplayOutput, Output, Result
 from .types import Files, TextCallback
 from .host.session_jail import SessionJail
-from .sessions import AsyncSession, Session, SessionManager
+from .sessions import AsyncSession, Session, SessionManager, _either
 from .host.slot import Slot, SlotDied
 
 if TYPE_CHECKING:
     from .aio import Bridge
+
+SHUTDOWN_WAIT = 10.0  # seconds close() waits for the runs in flight to answer their kill, then ends the jails
 
 __all__ = ["Sandbox", "AsyncSandbox", "Files", "TextCallback"]
 
@@ -89,6 +91,9 @@ class Sandbox:
         cgroups.remove_stale()
         jail.remove_stale_run_dirs()  # left by a host process killed before it could clean up
         self._closed = False
+        self._stopping = threading.Event()  # close(): the runs in flight are killed, their output kept
+        self._flight = threading.Condition()
+        self._in_flight = 0
         t0 = time.monotonic()
 
         def factory(index: int) -> Slot:
@@ -106,7 +111,8 @@ class Sandbox:
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
             on_stderr: TextCallback | None = None, cancel: threading.Event | None = None,
-            env: Mapping[str, str] | None = None, fetch: Iterable[str] = ()) -> Result:
+            env: Mapping[str, str] | None = None, fetch: Iterable[str] = (),
+            on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         """Run `code` with `files` placed in its working directory (a name under `/tmp/` goes to
         the run's own /tmp) and `stdin` as its standard input; never raises for what the code does.
         `env` adds environment variables for this run (never the sandbox's own, such as PATH, HOME,
@@ -114,14 +120,17 @@ class Sandbox:
         with the outputs (the working directory's new and changed files always do).
         `on_stdout`/`on_stderr` receive the text as
         the program writes it (in order, on a thread of their own, all of it before run()
-        returns); the Result holds the same text. Setting `cancel` (from another thread) kills
-        the run within about 50 ms; run() then raises RunCancelledError."""
+        returns); the Result holds the same text. `on_output` receives each rich output (a
+        DisplayOutput) as it is displayed, the same way; the Result lists them too (and, if the run
+        was killed before its end, the ones displayed until then). Setting `cancel` (from another
+        thread) kills the run within about 50 ms; run() then raises RunCancelledError."""
         if self._closed:
             raise SandboxClosedError("the sandbox is closed")
         lim = Limits.coerce(limits, self.limits, timeout)
-        relay = Relay.maybe(on_stdout, on_stderr)
+        relay = Relay.maybe(on_stdout, on_stderr, on_output)
         request = wire.encode_request(code, files, lim, filename, stdin,  # InvalidInputError first
-                                      stream=relay is not None, env=env, fetch=tuple(fetch))
+                                      stream=relay is not None, env=env, fetch=tuple(fetch),
+                                      extra={"live_outputs": True} if on_output is not None else None)
         try:
             return self._execute(request, lim, relay, cancel)
         finally:
@@ -133,9 +142,21 @@ class Sandbox:
         if cancel is not None and cancel.is_set():
             raise RunCancelledError("the run was cancelled before it started")
         slot = self._pool.acquire()
+        with self._flight:
+            self._in_flight += 1
+        try:
+            return self._execute_in(slot, request, lim, relay, cancel)
+        finally:
+            with self._flight:
+                self._in_flight -= 1
+                self._flight.notify_all()
+
+    def _execute_in(self, slot: Slot, request: bytes, lim: Limits, relay: Relay | None,
+                    cancel: threading.Event | None) -> Result:
         t0 = time.monotonic()
         try:
-            header, body, peak, kills = slot.execute(request, lim, relay, cancel)
+            header, body, peak, kills = slot.execute(request, lim, relay, _either(cancel, self._stopping),
+                                                     relay.display if relay is not None and relay.wants_outputs else None)
         except (SlotDied, OSError) as exc:
             self._pool.release(slot, broken=True)
             return wire.sandbox_error(f"the jail failed during the run ({exc}); it was replaced, retry the call",
@@ -145,9 +166,16 @@ class Sandbox:
             raise
         broken = header.get(protocol.OP) == protocol.SETUP_FAILED
         self._pool.release(slot, broken=broken)
-        if header.get("cancelled") is True:
+        shutdown = header.get("cancelled") is True and not (cancel is not None and cancel.is_set())
+        if header.get("cancelled") is True and not shutdown:
             raise RunCancelledError("the run was cancelled; it was killed")
-        return wire.decode_reply(header, body, peak, kills, lim)
+        result = wire.decode_reply(header, body, peak, kills, lim)
+        if shutdown:  # close() while it ran: killed, with what it had written and displayed
+            result = wire.ended_by_shutdown(result)
+        if relay is not None and relay.shown and header.get("result") is not True:
+            # Killed before its result (a timeout, a crash): what it displayed until then.
+            result = dataclasses.replace(result, outputs=list(relay.shown))
+        return result
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> Session:
         """A stateful interpreter: variables, imports and files carry over from call to call.
@@ -185,6 +213,11 @@ class Sandbox:
         """Stop every jail and end every session. Leaves no process, mount or cgroup behind."""
         if not self._closed:
             self._closed = True
+            # Runs in flight are killed by their zygotes, which answer with what they had written
+            # (flushed stdout and stderr, live outputs): they end as sandbox_error, SandboxShutdown.
+            self._stopping.set()
+            with self._flight:
+                self._flight.wait_for(lambda: self._in_flight == 0, timeout=SHUTDOWN_WAIT)
             self._sessions.close()
             self._pool.close()
             cgroups.settle(timeout=60)  # cgroups whose killed processes were slow to leave
@@ -237,13 +270,15 @@ class AsyncSandbox:
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                      filename: str = "main.py", env: Mapping[str, str] | None = None,
-                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | Result]:
-        """Run like run(), yielding Output(stream, text) events as the program writes, then the
-        Result. Closing the iterator early (or cancelling its consumer) kills the run."""
+                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | DisplayOutput | Result]:
+        """Run like run(), yielding Output(stream, text) events as the program writes and a
+        DisplayOutput as each rich output is displayed, then the Result (which lists the rich
+        outputs too). Closing the iterator early (or cancelling its consumer) kills the run."""
         sync, bridge = self._started()
-        events = bridge.events(lambda on_stdout, on_stderr, cancel: sync.run(
+        events = bridge.events(lambda on_stdout, on_stderr, cancel, on_output: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch,
+            on_output=on_output), outputs=True)
         try:
             async for event in events:
                 yield event

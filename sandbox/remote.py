@@ -19,6 +19,7 @@ and every name a session's file listing gives, is checked as the engine checks i
 from __future__ import annotations
 
 import base64
+import binascii
 import http.client
 import json
 import logging
@@ -34,7 +35,7 @@ from .errors import (InvalidInputError, QueueFullError, SandboxError, SandboxUna
                      from_wire)
 from .host.wire import check_path
 from .limits import Limits
-from .results import Result
+from .results import DisplayOutput, Result
 from .sessions import FileInfo
 from .types import Files, TextCallback
 
@@ -127,12 +128,14 @@ class RemoteSandbox:
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
-            on_stderr: TextCallback | None = None) -> Result:
-        """Sandbox.run() on the server: same arguments, same Result. With `on_stdout`/`on_stderr` the
-        answer is streamed (NDJSON) and each callback gets the text as the program writes it (on the
-        calling thread; a callback that raises is logged and called no more)."""
+            on_stderr: TextCallback | None = None,
+            on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
+        """Sandbox.run() on the server: same arguments, same Result. With `on_stdout`/`on_stderr`/
+        `on_output` the answer is streamed (NDJSON) and each callback gets the text, or each rich
+        output, as the program writes or displays it (on the calling thread; a callback that raises
+        is logged and called no more)."""
         return self._execute("/v1/execute", code, files, stdin=stdin, timeout=timeout, limits=limits,
-                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr)
+                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr, on_output=on_output)
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
@@ -146,7 +149,8 @@ class RemoteSandbox:
 
     def _execute(self, path: str, code: str, files: Files | None, *, stdin: bytes | str | None,
                  timeout: float | None, limits: Limits | Mapping[str, Any] | None, filename: str,
-                 on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> Result:
+                 on_stdout: TextCallback | None, on_stderr: TextCallback | None,
+                 on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         if isinstance(stdin, (bytes, bytearray)):
             try:
                 stdin = bytes(stdin).decode()
@@ -158,8 +162,8 @@ class RemoteSandbox:
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
-        if on_stdout is not None or on_stderr is not None:
-            doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr})
+        if on_stdout is not None or on_stderr is not None or on_output is not None:
+            doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr, "output": on_output})
         else:
             doc = self._request("POST", path, body)
         try:
@@ -191,8 +195,9 @@ class RemoteSandbox:
             if kind in callbacks:
                 callback = callbacks[kind]
                 if callback is not None:
+                    value = event["text"] if kind != "output" else _display(event, self.url)
                     try:
-                        callback(event["text"])
+                        callback(value)
                     except Exception:  # noqa: BLE001 - the caller's bug must not break the run
                         log.exception("the %s callback raised; it gets no more output of this run", kind)
                         callbacks[kind] = None
@@ -253,6 +258,14 @@ class RemoteSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _display(event: dict, url: str) -> DisplayOutput:
+    """A streamed `{"type": "output", ...}` event as a DisplayOutput, checked as a result's are."""
+    try:
+        return DisplayOutput.from_dict(event)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise RemoteError(f"{url} streamed a malformed rich output ({exc!r})") from None
 
 
 def _checked(name: object, what: str) -> str:

@@ -89,6 +89,7 @@ class Session:
         self._lock = threading.Lock()       # one call at a time
         self._busy = threading.Event()      # a call is in flight (for close() and the ttl)
         self._cancel = threading.Event()    # close() during a call: end the call
+        self._shutdown = False              # ...because the sandbox is closing: the call returns its output
 
     def __repr__(self) -> str:
         return f"<Session {self.id[:8]}… {'closed: ' + str(self.close_reason) if self.closed else 'open'}>"
@@ -113,6 +114,9 @@ class Session:
 
         def finish(header: dict, body: bytes, peak: int, kills: int) -> tuple[Result | None, str | None]:
             if header.get("cancelled") is True:
+                if self._shutdown and not (cancel is not None and cancel.is_set()):
+                    return wire.ended_by_shutdown(wire.decode_reply(header, body, peak, kills, lim)), \
+                        "the sandbox was closed"
                 return None, "a call was cancelled and its interpreter was killed"
             result = wire.decode_reply(header, body, peak, kills, lim)
             ended = header.get("alive") is not True or kills
@@ -277,6 +281,9 @@ class _Either:
 
 def _either(a: threading.Event | None, b: threading.Event) -> Any:
     return b if a is None else _Either(a, b)
+
+
+SHUTDOWN_WAIT = 10.0  # seconds close() waits for calls in flight to answer their kill
 
 
 class SessionManager:
@@ -446,9 +453,19 @@ class SessionManager:
             sessions = [s for s in self._open.values() if s is not None]
             self._wake.notify()
             self._refill.notify()
+        # Calls in flight are killed by the zygote, which answers with what they had written.
+        busy = [s for s in sessions if s._busy.is_set()]
+        for s in busy:
+            s._shutdown = True
+            s._cancel.set()
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        for s in busy:
+            if s._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                s._lock.release()
         for s in sessions:
             with s._manager.lock:
-                s.closed, s.close_reason = True, "the sandbox was closed"
+                if not s.closed:
+                    s.closed, s.close_reason = True, "the sandbox was closed"
             self.forget(s)
         with self._starting:
             if self._jail is not None:

@@ -161,3 +161,130 @@ def test_closing_a_cgroup_twice_leaves_other_fds_alone():
         finally:
             os.close(r)
             os.close(w)
+
+
+# -- where the engine's parent cgroup is (issue 21: a systemd unit with Delegate=yes) -------------
+
+
+@pytest.fixture()
+def cgroup2_mount(tmp_path):
+    """A cgroup v2 hierarchy mounted here (on a v1 host it has no memory/pids/cpu controllers:
+    enough for paths, xattrs and moving processes)."""
+    import subprocess
+
+    where = tmp_path / "cgroup2"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "cgroup2", "none", str(where)], check=True)
+    made: list[Path] = []
+    yield where, made
+    from sandbox.host import cgroups
+
+    for d in reversed(made):
+        cgroups.remove_tree(d)
+    subprocess.run(["umount", str(where)], check=True)
+
+
+def test_the_parent_is_below_a_delegated_own_cgroup_or_where_the_setting_says(cgroup2_mount, tmp_path):
+    import os
+
+    from sandbox.host import cgroups
+
+    root, made = cgroup2_mount
+    unit = root / f"test-{tmp_path.name}.slice" / "sandbox.service"
+    unit.mkdir(parents=True)
+    made += [unit.parent, unit]
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"0::/{unit.relative_to(root)}\n")
+
+    def parent(setting: str, proc_file: Path = proc) -> Path:
+        return cgroups.parent_dir(None, root, setting, str(proc_file))
+
+    assert parent("auto") == root / "sandbox"            # not delegated (no systemd mark): the root's
+    assert parent("self") == unit / "sandbox"            # the operator says it is ours
+    os.setxattr(unit, "trusted.delegate", b"1")          # what systemd sets for Delegate=yes
+    assert parent("auto") == parent("") == unit / "sandbox"
+    moved = tmp_path / "moved"                           # after ensure_parents moved the host to its leaf
+    moved.write_text(f"0::/{unit.relative_to(root)}/{cgroups.LEAF}\n")
+    assert parent("auto", moved) == unit / "sandbox"
+    at_root = tmp_path / "root"
+    at_root.write_text("0::/\n")
+    assert parent("auto", at_root) == parent("self", at_root) == root / "sandbox"
+    assert parent("machine.slice/engine") == root / "machine.slice" / "engine"
+    for bad in ("../escape", "/abs/path", "a//b", "a/./b"):
+        with pytest.raises(OSError, match="SANDBOX_CGROUP_PARENT"):
+            parent(bad)
+    # v1: each controller's own line of /proc/self/cgroup
+    v1 = tmp_path / "v1"
+    v1.write_text("4:memory:/system.slice/sandbox.service\n8:pids:/system.slice/sandbox.service\n2:cpu,cpuacct:/\n")
+    assert cgroups.parent_dir("memory", Path("/x"), "self", str(v1)) == Path("/x/memory/system.slice/sandbox.service/sandbox")
+    assert cgroups.parent_dir("cpu", Path("/x"), "self", str(v1)) == Path("/x/cpu/sandbox")
+
+
+def test_the_hosts_processes_move_to_a_leaf_of_their_delegated_cgroup(cgroup2_mount, tmp_path):
+    import subprocess
+
+    from sandbox.host import cgroups
+
+    root, made = cgroup2_mount
+    unit = root / f"unit-{tmp_path.name}"
+    unit.mkdir()
+    made += [unit, unit / cgroups.LEAF]
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        for p in procs:
+            (unit / "cgroup.procs").write_text(str(p.pid))
+        cgroups.move_out(unit)
+        assert (unit / "cgroup.procs").read_text().split() == []
+        assert sorted(map(int, (unit / cgroups.LEAF / "cgroup.procs").read_text().split())) == sorted(p.pid for p in procs)
+        for p in procs:   # as /proc says it, and as own_cgroup reads it back (the leaf left out)
+            line = f"0::/{unit.name}/{cgroups.LEAF}"
+            assert line in Path(f"/proc/{p.pid}/cgroup").read_text().splitlines()
+            assert cgroups.own_cgroup(None, f"/proc/{p.pid}/cgroup") == f"/{unit.name}"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+UNIT_HOST = """
+import json, os, sys
+from pathlib import Path
+unit = sys.argv[1]
+for c in ("memory", "pids", "cpu"):        # as systemd places a unit's process on v1 with Delegate=yes
+    d = Path("/sys/fs/cgroup") / c / unit
+    (d / "cgroup.procs").write_text(str(os.getpid()))
+from sandbox import Sandbox
+with Sandbox(slots=1, preload=False) as sb:
+    out = sb.run("print(6 * 7)").stdout
+    below = sorted(str(p) for c in ("memory", "pids", "cpu") for p in (Path("/sys/fs/cgroup") / c / unit / "sandbox").glob("NSJAIL.*"))
+    jail_cgroup = Path(f"/proc/{next(iter(sb._pool._live.values())).jail_pid}/cgroup").read_text()
+print(json.dumps({"stdout": out, "below": below, "jail_cgroup": jail_cgroup}))
+"""
+
+
+@pytest.mark.skipif(V2, reason="a v1 hierarchy per controller (the v2 VM runs the v2 twin above)")
+def test_an_engine_in_a_delegated_unit_cgroup_makes_its_jails_below_it(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sandbox.host import cgroups
+
+    unit = f"sandbox-test-{os.getpid()}.service"
+    dirs = [CGROUP_ROOT / c / unit for c in ("memory", "pids", "cpu")]
+    for d in dirs:
+        d.mkdir()
+        os.setxattr(d, "trusted.delegate", b"1")
+    try:
+        env = {k: v for k, v in os.environ.items() if k != cgroups.ENV}
+        p = subprocess.run([sys.executable, "-c", UNIT_HOST, unit], capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout.splitlines()[-1])
+        assert got["stdout"] == "42\n"
+        assert len(got["below"]) == 3 and all(f"/{unit}/sandbox/NSJAIL." in b for b in got["below"]), got
+        assert f"memory:/{unit}/sandbox/NSJAIL." in got["jail_cgroup"], got["jail_cgroup"]
+        assert not [p for d in dirs for p in (d / "sandbox").glob("NSJAIL.*")]  # closed: nothing left
+    finally:
+        for d in dirs:
+            cgroups.remove_tree(d)

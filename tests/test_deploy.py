@@ -48,6 +48,8 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path):
     p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stderr.strip() == "", p.stderr
     d = _directives(unit.read_text())
+    # the engine's cgroups in the unit's delegated subtree (sandbox/host/cgroups.parent_dir)
+    assert "SANDBOX_CGROUP_PARENT=self" in d["Environment"], d["Environment"]
     assert d["Delegate"] == ["yes"] and d["Restart"] == ["on-failure"] and d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert d["RestartPreventExitStatus"] == ["2 3"] and d["ExecStartPre"] == [f"{SANDBOX} doctor"]
     assert not set(NSJAIL_BREAKERS) & set(d), set(NSJAIL_BREAKERS) & set(d)

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox import QueueFullError, Sandbox
+import pytest
+
+from sandbox import QueueFullError, Sandbox, SandboxClosedError
 from sandbox.host import jail
 from sandbox.host.image import state_dir
 
@@ -101,3 +103,58 @@ def test_run_dirs_of_a_killed_host_are_swept_and_live_ones_kept(tmp_path):
     finally:
         if young.exists():
             young.rmdir()
+
+
+def test_runs_in_flight_at_close_end_with_the_output_they_had_flushed():
+    import threading
+
+    from sandbox import Outcome
+
+    sb = Sandbox(slots=2, preload=False)
+    started = threading.Barrier(3)
+    results = {}
+
+    def run(name: str, code: str) -> None:
+        results[name] = sb.run(code, on_stdout=lambda text: started.wait(30) if "started" in text else None)
+
+    threads = [threading.Thread(target=run, args=("out", "import time\nprint('started', flush=True)\ntime.sleep(600)")),
+               threading.Thread(target=run, args=("err", "import sys, time\nprint('partial', file=sys.stderr, flush=True)\n"
+                                                        "print('started', flush=True)\nwhile True: pass"))]
+    for t in threads:
+        t.start()
+    started.wait(60)  # both have flushed their output
+    t0 = time.monotonic()
+    sb.close()
+    for t in threads:
+        t.join(30)
+    assert time.monotonic() - t0 < 30
+    for name, r in results.items():
+        assert r.outcome is Outcome.SANDBOX_ERROR and r.error.type == "SandboxShutdown", (name, r)
+        assert r.stdout == "started\n" and "shut down" in r.error.message
+    assert results["err"].stderr == "partial\n"
+    with pytest.raises(SandboxClosedError):  # and a new run is refused
+        sb.run("print(1)")
+
+
+def test_a_session_call_in_flight_at_close_ends_with_its_output():
+    import threading
+
+    from sandbox import Outcome
+
+    sb = Sandbox(slots=1, preload=False)
+    session = sb.session()
+    flushed = threading.Event()
+    got = {}
+
+    def call() -> None:
+        got["r"] = session.run("import time\nprint('started', flush=True)\ntime.sleep(600)",
+                               on_stdout=lambda text: flushed.set())
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert flushed.wait(60)
+    sb.close()
+    t.join(30)
+    r = got["r"]
+    assert r.outcome is Outcome.SANDBOX_ERROR and r.error.type == "SandboxShutdown" and r.stdout == "started\n", r
+    assert session.closed and session.close_reason == "the sandbox was closed"

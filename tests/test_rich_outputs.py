@@ -268,3 +268,57 @@ def test_figure_chart_data_shares_the_output_budget(sb):
                limits={"max_output_bytes": 200})
     assert len(r.images) == 1 and r.images[0].chart is None      # its data would not fit: the PNG stays
     assert only(r).text == "'" + "x" * 50 + "'"
+
+
+# -- live: each output as it is displayed --------------------------------------------------------
+
+
+LIVE = "import time\ndisplay({'n': 1})\ntime.sleep(1)\ndisplay({'n': 2})\n'end'\n"
+
+
+def test_on_output_gets_each_output_as_it_is_displayed(sb):
+    import time
+
+    seen: list[tuple[float, DisplayOutput]] = []
+    r = run_ok(sb, LIVE, on_output=lambda o: seen.append((time.monotonic(), o)))
+    end = time.monotonic()
+    assert [o for _, o in seen] == r.outputs and [o.main for o in r.outputs] == [False, False, True]
+    assert seen[0][1].data == {"text/plain": "{'n': 1}"} and end - seen[0][0] >= 0.8  # while it slept
+
+
+def test_async_stream_yields_outputs_between_the_text_and_the_result():
+    import asyncio
+
+    from sandbox import AsyncSandbox, Output
+
+    async def main() -> list:
+        async with AsyncSandbox(slots=1) as asb:
+            return [e async for e in asb.stream("print('a', flush=True)\n" + LIVE)]
+
+    events = asyncio.run(main())
+    result = events[-1]
+    assert isinstance(result, Result) and result.outcome is Outcome.OK
+    assert [e for e in events if isinstance(e, DisplayOutput)] == result.outputs and len(result.outputs) == 3
+    assert "".join(e.text for e in events if isinstance(e, Output)) == "a\n"
+
+
+def test_forged_display_frames_on_the_result_channel_break_nothing(sb):
+    # The program writes display frames of its own to fd 3: a bad MIME type, garbage values, then
+    # more than max_outputs. The host checks each as it checks a reply's outputs; the run's own
+    # result still arrives and the engine serves the next run.
+    code = """import json, os, struct
+def frame(header, body=b""):
+    head = json.dumps(header).encode()
+    return struct.pack(">4sIQ", b"SBX1", len(head), len(body)) + head + body
+os.write(3, frame({"op": "display", "main": False, "truncated": False, "items": [["text/evil", 1]]}, b"x"))
+os.write(3, frame({"op": "display", "main": True, "truncated": False, "items": [["image/png", 3]]}, b"abc"))
+for i in range(5):
+    os.write(3, frame({"op": "display", "main": False, "truncated": False, "items": [["text/plain", 1]]}, b"y"))
+display('mine')
+"""
+    seen: list[DisplayOutput] = []
+    r = sb.run(code, on_output=seen.append, limits={"max_outputs": 3})
+    assert r.outcome is Outcome.OK, (r.outcome, r.stderr)
+    assert [o.data for o in r.outputs] == [{"text/plain": "'mine'"}]
+    assert all(o.data == {"text/plain": "y"} for o in seen) and len(seen) <= 3  # forged ones, checked and capped
+    assert run_ok(sb, "print(1)").stdout == "1\n"

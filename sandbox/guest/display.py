@@ -51,6 +51,7 @@ class Outputs:
         self.total = 0
         self.limits = limits
         self.figure_sink = None  # runner's: takes a matplotlib figure
+        self.live = None  # runner's, for a request with live outputs: takes (main, truncated, [(mime, value)])
 
     def add(self, bundle: dict, main: bool = False) -> None:
         if len(self.items) >= self.limits.get("max_outputs", 0):
@@ -76,6 +77,8 @@ class Outputs:
             return
         self.total += size
         self.items.append((main, truncated, encoded))
+        if self.live is not None:
+            self.live(main, truncated, encoded)
 
     def take(self, size: int) -> bool:
         """Room for `size` more bytes under max_output_bytes (taken if there is)."""
@@ -495,9 +498,22 @@ def _silenced(code: str, node: ast.Expr) -> bool:
     return rest.split("#", 1)[0].strip().startswith(";")
 
 
+ALTAIR_APIS = ("altair.vegalite.v5.api", "altair.vegalite.v6.api", "altair.vegalite.v4.api")
+
+
+def _show(self, *args, **kwargs) -> None:
+    """plotly's and altair's own show(): display the figure."""
+    display(self)
+
+
 def install() -> None:
-    """Make display() a builtin and the libraries' own show() calls display, before any request."""
-    builtins.display = display
+    """Make display() a builtin and the libraries' own show() calls display, before any request.
+    Idempotent, and a no-op where the zygote did it already: every child calls it (a lean one has
+    not had it), and every write to an object shared with the zygote (a reference taken, a class
+    changed) dirties a page the child then owns (this walked sys.modules once: about 10 MiB of USS
+    per idle session)."""
+    if getattr(builtins, "display", None) is not display:
+        builtins.display = display
     image_show = sys.modules.get("PIL.ImageShow")
     if image_show is None and "PIL.Image" in sys.modules:
         try:
@@ -512,8 +528,10 @@ def install() -> None:
             base = importlib.import_module("plotly.basedatatypes")
         except ImportError:
             base = None
-    if base is not None:
-        base.BaseFigure.show = lambda self, *a, **k: display(self)
-    api = next((m for n, m in list(sys.modules.items()) if n.startswith("altair.vegalite.v") and n.endswith(".api")), None)
-    if api is not None and hasattr(api, "TopLevelMixin"):
-        api.TopLevelMixin.show = lambda self, *a, **k: display(self)
+    if base is not None and base.BaseFigure.__dict__.get("show") is not _show:
+        base.BaseFigure.show = _show
+    # By name, never by walking sys.modules: that takes a reference to every module, a write to
+    # thousands of pages shared with the zygote that each child would then own.
+    api = next(filter(None, map(sys.modules.get, ALTAIR_APIS)), None)
+    if api is not None and hasattr(api, "TopLevelMixin") and api.TopLevelMixin.__dict__.get("show") is not _show:
+        api.TopLevelMixin.show = _show

@@ -26,6 +26,9 @@ CANCEL = "cancel"              # host -> zygote: kill the call in flight (its re
 OPEN = "open"                  # host -> zygote: start session "sid"      -> OPENED {pid} or {error}
 CLOSE = "close"                # host -> zygote: end session "sid"        -> CLOSED
 OUTPUT = "output"              # zygote -> host: a chunk of live output of the call in flight (+ the bytes)
+DISPLAY = "display"            # runner -> zygote (on the result channel, ahead of the result) -> host: one
+                               # rich output as it is displayed {main, truncated, items} (+ its values);
+                               # only for a request with "live_outputs"
 DONE = "done"                  # zygote -> host: the reply to a call (see guest/supervise.build_reply)
 SETUP_FAILED = "setup_failed"  # zygote -> host: the child could not be isolated; nothing ran
 OPENED = "opened"

@@ -389,6 +389,8 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     FIGURES.max_chart_bytes = limits.get("max_output_json_bytes", 0)
     display.OUTPUTS.reset(limits)
     display.OUTPUTS.figure_sink = FIGURES.capture
+    if header.get("live_outputs") is True:
+        display.OUTPUTS.live = _send_display
 
     error, exit_code = None, 0
     try:
@@ -464,6 +466,14 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     }
     return result, ([d for _, d, _ in FIGURES.images] + [d for _, d in files] + out_blobs
                     + [c for _, _, c in FIGURES.images])
+
+
+def _send_display(main: bool, truncated: bool, encoded: list[tuple[str, bytes]]) -> None:
+    """A rich output as it is displayed, on the result channel ahead of the result frame (the
+    zygote takes it off and relays it: guest/supervise.Results). The result still lists it."""
+    protocol.write_all(RESULT_FD, protocol.encode(
+        {protocol.OP: protocol.DISPLAY, "main": main, "truncated": truncated,
+         "items": [[m, len(d)] for m, d in encoded]}, [d for _, d in encoded]))
 
 
 TMP = "/tmp/"

@@ -43,6 +43,60 @@ class Stream:
         return b"".join(self.parts)
 
 
+DISPLAY_HEADER = 64 << 10  # room for a display frame's header beside its values
+
+
+class Results(Stream):
+    """The result channel. With `show` (a request with live outputs), the runner's display frames
+    ahead of the result frame are taken off as they complete and handed to `show(header, body)`,
+    at most `max_count` of them and `max_bytes` of values in all (the rest are dropped here: the
+    result frame lists every output anyway); the first frame that is not one (the result, or
+    garbage) and everything after it is kept as a plain Stream keeps it."""
+
+    def __init__(self, cap: int, show: Callable[[dict, bytes], None] | None = None,
+                 max_count: int = 0, max_bytes: int = 0) -> None:
+        super().__init__(cap)
+        self.show = show
+        self.head = bytearray()
+        self.left = [max_count, max_bytes]
+
+    def feed(self, data: bytes) -> None:
+        if self.show is None:
+            super().feed(data)
+            return
+        head = self.head
+        head += data
+        while len(head) >= protocol.PREFIX.size:
+            try:
+                head_len, body_len = protocol.parse_prefix(bytes(head[:protocol.PREFIX.size]), self.left[1])
+            except protocol.ProtocolError:
+                break  # larger than any display left: the result frame
+            end = protocol.PREFIX.size + head_len + body_len
+            if head_len > DISPLAY_HEADER:
+                break
+            if len(head) < end:
+                return  # wait for the rest of it
+            try:
+                header = protocol.parse_header(bytes(head[protocol.PREFIX.size:protocol.PREFIX.size + head_len]))
+            except protocol.ProtocolError:
+                break
+            if header.get(protocol.OP) != protocol.DISPLAY:
+                break
+            body = bytes(head[protocol.PREFIX.size + head_len:end])
+            del head[:end]
+            if self.left[0] > 0:
+                self.left[0] -= 1
+                self.left[1] -= len(body)
+                self.show(header, body)
+        else:
+            return
+        self.show, self.head = None, bytearray()
+        super().feed(bytes(head))
+
+    def value(self) -> bytes:
+        return super().value() + bytes(self.head)  # a display frame cut short is garbage too
+
+
 @dataclass
 class Watch:
     """One request in a child, watched to its end. `run()` returns when the runner's result frame

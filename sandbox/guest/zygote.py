@@ -16,6 +16,7 @@ Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
   zygote -> ready {python, modules, import_ms, pids_overhead}
   host -> request {code, filename, files, stdin, limits, profile, flavor, stream}   (+ input blobs)
   zygote -> output {status: "output", stream}    (+ the chunk)   only with "stream": live output, 0..n
+  zygote -> display {main, truncated, items}     (+ its values)  only with "live_outputs": each display(), 0..n
   zygote -> reply {status, ...}                                            (+ stdout, stderr, result body)
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Callable
 
 from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
-from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
+from .supervise import Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
               relay: Callable[[str, bytes], None] | None = None, control: int | None = None) -> tuple[dict, list[bytes]]:
@@ -50,10 +51,14 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
         return {protocol.OP: protocol.SETUP_FAILED, "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
     cpu0 = cpu_time_ns(child.pid)  # the child's own setup, not the user's
     live = relay if header.get("stream") else None
+    show = None
+    if live is not None and header.get("live_outputs") is True:
+        show = lambda head, body: live("display", (head, body))  # noqa: E731
     w = Watch(child, request,
               out=Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data))),
               err=Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data))),
-              res=Stream(limits["max_result_bytes"]),
+              res=Results(limits["max_result_bytes"], show, limits.get("max_outputs", 0),
+                          limits.get("max_output_bytes", 0)),
               deadline=time.monotonic() + limits["timeout"], control=control).run()
     if w.finished:
         w.drain_rest()
@@ -150,8 +155,14 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
 
-    def relay(stream: str, data: bytes) -> None:
-        """Live output: one frame per chunk read, ahead of the reply (the host keeps reading)."""
+    def relay(stream: str, data) -> None:
+        """Live output: one frame per chunk read, ahead of the reply (the host keeps reading); a
+        display ("display", (the runner's header, its values)) as one frame of its own."""
+        if stream == "display":
+            head, body = data
+            protocol.write_all(proto_out, protocol.encode(
+                {protocol.OP: protocol.DISPLAY, **{k: head.get(k) for k in ("main", "truncated", "items")}}, [body]))
+            return
         protocol.write_all(proto_out, protocol.encode({protocol.OP: protocol.OUTPUT, "stream": stream}, [data]))
 
     while True:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
-PARENT = "sandbox"
+PARENT = "sandbox"       # the engine's parent cgroup: its name, below the base parent_dir() chooses
+ENV = "SANDBOX_CGROUP_PARENT"
+LEAF = "supervisor"      # v2, in a delegated cgroup: where the host's own processes move (ensure_parents)
 CONTROLLERS = ("memory", "pids", "cpu")
 V1_CONTROLLERS = CONTROLLERS
 V1_FREEZER = "freezer"   # v1 only (v2 has cgroup.freeze in every cgroup): pauses a session
@@ -30,6 +32,72 @@ def version(root: Path = ROOT) -> int | None:
     if all((root / c).is_dir() for c in V1_CONTROLLERS):
         return 1
     return None
+
+
+def own_cgroup(controller: str | None = None, proc: str = "/proc/self/cgroup") -> str | None:
+    """This process's cgroup as /proc/self/cgroup says it: the v2 one ("0::PATH"), or with
+    `controller` that v1 controller's; None if it is not listed. A trailing /LEAF (where
+    ensure_parents moved the host, or systemd's DelegateSubgroup= put it) or /.control (where
+    systemd runs a delegated unit's ExecStartPre=) is left out: the unit's own cgroup either way."""
+    try:
+        lines = Path(proc).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hid, names, path = (line.split(":", 2) + ["", ""])[:3]
+        if (controller is None and hid == "0" and names == "") or (controller and controller in names.split(",")):
+            for sub in (LEAF, ".control"):
+                if path.endswith("/" + sub):
+                    return path[:-len(sub) - 1]
+            return path
+    return None
+
+
+def delegated(cgroup: Path) -> bool:
+    """systemd marks the cgroup of a unit with Delegate=yes with the xattr trusted.delegate=1
+    (user.delegate=1 for a user manager's units)."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(cgroup, name) == b"1":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def parent_dir(controller: str | None = None, root: Path = ROOT, setting: str | None = None,
+               proc: str = "/proc/self/cgroup") -> Path:
+    """The engine's parent cgroup (on v2; with `controller`, in that v1 hierarchy), as
+    SANDBOX_CGROUP_PARENT (`setting`) says:
+
+    - "auto" (the default): below this process's own cgroup when that cgroup is delegated to it
+      (systemd's Delegate=yes: `<own>/sandbox`, e.g. /sys/fs/cgroup/system.slice/sandbox.service/sandbox),
+      else `<root>/sandbox`;
+    - "self": below this process's own cgroup, delegation marked or not (a container with a
+      cgroup of its own, a systemd without the delegate xattr);
+    - a relative path, e.g. "machine.slice/sandbox": that cgroup below the root.
+    """
+    setting = (os.environ.get(ENV, "") if setting is None else setting).strip() or "auto"
+    base = root / controller if controller else root
+    if setting in ("auto", "self"):
+        own = own_cgroup(controller, proc)
+        if own and own != "/":
+            here = base / own.lstrip("/")
+            if setting == "self" or delegated(here):
+                return here / PARENT
+        return base / PARENT
+    parts = setting.strip("/").split("/")
+    if setting.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise OSError(f"{ENV}={setting!r}: give auto, self, or a cgroup path relative to {root} (no '..')")
+    return base.joinpath(*parts)
+
+
+def in_own_cgroup(parent: Path, root: Path = ROOT, controller: str | None = None) -> bool:
+    """Whether `parent` (from parent_dir) sits right below this process's own cgroup: a delegated
+    subtree, which the serving process sets up itself (ensure_parents)."""
+    own = own_cgroup(controller)
+    base = root / controller if controller else root
+    return bool(own) and own != "/" and parent.parent == base / own.lstrip("/")
 
 
 def controllers(cgroup: Path, which: str = "cgroup.controllers") -> set[str]:
@@ -46,16 +114,25 @@ def ensure_parents(root: Path = ROOT) -> None:
     v = version(root)
     if v == 1:
         for c in V1_CONTROLLERS:
-            (root / c / PARENT).mkdir(exist_ok=True)
+            parent_dir(c, root).mkdir(parents=True, exist_ok=True)
     elif v == 2:
-        missing = [c for c in CONTROLLERS if c not in controllers(root)]
-        if missing:
-            raise OSError(f"cgroup v2 controllers not available in {root}: {', '.join(missing)}")
-        enabled = controllers(root, "cgroup.subtree_control")
-        off = [c for c in CONTROLLERS if c not in enabled]
-        if off:
-            (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in off))
-        parent = root / PARENT
+        parent = parent_dir(None, root)
+        mine = in_own_cgroup(parent, root)
+        # Each cgroup above the parent passes the controllers down: only our own (delegated) one
+        # when the parent is below it (the ones above are systemd's), else every one from the root.
+        above = [parent.parent] if mine else [parent.parents[i] for i in range(len(parent.relative_to(root).parts) - 1, -1, -1)]
+        for cg in above:
+            cg.mkdir(exist_ok=True)
+            missing = [c for c in CONTROLLERS if c not in controllers(cg)]
+            if missing:
+                raise OSError(f"cgroup v2 controllers not available in {cg}: {', '.join(missing)}")
+            off = [c for c in CONTROLLERS if c not in controllers(cg, "cgroup.subtree_control")]
+            if off:
+                if mine:
+                    # No internal processes on v2: a cgroup that passes controllers down holds none
+                    # itself. The host (and whatever else its unit runs) moves to a leaf beside the engine's.
+                    move_out(cg)
+                (cg / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in off))
         parent.mkdir(exist_ok=True)
         if not set(CONTROLLERS) <= controllers(parent, "cgroup.subtree_control"):
             (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
@@ -63,19 +140,34 @@ def ensure_parents(root: Path = ROOT) -> None:
         raise OSError("no usable cgroup hierarchy (need v2, or v1 memory, pids and cpu)")
 
 
+def move_out(cgroup: Path) -> None:
+    """Move every process of a v2 cgroup into its child LEAF (made if need be)."""
+    leaf = cgroup / LEAF
+    leaf.mkdir(exist_ok=True)
+    for _ in range(10):  # a process forked meanwhile shows up in the next read
+        pids = (cgroup / "cgroup.procs").read_text().split()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                (leaf / "cgroup.procs").write_text(pid)
+            except ProcessLookupError:
+                pass
+
+
 def nsjail_config(memory_bytes: int, pids: int, cpu_ms_per_sec: int) -> str:
     """The cgroup part of a slot's nsjail config (protobuf text format)."""
     common = f"cgroup_mem_max: {memory_bytes}\ncgroup_pids_max: {pids}\ncgroup_cpu_ms_per_sec: {cpu_ms_per_sec}\n"
     if version() == 2:
-        return common + f'use_cgroupv2: true\ncgroupv2_mount: "{ROOT / PARENT}"\ncgroup_mem_swap_max: 0\n'
+        return common + f'use_cgroupv2: true\ncgroupv2_mount: "{parent_dir()}"\ncgroup_mem_swap_max: 0\n'
     lines = [common, f"cgroup_mem_memsw_max: {memory_bytes}\n" if _v1_has_memsw() else ""]
     for c, key in (("memory", "mem"), ("pids", "pids"), ("cpu", "cpu")):
-        lines.append(f'cgroup_{key}_mount: "{ROOT / c}"\ncgroup_{key}_parent: "{PARENT}"\n')
+        lines.append(f'cgroup_{key}_mount: "{ROOT / c}"\ncgroup_{key}_parent: "{parent_dir(c).relative_to(ROOT / c)}"\n')
     return "".join(lines)
 
 
 def _v1_has_memsw() -> bool:
-    return (ROOT / "memory" / PARENT / "memory.memsw.limit_in_bytes").exists()
+    return (parent_dir("memory") / "memory.memsw.limit_in_bytes").exists()
 
 
 @dataclass
@@ -95,13 +187,13 @@ class SlotCgroup:
         name = f"NSJAIL.{jail_pid}"
         self.v2 = version() == 2
         if self.v2:
-            self.mem = self.pids = self.cpu = ROOT / PARENT / name
+            self.mem = self.pids = self.cpu = parent_dir() / name
             self.dirs = [self.mem]
         else:
-            self.mem = ROOT / "memory" / PARENT / name
-            self.pids = ROOT / "pids" / PARENT / name
-            self.cpu = ROOT / "cpu" / PARENT / name
-            self.dirs = [ROOT / c / PARENT / name for c in V1_CONTROLLERS]
+            self.mem = parent_dir("memory") / name
+            self.pids = parent_dir("pids") / name
+            self.cpu = parent_dir("cpu") / name
+            self.dirs = [parent_dir(c) / name for c in V1_CONTROLLERS]
         if not self.mem.is_dir():
             raise OSError(f"jail cgroup {self.mem} does not exist")
         self.freezer: Path | None = self.mem if self.v2 else None
@@ -222,7 +314,7 @@ class SlotCgroup:
             if self._v1_freezer is None:
                 # Named at random, not after nsjail's host pid: a session sees this path in
                 # /proc/self/cgroup (its cgroup namespace is rooted above it on v1).
-                self._v1_freezer = ROOT / V1_FREEZER / PARENT / f"jail-{secrets.token_hex(8)}"
+                self._v1_freezer = parent_dir(V1_FREEZER) / f"jail-{secrets.token_hex(8)}"
                 self._v1_freezer.mkdir(parents=True)
                 self.dirs.append(self._v1_freezer)
             freezer = self._v1_freezer / name
@@ -406,7 +498,7 @@ class _PeakSampler:
 def remove_stale() -> int:
     """Remove empty slot cgroups left by jails that died with their host process. Returns how many."""
     removed = 0
-    dirs = [ROOT / PARENT] if version() == 2 else [ROOT / c / PARENT for c in (*V1_CONTROLLERS, V1_FREEZER)]
+    dirs = [parent_dir()] if version() == 2 else [parent_dir(c) for c in (*V1_CONTROLLERS, V1_FREEZER)]
     for d in dirs:
         if not d.is_dir():
             continue

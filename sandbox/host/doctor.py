@@ -42,6 +42,18 @@ def _cgroups(root: Path = cgroups.ROOT) -> Check:
     v = cgroups.version(root)
     if v is None:
         return Check("cgroups", False, f"mount cgroup v2 at {root} (or v1 memory, pids and cpu controllers)")
+    try:
+        parent = cgroups.parent_dir(None if v == 2 else "memory", root)
+    except OSError as exc:  # a bad SANDBOX_CGROUP_PARENT
+        return Check("cgroups", False, str(exc))
+    if v == 2 and cgroups.in_own_cgroup(parent, root):
+        # A delegated unit (systemd Delegate=yes): the serving process moves itself to a leaf and
+        # enables the controllers at its start; here (ExecStartPre=) they only have to be there.
+        missing = [c for c in cgroups.CONTROLLERS if c not in cgroups.controllers(parent.parent)]
+        if missing:
+            return Check("cgroups", False, f"controllers {', '.join(missing)} are not delegated to {parent.parent}: "
+                                           "give the unit Delegate=yes")
+        return Check("cgroups", True, f"cgroup v2, memory/pids/cpu delegated to {parent.parent}; jails under {parent}")
     if v == 2:
         problem = _v2_delegation(root)
         if problem:
@@ -49,8 +61,9 @@ def _cgroups(root: Path = cgroups.ROOT) -> Check:
     try:
         cgroups.ensure_parents(root)
     except OSError as exc:
-        return Check("cgroups", False, f"cannot create the '{cgroups.PARENT}' parent cgroup ({exc}); run as root")
-    return Check("cgroups", True, f"cgroup v{v}, memory/pids/cpu under {root}/{'' if v == 2 else '<controller>/'}{cgroups.PARENT}")
+        return Check("cgroups", False, f"cannot create the engine's parent cgroup ({exc}); run as root")
+    shown = parent if v == 2 else f"{root}/<controller>/{parent.relative_to(root / 'memory')}"
+    return Check("cgroups", True, f"cgroup v{v}, memory/pids/cpu under {shown}")
 
 
 def _v2_delegation(root: Path) -> str | None:

@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..guest import protocol
 from ..limits import JailSettings, Limits
+from ..results import DisplayOutput
 from . import jail, wire
 from .image import Image
 from .jail_process import JailProcess, SlotDied
@@ -87,10 +88,12 @@ class Slot:
 
     def execute(self, request: bytes, limits: Limits,
                 on_output: Callable[[str, bytes], None] | None = None,
-                cancel: threading.Event | None = None) -> tuple[dict, bytes, int, int]:
+                cancel: threading.Event | None = None,
+                on_display: Callable[[DisplayOutput], None] | None = None) -> tuple[dict, bytes, int, int]:
         """Send one request; return (reply header, reply body, peak memory bytes, OOM kills).
         With `on_output` (a request that asked for live output), each chunk the program writes
-        arrives there first, within the same caps as the reply's copy. Setting `cancel` kills
+        arrives there first, within the same caps as the reply's copy; with `on_display` (a
+        request with live outputs), each rich output as it is displayed. Setting `cancel` kills
         the run; its reply then says "cancelled"."""
         jp = self.jail
         # The zygote, the fork servers and their waiting children are always in the cgroup.
@@ -100,11 +103,15 @@ class Slot:
         jp.write(request, deadline)
         cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
         room = {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes}
+        shown = {"outputs": limits.max_outputs, "bytes": limits.max_output_bytes}
         if cancel is not None:
             jp.watch = _canceller(jp, cancel)
         try:
             while True:
                 header, body = jp.read_frame(deadline, cap, last=False)
+                if header.get(protocol.OP) == protocol.DISPLAY:
+                    wire.take_display(header, body, on_display, shown, limits)
+                    continue
                 if header.get(protocol.OP) != protocol.OUTPUT:
                     break
                 wire.take_output(header, body, on_output, room)

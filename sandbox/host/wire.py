@@ -8,6 +8,7 @@ the engine's own timers and cgroup counters, never from the exit code alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mimetypes
 import re
@@ -213,6 +214,26 @@ def take_output(header: dict, body: bytes, on_output: Callable[[str, bytes], Non
     on_output(stream, body)
 
 
+def take_display(header: dict, body: bytes, on_display: Callable[[DisplayOutput], None] | None,
+                 room: dict[str, int], limits: Limits) -> None:
+    """One live rich output of a call (a display() as it happened), checked as a reply's outputs
+    are (`_outputs`) and handed on; one that is malformed is left out (the reply's copy is checked
+    again). Beyond what was asked, or beyond max_outputs/max_output_bytes, breaks the jail: the
+    zygote relays no more than that."""
+    if on_display is None or room["outputs"] < 1 or len(body) > room["bytes"]:
+        raise SlotDied("the jail sent a rich output it was not asked for, or beyond the caps")
+    room["outputs"] -= 1
+    room["bytes"] -= len(body)
+    entry = {k: header.get(k) for k in ("main", "truncated", "items")}
+    try:
+        sizes, _ = _output_sizes([entry], [], limits)
+        values = protocol.split_blobs(body, sizes)
+    except (ValueError, protocol.ProtocolError):
+        return
+    for output in _outputs([entry], values, limits, []):
+        on_display(output)
+
+
 def _clashes(paths: list[str]) -> set[int]:
     """Indices of every path that repeats another or is a file and a directory of another at once
     (all of them: the runner, walking a real directory, never sends either, so only a forged frame
@@ -324,6 +345,14 @@ def sandbox_error(message: str, wall_ms: float = 0.0) -> Result:
     return Result(outcome=Outcome.SANDBOX_ERROR, stdout="", stderr="", stdout_truncated=False,
                   stderr_truncated=False, error=ExecError("SandboxError", message, None, ""), exit_code=None,
                   images=[], files=[], usage=Usage(wall_ms=wall_ms, cpu_ms=0.0, peak_memory_bytes=0))
+
+
+def ended_by_shutdown(result: Result) -> Result:
+    """A run the engine killed because it was shutting down (Sandbox.close(), a server's shutdown):
+    sandbox_error, so the caller may retry, with what the run had written until then."""
+    return dataclasses.replace(result, outcome=Outcome.SANDBOX_ERROR, error=ExecError(
+        "SandboxShutdown", "the sandbox shut down while this run was in flight; it was killed (its output "
+        "until then is kept); retry it", None, ""))
 
 
 def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: Limits) -> Result:

@@ -2,9 +2,9 @@
 only a request that could not run is an error (see errors.py).
 
 With `Accept: application/x-ndjson` the answer is one JSON object per line: `{"type": "stdout", "text"}`
-and `{"type": "stderr", "text"}` as the program writes, then one `{"type": "output", "main", "truncated",
-"data"}` per rich output (display() and the last expression's value; sent when the run ends, not yet
-as each is displayed), then `{"type": "result", ...the result...}`.
+and `{"type": "stderr", "text"}` as the program writes, one `{"type": "output", "main", "truncated",
+"data"}` per rich output as it is displayed (display() and, last, the expression's value; a session
+call's come when it ends), then `{"type": "result", ...the result...}`.
 Output is coalesced (`coalesce`): what arrives within COALESCE_SECONDS, up to COALESCE_BYTES, is one
 line per stream, in order, so a program writing a byte at a time costs a few lines a second, not one
 line per byte.
@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import SandboxError
 from ..limits import Limits
-from ..results import Output, Result
+from ..results import DisplayOutput, Output, Result
 from .deps import OwnerDep, SandboxDep, require_key
 from .errors import ApiError
 
@@ -116,11 +116,14 @@ def wants_stream(request: Request) -> bool:
     return NDJSON in request.headers.get("accept", "")
 
 
-def event_line(event: Output | Result) -> bytes:
-    """An event's JSON line; a result's lines are first one `{"type": "output", ...}` per rich
-    output (DisplayOutput.to_dict()), then the result itself."""
+def event_line(event: Output | DisplayOutput | Result, shown: int = 0) -> bytes:
+    """An event's JSON line: a rich output's is `{"type": "output", ...DisplayOutput.to_dict()}`; a
+    result's lines are first one of those per rich output beyond the `shown` ones already sent live
+    (a session call's come only here), then the result itself."""
+    if isinstance(event, DisplayOutput):
+        return json.dumps({"type": "output", **event.to_dict()}).encode() + b"\n"
     if isinstance(event, Result):
-        lines = [json.dumps({"type": "output", **o.to_dict()}).encode() + b"\n" for o in event.outputs]
+        lines = [json.dumps({"type": "output", **o.to_dict()}).encode() + b"\n" for o in event.outputs[shown:]]
         return b"".join(lines) + json.dumps({"type": "result", **event.to_dict()}).encode() + b"\n"
     return json.dumps({"type": event.stream, "text": event.text}).encode() + b"\n"
 
@@ -263,11 +266,13 @@ async def ndjson(request: Request, events: AsyncIterator[Output | Result],
         raise
 
     async def body() -> AsyncIterator[bytes]:
-        event: Output | Result = first
+        event: Output | DisplayOutput | Result = first
         finished = False
+        shown = 0
         try:
             while True:
-                yield event_line(event)
+                yield event_line(event, shown)
+                shown += isinstance(event, DisplayOutput)
                 if isinstance(event, Result):
                     finished = True
                     return

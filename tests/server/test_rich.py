@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 from pathlib import Path
 
 import httpx2
@@ -44,6 +45,34 @@ def test_the_result_document_and_the_stream_carry_outputs(client):
     assert events[2]["outputs"] == [{k: v for k, v in e.items() if k != "type"} for e in events[:2]]
 
 
+def test_a_streamed_output_is_sent_as_it_is_displayed(client):
+    code = "import time\ndisplay({'step': 1})\ntime.sleep(1.5)\ndisplay({'step': 2})\n'done'\n"
+    events = []
+    with client.stream("POST", "/v1/execute", json={"code": code}, headers={"Accept": "application/x-ndjson"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():  # each line as it arrives
+            if line:
+                events.append((time.monotonic(), json.loads(line)))
+    kinds = [e["type"] for _, e in events]
+    assert kinds == ["output", "output", "output", "result"], kinds  # each once: none repeated with the result
+    (t1, first), (t2, second), (_, last), (t_end, result) = events
+    assert first["data"]["text/plain"] == "{'step': 1}" and second["data"]["text/plain"] == "{'step': 2}"
+    assert last["main"] and last["data"]["text/plain"] == "'done'"
+    assert t2 - t1 > 1.0 and t_end - t1 > 1.0  # the first came while the program slept, before the second display
+    assert result["outcome"] == "ok"
+    assert result["outputs"] == [{k: v for k, v in e.items() if k != "type"} for e in (first, second, last)]
+
+
+def test_outputs_displayed_before_a_timeout_are_streamed_and_kept(client):
+    code = "display('before')\nwhile True:\n    pass\n"
+    with client.stream("POST", "/v1/execute", json={"code": code, "timeout": 1},
+                       headers={"Accept": "application/x-ndjson"}) as r:
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    assert [e["type"] for e in events] == ["output", "result"]
+    assert events[0]["data"]["text/plain"] == "'before'"
+    assert events[1]["outcome"] == "timeout" and events[1]["outputs"] == [{k: v for k, v in events[0].items() if k != "type"}]
+
+
 def test_session_calls_carry_their_own_main_output(client):
     sid = client.post("/v1/sessions", json={}).json()["session_id"]
     try:
@@ -52,6 +81,17 @@ def test_session_calls_carry_their_own_main_output(client):
         assert doc["outputs"] == [{"main": True, "truncated": False, "data": {"text/plain": "42"}}]
     finally:
         client.delete(f"/v1/sessions/{sid}")
+
+
+def test_remote_sandbox_on_output_gets_each_output_as_it_is_displayed(server):
+    seen = []
+    code = "import time\ndisplay('one')\ntime.sleep(1.5)\ndisplay('two')\n"
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        t0 = time.monotonic()
+        r = sb.run(code, on_output=lambda o: seen.append((time.monotonic() - t0, o)))
+        end = time.monotonic() - t0
+    assert [o for _, o in seen] == r.outputs and [o.data["text/plain"] for o in r.outputs] == ["'one'", "'two'"]
+    assert end - seen[0][0] > 1.0  # the first came while the program slept
 
 
 def test_remote_sandbox_returns_the_same_outputs(server):

@@ -79,10 +79,12 @@ def _shutdown_checks(s: Server) -> None:
         assert short.result().json()["stdout"] == "finished\n"   # within the grace period: it finishes
         killed = long.result()                                    # after it: killed, and told so
         assert killed.status_code == 200 and killed.json()["outcome"] == "sandbox_error", killed.text
-        assert killed.json()["stdout"] == "" or "started" in killed.json()["stdout"]
+        assert killed.json()["stdout"] == "started\n"                 # with what it had flushed (issue 21)
+        assert killed.json()["error"]["type"] == "SandboxShutdown", killed.text
         in_session_killed = session_long.result()                 # a session's call likewise
         assert in_session_killed.status_code == 200, in_session_killed.text
         assert in_session_killed.json()["outcome"] == "sandbox_error", in_session_killed.text
+        assert in_session_killed.json()["error"]["type"] == "SandboxShutdown", in_session_killed.text
         code = s.proc.wait(60)
         elapsed = time.monotonic() - t0
     assert code in (0, -signal.SIGTERM), s.output()
