@@ -166,7 +166,7 @@ def publish(obj, main: bool = False, raw: bool = False, include=None, exclude=No
     if exclude:
         bundle = {m: v for m, v in bundle.items() if m not in exclude or m == "text/plain"}
     if not isinstance(bundle.get("text/plain"), str):
-        bundle["text/plain"] = _safe_repr(obj) if not raw else "<raw output>"
+        bundle["text/plain"] = _safe_repr(obj) if not raw else ""  # a raw bundle without text has none
     OUTPUTS.add(bundle, main=main)
 
 
@@ -496,8 +496,11 @@ def _silenced(code: str, node: ast.Expr) -> bool:
 
 
 def install() -> None:
-    """Make display() a builtin and the libraries' own show() calls display, before any request."""
+    """Make display() a builtin, `IPython.display` importable (ipython_shim, where the image has no
+    IPython) and the libraries' own show() calls display, before any request."""
     builtins.display = display
+    from . import ipython_shim
+    ipython_shim.install()
     image_show = sys.modules.get("PIL.ImageShow")
     if image_show is None and "PIL.Image" in sys.modules:
         try:
