@@ -496,11 +496,9 @@ def _silenced(code: str, node: ast.Expr) -> bool:
 
 
 def install() -> None:
-    """Make display() a builtin, `IPython.display` importable (ipython_shim, where the image has no
-    IPython) and the libraries' own show() calls display, before any request."""
+    """Make display() a builtin and the libraries' own show() calls display, before any request
+    (the callers install ipython_shim beside it)."""
     builtins.display = display
-    from . import ipython_shim
-    ipython_shim.install()
     image_show = sys.modules.get("PIL.ImageShow")
     if image_show is None and "PIL.Image" in sys.modules:
         try:
