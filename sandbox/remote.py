@@ -14,6 +14,7 @@ Nothing a server sends is trusted more than a jail's output: every file and imag
 and every name a session's file listing gives, is checked as the engine checks inputs (relative, no
 '..', no NUL, no backslash, no control character); a bad one is an InvalidInputError, so no caller
 (`sandbox run --url ... --out DIR` among them) ever gets a name that leads outside its directory.
+The one exception is a path the call itself named in `fetch` (under /tmp/, as run() returns it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import queue
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import (InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError, SessionClosedError,
@@ -128,14 +129,16 @@ class RemoteSandbox:
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
-            on_stderr: TextCallback | None = None,
+            on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None,
+            fetch: Iterable[str] = (),
             on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
-        """Sandbox.run() on the server: same arguments, same Result. With `on_stdout`/`on_stderr`/
-        `on_output` the answer is streamed (NDJSON) and each callback gets the text, or each rich
-        output, as the program writes or displays it (on the calling thread; a callback that raises
-        is logged and called no more)."""
+        """Sandbox.run() on the server: same arguments (`env`, `fetch` too), same Result. With
+        `on_stdout`/`on_stderr`/`on_output` the answer is streamed (NDJSON) and each callback gets the
+        text, or each rich output, as the program writes or displays it (on the calling thread; a
+        callback that raises is logged and called no more)."""
         return self._execute("/v1/execute", code, files, stdin=stdin, timeout=timeout, limits=limits,
-                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr, on_output=on_output)
+                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr, env=env, fetch=fetch,
+                             on_output=on_output)
 
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
@@ -150,6 +153,7 @@ class RemoteSandbox:
     def _execute(self, path: str, code: str, files: Files | None, *, stdin: bytes | str | None,
                  timeout: float | None, limits: Limits | Mapping[str, Any] | None, filename: str,
                  on_stdout: TextCallback | None, on_stderr: TextCallback | None,
+                 env: Mapping[str, str] | None = None, fetch: Iterable[str] = (),
                  on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         if isinstance(stdin, (bytes, bytearray)):
             try:
@@ -162,6 +166,15 @@ class RemoteSandbox:
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
+        if env is not None and not isinstance(env, Mapping):
+            raise InvalidInputError("env must be a mapping of name -> str")
+        if isinstance(fetch, (str, bytes)):
+            raise InvalidInputError("fetch must be a list of paths, not one string")
+        if env:  # sent only when given: a server from before these fields answers the calls without them
+            body["env"] = dict(env)
+        fetch = list(fetch)
+        if fetch:
+            body["fetch"] = fetch
         if on_stdout is not None or on_stderr is not None or on_output is not None:
             doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr, "output": on_output})
         else:
@@ -170,8 +183,10 @@ class RemoteSandbox:
             result = Result.from_dict(doc)
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteError(f"{self.url} answered with a malformed result ({exc!r})") from None
-        for f in result.files:
-            _checked(f.path, "a file name from the server")
+        for f in result.files:  # a file asked for by `fetch` keeps its /tmp/ path, as in-process; no other
+            if f.path not in fetch:
+                _checked(f.path, "a file name from the server")
+            check_path(f.path, "a file name from the server", tmp=True)
         for image in result.images:
             _checked(image.name, "an image name from the server")
         return result
@@ -289,11 +304,12 @@ class RemoteSession:
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
-            on_stderr: TextCallback | None = None) -> Result:
+            on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None,
+            fetch: Iterable[str] = ()) -> Result:
         """Session.run() on the server: state carries over from the calls before."""
         return self._call(lambda: self._sb._execute(
             self._path + "/execute", code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr))
+            on_stdout=on_stdout, on_stderr=on_stderr, env=env, fetch=fetch))
 
     def files(self) -> list[FileInfo]:
         doc = self._call(lambda: self._sb._request("GET", self._path + "/files"))

@@ -15,7 +15,7 @@ import mimetypes
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -100,16 +100,16 @@ class Session:
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
             on_stderr: TextCallback | None = None, cancel: threading.Event | None = None,
-            env: Mapping[str, str] | None = None) -> Result:
+            env: Mapping[str, str] | None = None, fetch: Iterable[str] = ()) -> Result:
         """Run `code` in the session's interpreter (see Sandbox.run for the arguments; `env` holds
-        for this call only). Per-call
+        for this call only, `fetch` names files under the session's /tmp/ to return). Per-call
         limits may change the clocks and output caps, not what the session was opened with.
         Raises SessionClosedError once the session has ended; a call that ends it (timeout,
         memory limit, crash, policy violation) returns its Result and closes it."""
         lim = self._call_limits(timeout, limits)
         live = on_stdout is not None or on_stderr is not None
         request = wire.encode_request(code, files, lim, filename, stdin, stream=live,
-                                      extra={"sid": self._sid}, env=env)
+                                      extra={"sid": self._sid}, env=env, fetch=tuple(fetch))
         relay = Relay.maybe(on_stdout, on_stderr)
 
         def finish(header: dict, body: bytes, peak: int, kills: int) -> tuple[Result | None, str | None]:
@@ -560,21 +560,23 @@ class AsyncSession:
     async def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                   filename: str = "main.py", on_stdout: TextCallback | None = None,
-                  on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None) -> Result:
+                  on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None,
+                  fetch: Iterable[str] = ()) -> Result:
         """Session.run(), awaited; cancelling the awaiting task kills the call (and ends the session)."""
         session = self._s()
         return await self._bridge.cancellable(lambda cancel: session.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
 
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
-                     filename: str = "main.py", env: Mapping[str, str] | None = None) -> AsyncIterator[Output | Result]:
+                     filename: str = "main.py", env: Mapping[str, str] | None = None,
+                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | Result]:
         """Run like run(), yielding Output(stream, text) events as the code writes, then the Result."""
         session = self._s()
         events = self._bridge.events(lambda on_stdout, on_stderr, cancel: session.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
         try:
             async for event in events:
                 yield event

@@ -322,3 +322,24 @@ display('mine')
     assert [o.data for o in r.outputs] == [{"text/plain": "'mine'"}]
     assert all(o.data == {"text/plain": "y"} for o in seen) and len(seen) <= 3  # forged ones, checked and capped
     assert run_ok(sb, "print(1)").stdout == "1\n"
+
+
+def test_ipython_display_names_without_ipython_in_the_image(sb):
+    code = ("import io, base64, PIL.Image\n"
+            "from IPython.display import Image, SVG, Math, Pretty, display_png, clear_output, display\n"
+            "buf = io.BytesIO(); PIL.Image.new('RGB', (2, 2)).save(buf, 'JPEG'); open('p.jpg', 'wb').write(buf.getvalue())\n"
+            "display(Image(filename='p.jpg'), Image(url='https://example.com/a.png', width=5))\n"
+            "display(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\"/>'), Math('x^2'), Pretty('as is'))\n"
+            "png = io.BytesIO(); PIL.Image.new('RGB', (1, 1)).save(png, 'PNG')\n"
+            "display_png(png.getvalue(), raw=True)\nclear_output()\n"
+            "h = display(Pretty('handle'), display_id=True)\nh.update(Pretty('again'))\n"
+            "import IPython, matplotlib.pyplot as plt\n"   # libraries that look at IPython still work
+            "plt.switch_backend('agg'); plt.plot([1, 2]); plt.show()\nIPython.version_info[:2]")
+    r = sb.run(code)
+    assert r.outcome is Outcome.OK, (r.stderr, r.error)
+    jpeg, url, svg, math, pretty, raw_png, handle, again, main = r.outputs
+    assert jpeg.jpeg.startswith(b"\xff\xd8") and url.html == '<img src="https://example.com/a.png" width="5"/>'
+    assert svg.svg.startswith("<svg") and math.latex == "$\\displaystyle x^2$" and pretty.text == "as is"
+    assert raw_png.png.startswith(b"\x89PNG") and raw_png.text == ""
+    assert (handle.text, again.text) == ("handle", "again") and main.text == "(9, 0)"
+    assert len(r.images) == 1

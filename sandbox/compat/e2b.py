@@ -96,6 +96,29 @@ def keep_last_expression(code: str) -> str:
     return rewritten
 
 
+# Run once in each context's fresh interpreter, as E2B's kernel runs its startup scripts: a PIL image
+# saved to a path is shown as a result too (E2B's template does the same). Leaves no names behind.
+KERNEL_SETUP = """\
+def __e2b_kernel_setup__():
+    import os
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    save = Image.Image.save
+    if getattr(save, "_shows_saved_image", False):
+        return
+    def shown_save(self, fp, format=None, **params):
+        if isinstance(fp, (str, os.PathLike)):
+            display(self)
+        return save(self, fp, format, **params)
+    shown_save._shows_saved_image = True
+    Image.Image.save = shown_save
+__e2b_kernel_setup__()
+del __e2b_kernel_setup__
+"""
+
+
 def _event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, **fields}
 
@@ -145,10 +168,16 @@ _E2B_FIELDS = (("text/plain", "text"), ("text/html", "html"), ("text/markdown", 
 
 
 def e2b_result(output: DisplayOutput) -> dict[str, Any]:
-    """A rich output as E2B's `result` event: its own fields for the formats E2B knows (a
+    """A rich output as E2B's `result` event: its own fields for the formats E2B knows (`text`
+    without the quotes of a string's repr, as E2B's server strips them; a
     DataFrame's columns as `data`, chart data as `chart`), the rest (a vega-lite spec, a plotly
     figure) under `extra` by MIME type."""
     fields: dict[str, Any] = {e2b_name: output.data[mime] for mime, e2b_name in _E2B_FIELDS if mime in output.data}
+    text = fields.get("text")
+    if not text:
+        fields.pop("text", None)  # a raw bundle without text: E2B's result has no `text` either
+    elif len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        fields["text"] = text[1:-1]  # a string's repr as E2B's server gives it: 'bar' is bar
     for mime, name in (("image/png", "png"), ("image/jpeg", "jpeg")):
         if mime in output.data:
             fields[name] = b64(output.data[mime])

@@ -5,8 +5,8 @@ Request `{code, language, stdin, run_timeout, compile_timeout, memory_limit_MB, 
 response `{status, message, compile_result: null, run_result: {status, execution_time, return_code,
 stdout, stderr}, files}`. Only `language: "python"` runs; any other language is refused with a
 message saying so. Paths in `files` and `fetch_files` may be relative (the working directory), under
-`/mnt/data/` (the same directory; the code's `/mnt/data` literals are mapped to it) or under `/tmp/`
-(the run's own /tmp). `compile_timeout` has nothing to compile and is ignored; `run_timeout` and `memory_limit_MB` are
+`/mnt/data/` (the same directory; the code's `/mnt/data` literals are mapped to it), under any other
+`/mnt/` directory (the jail's /mnt is the run's /tmp/mnt) or under `/tmp/` (the run's own /tmp). `compile_timeout` has nothing to compile and is ignored; `run_timeout` and `memory_limit_MB` are
 capped at the server's policy (30 s and 1 GiB by default).
 
 | ours                                              | status       | run_result.status  |
@@ -39,6 +39,7 @@ PYTEST_DRIVER = ("import sys\n"
                  "except ImportError:\n    sys.exit('pytest is not installed in this sandbox image')\n"
                  f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {PYTEST_FILE!r}]))\n")
 TMP = "/tmp/"
+MNT = "/mnt/"   # the jail's /mnt is the run's /tmp/mnt
 
 _RUN_STATUS = {Outcome.TIMEOUT: "TimeLimitExceeded", Outcome.CPU_LIMIT: "TimeLimitExceeded",
                Outcome.SANDBOX_ERROR: "Error"}
@@ -88,14 +89,20 @@ def from_sandboxfusion(payload: Any, max_timeout: float | None = None,
 
 def in_jail(path: str) -> str:
     """Where a SandboxFusion path is in the jail: `/mnt/data/x` is `x` in the working directory (the
-    code's `/mnt/data` string literals are mapped the same way), `/tmp/x` the run's own /tmp, a
-    relative path the working directory's. Any other absolute path is refused."""
+    code's `/mnt/data` string literals are mapped the same way), any other `/mnt/x` the run's
+    `/tmp/mnt/x` (the jail's /mnt leads there, so the code's own `/mnt/...` paths reach the same
+    file), `/tmp/x` the run's own /tmp, a relative path the working directory's. A path with a `..`
+    component, or any other absolute path (system directories), is refused."""
+    if any(part == ".." for part in path.split("/")):
+        raise PeerRequestError(f"path {path!r} has a '..' component")
     if path.startswith(DATA_DIR + "/"):
         return path[len(DATA_DIR) + 1:].lstrip("/") or path
+    if path.startswith(MNT) and len(path) > len(MNT):
+        return TMP + "mnt/" + path[len(MNT):]
     if path.startswith(TMP) or not path.startswith("/"):
         return path.removeprefix("./")
     raise PeerRequestError(f"path {path!r} is outside the sandbox's places for files: use a relative path "
-                           f"(the working directory), {DATA_DIR}/... (the same) or {TMP}...")
+                           f"(the working directory), {DATA_DIR}/... (the same), {MNT}... or {TMP}...")
 
 
 def to_sandboxfusion(result: Result, fetch_files: list[str] = (), inputs: dict[str, bytes] | None = None) -> dict[str, Any]:

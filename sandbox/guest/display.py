@@ -169,7 +169,7 @@ def publish(obj, main: bool = False, raw: bool = False, include=None, exclude=No
     if exclude:
         bundle = {m: v for m, v in bundle.items() if m not in exclude or m == "text/plain"}
     if not isinstance(bundle.get("text/plain"), str):
-        bundle["text/plain"] = _safe_repr(obj) if not raw else "<raw output>"
+        bundle["text/plain"] = _safe_repr(obj) if not raw else ""  # a raw bundle without text has none
     OUTPUTS.add(bundle, main=main)
 
 
@@ -507,7 +507,8 @@ def _show(self, *args, **kwargs) -> None:
 
 
 def install() -> None:
-    """Make display() a builtin and the libraries' own show() calls display, before any request.
+    """Make display() a builtin and the libraries' own show() calls display, before any request
+    (the callers install ipython_shim beside it).
     Idempotent, and a no-op where the zygote did it already: every child calls it (a lean one has
     not had it), and every write to an object shared with the zygote (a reference taken, a class
     changed) dirties a page the child then owns (this walked sys.modules once: about 10 MiB of USS

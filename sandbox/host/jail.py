@@ -24,6 +24,7 @@ from ..limits import JailSettings, Limits
 GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
 GUEST_MOUNT = "/opt/sandbox"        # the guest package appears here as `guest`
 WORKDIR = "/work"                   # the execution's working directory (a fresh tmpfs per run)
+MNT_TARGET = "/tmp/mnt"             # where /mnt leads: a directory of the run's own /tmp
 USER_UID = USER_GID = 1000
 STARTUP_MEMORY = 8 << 30            # until the host sets the per-run limit once the zygote is warm
 BOOT = f"import sys; sys.path.insert(0, {GUEST_MOUNT!r}); from guest.zygote import main; main()"
@@ -215,6 +216,9 @@ def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path], per
         _tmpfs("/tmp", 16 << 20),
         _tmpfs(WORKDIR, 1 << 20),
         _tmpfs("/dev/shm", 1 << 20),
+        # /mnt is the run's own /tmp/mnt (made by guest/isolation.py with each fresh /tmp): code that
+        # writes under /mnt, as SandboxFusion's callers do, writes to the run's /tmp.
+        f'mount {{ src: "{MNT_TARGET}" dst: "/mnt" is_symlink: true }}\n',
         'mount { dst: "/etc/passwd" src_content: "root:x:0:0:root:/:/usr/sbin/nologin\\n'
         + "".join(f'sandbox:x:{USER_UID + i}:{USER_GID + i}:sandbox:{WORKDIR}:/usr/sbin/nologin\\n'
                   for i in range(settings.user_uids)) + '" }\n',

@@ -55,6 +55,12 @@ class ExecuteRequest(BaseModel):
     limits: dict[str, int | float] | None = Field(
         default=None, description="per-run limits over the server's defaults, e.g. {\"memory_bytes\": 268435456}")
     filename: str = Field(default="main.py", description="the name the code runs under (in tracebacks)")
+    env: dict[str, str] | None = Field(
+        default=None, description="environment variables for this run (never the sandbox's own: PATH, HOME, LANG, "
+                                  "LC_*, PYTHON*, LD_*...; at most 64, 64 KiB in all)")
+    fetch: list[str] = Field(default_factory=list,
+                             description="files under /tmp/ (the run's own; /mnt/... is /tmp/mnt/...) to return "
+                                         "with the outputs, e.g. [\"/tmp/out.csv\"]")
 
     @field_validator("code", "stdin", "filename")
     @classmethod
@@ -68,6 +74,21 @@ class ExecuteRequest(BaseModel):
     def _names_encodable(cls, v: dict[str, str]) -> dict[str, str]:
         for name in v:
             _check_text(name)
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_encodable(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for name, value in (v or {}).items():
+            _check_text(name)
+            _check_text(value)
+        return v
+
+    @field_validator("fetch")
+    @classmethod
+    def _paths_encodable(cls, v: list[str]) -> list[str]:
+        for path in v:
+            _check_text(path)
         return v
 
 
@@ -310,12 +331,12 @@ async def execute(body: ExecuteRequest, sb: SandboxDep, owner: OwnerDep, request
     sessions = request.app.state.sessions   # the key's places in the engine are kept there
     if wants_stream(request):
         return await ndjson(request, sessions.engine_stream(owner, sb.stream(
-            body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename)),
-            abandon)
+            body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename,
+            env=body.env, fetch=body.fetch)), abandon)
     try:
         result = await until_answered(request, sessions.engine_call(owner, lambda: sb.run(
-            body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename)),
-            abandon)
+            body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename,
+            env=body.env, fetch=body.fetch)), abandon)
     except Abandoned:
         return abandoned_response()
     return Response(result.to_json(), media_type="application/json")

@@ -395,7 +395,8 @@ async def execute(session_id: SessionId, body: ExecuteRequest, owner: OwnerDep, 
             sessions.abandoned(session_id)
 
     args: dict[str, Any] = {"stdin": body.stdin, "timeout": body.timeout, "limits": body.limits,
-                            "filename": body.filename, "owner": owner, "started": lambda: ran.append(True)}
+                            "filename": body.filename, "owner": owner, "started": lambda: ran.append(True),
+                            "env": body.env, "fetch": body.fetch}
     with sessions.call(owner, session_id) as session:
         if wants_stream(request):
             return await ndjson(request, sessions.stream(session, body.code, files, **args), abandon)

@@ -55,7 +55,7 @@ def test_contexts_keep_files_between_runs(server):
     assert ctx.language == "python" and ctx.cwd == "/work"
     sbx.run_code("open('notes.txt', 'w').write('kept')", context=ctx)
     ex = sbx.run_code("open('notes.txt').read()", context=ctx)
-    assert ex.error is None and ex.text == "'kept'" and ex.execution_count == 2
+    assert ex.error is None and ex.text == "kept" and ex.execution_count == 2
     assert ctx.id in [c.id for c in sbx.list_code_contexts()]
     other = connect(server, OTHER_KEY)
     assert ctx.id not in [c.id for c in other.list_code_contexts()]  # a context belongs to its key
@@ -198,3 +198,56 @@ def test_output_streams_while_the_cell_runs(server):
     # 'first' reached the client while the cell was still sleeping, not when the run ended.
     assert when("second") - when("first") > 3
     assert "".join(ex.logs.stdout) == "first\nsecond\n" and "".join(ex.logs.stderr) == "oops\n"
+
+
+# ---- what a notebook cell does on E2B's kernel, through its SDK ----------------------------------
+
+PNG_CELL = ("import numpy\nfrom PIL import Image\n"
+            "pixels = (numpy.arange(16 * 16 * 3) % 255).reshape(16, 16, 3).astype('uint8')\n"
+            "image = Image.fromarray(pixels).convert('RGBA')\n")
+
+
+def test_ipython_display_objects_are_rich_results(server):
+    sbx = connect(server)
+    ex = sbx.run_code("from IPython.display import display, HTML, Markdown, Latex, JSON, Image\n"
+                      "import io, PIL.Image\nbuf = io.BytesIO(); PIL.Image.new('RGB', (3, 2)).save(buf, 'PNG')\n"
+                      "display(HTML('<b>bold</b>'), Markdown('# title'))\n"
+                      "display(Latex(r'$x^2$'), JSON({'a': [1, 2]}))\n"
+                      "Image(data=buf.getvalue())")
+    assert ex.error is None, ex.error
+    html, md, latex, js, main = ex.results
+    assert html.html == "<b>bold</b>" and md.markdown == "# title" and latex.latex == "$x^2$"
+    assert js.json == {"a": [1, 2]}
+    assert main.is_main_result and base64.b64decode(main.png).startswith(b"\x89PNG")
+
+
+def test_a_raw_bundle_shows_only_its_own_formats(server):
+    ex = connect(server).run_code("from IPython.display import display\n"
+                                  "display({'text/latex': r'\\text{custom}'}, raw=True)")
+    assert ex.error is None and [list(r.formats()) for r in ex.results] == [["latex"]]
+
+
+def test_ipython_display_module_also_works_in_a_stateless_run(sb):
+    r = sb.run("import IPython\nfrom IPython.display import Markdown\n"
+               "assert IPython.get_ipython() is None\nMarkdown('**hi**')")
+    assert r.outcome is Outcome.OK and r.main.data["text/markdown"] == "**hi**"
+    assert r.main.data["text/plain"] == "<IPython.core.display.Markdown object>"
+
+
+def test_a_pil_image_saved_to_a_path_is_a_result_as_on_e2bs_kernel(server):
+    sbx = connect(server)
+    ex = sbx.run_code(PNG_CELL + "image.save('out.png')\nprint('saved')")
+    assert ex.error is None and "".join(ex.logs.stdout) == "saved\n"
+    assert len(ex.results) == 1 and base64.b64decode(ex.results[0].png).startswith(b"\x89PNG")
+    ex = sbx.run_code("import io\nimage.save(io.BytesIO(), 'PNG')")  # to a buffer: no result
+    assert ex.error is None and ex.results == []
+    ex = sbx.run_code(PNG_CELL + "image.show()")
+    assert len(ex.results) == 1 and ex.results[0].png
+
+
+def test_a_string_result_reads_without_its_quotes(server):
+    sbx = connect(server)
+    ex = sbx.run_code("import os; os.getenv('GREETING')", envs={"GREETING": "bar"})
+    assert ex.text == "bar"
+    assert sbx.run_code("import os; os.getenv('GREETING', 'default')").text == "default"
+    assert sbx.run_code("[1, 'a']").text == "[1, 'a']"   # only a whole string loses its quotes

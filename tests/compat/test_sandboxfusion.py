@@ -122,6 +122,31 @@ def test_absolute_paths_under_mnt_data_and_tmp(server):
                  endpoint=endpoint(server), max_attempts=1)
 
 
+def test_any_directory_under_mnt_is_the_runs_own(server):
+    # The code names /mnt/... itself (no rewriting): the jail's /mnt is the run's /tmp/mnt.
+    code = ("import os\nprint(open('/mnt/in/x.txt').read())\nopen('/mnt/b', 'w').write('sauce')\n"
+            "os.makedirs('/mnt/deep/er')\nopen(os.path.join('/mnt/deep/er', 'y'), 'w').write('y')\n"
+            "open(os.path.join('/mnt/data', 'z.txt'), 'w').write('z')")
+    req = RunCodeRequest(code=code, language="python", files={"/mnt/in/x.txt": base64.b64encode(b"input").decode()},
+                         fetch_files=["/mnt/b", "/mnt/deep/er/y", "/mnt/data/z.txt", "/mnt/in/x.txt", "/mnt/none"])
+    resp = run_code(req, endpoint=endpoint(server), max_attempts=1)
+    assert resp.status.value == "Success", resp
+    assert resp.run_result.stdout == "input\n"
+    got = {k: base64.b64decode(v) for k, v in resp.files.items()}
+    assert got == {"/mnt/b": b"sauce", "/mnt/deep/er/y": b"y", "/mnt/data/z.txt": b"z", "/mnt/in/x.txt": b"input"}
+    # Nothing of it is left for the next run.
+    resp = run_code(RunCodeRequest(code="import os; print(os.listdir('/mnt'))", language="python"),
+                    endpoint=endpoint(server), max_attempts=1)
+    assert resp.run_result.stdout == "['data']\n"
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/usr/lib/x", "/mnt/../etc/x", "/mnt/a/../../etc/x", "/mnt/", "/tmp/../x"])
+def test_system_paths_and_dotdot_are_refused(server, path):
+    for field in ({"files": {path: "eA=="}}, {"fetch_files": [path]}):
+        with pytest.raises(Exception, match="outside the sandbox's places|'..' component|has an empty"):
+            run_code(RunCodeRequest(code="1", language="python", **field), endpoint=endpoint(server), max_attempts=1)
+
+
 def test_language_pytest_runs_the_code_as_a_test_module(server):
     from sandbox.host.image import load
 

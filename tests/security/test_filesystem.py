@@ -181,6 +181,23 @@ def test_root_filesystem_is_read_only(sb):
     assert ev["passwd"] in (EROFS, EACCES) and ev["hosts"] in (EROFS, EACCES), ev
 
 
+def test_mnt_is_a_fixed_link_into_the_runs_own_tmp(sb):
+    # Expected: ok; /mnt is a link the read-only root holds (it cannot be replaced) to /tmp/mnt, a
+    # directory of the run's fresh /tmp, whose `data` leads to the working directory.
+    r = run(sb, """
+        import os
+        open("/mnt/x", "w").write("1")
+        evidence(link=os.readlink("/mnt"), unlink=errno_of(os.unlink, "/mnt"), data=os.path.realpath("/mnt/data"),
+                 landed=os.path.exists("/tmp/mnt/x"), mode=oct(os.stat("/tmp/mnt").st_mode & 0o7777))
+    """)
+    expect(r, Outcome.OK)
+    ev = one(r)
+    assert ev["link"] == jail.MNT_TARGET == "/tmp/mnt" and ev["unlink"] in (EROFS, EACCES, EPERM), ev
+    assert ev["data"] == jail.WORKDIR and ev["landed"] and ev["mode"] == "0o1777", ev
+    again = run(sb, "import os\nevidence(listing=sorted(os.listdir('/mnt')))")
+    assert one(again)["listing"] == ["data"]  # nothing of the run before
+
+
 def test_symlinks_in_workdir_pointing_outside(sb, host_secret):
     # Expected: ok; links planted in /work lead nowhere useful inside the jail, and the host,
     # collecting artefacts, never follows them (Judge0 CVE-2024-28185): no returned file carries

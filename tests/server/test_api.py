@@ -158,3 +158,14 @@ def test_client_against_the_server_needs_nothing_but_http(server):
     r = httpx.post(server.url + "/v1/execute", json={"code": "print(6*7)"},
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     assert r.json()["stdout"] == "42\n"
+
+
+def test_execute_takes_env_and_fetch(client):
+    r = client.post("/v1/execute", json={"code": "import os\nprint(os.environ['X'])\nopen('/tmp/o.txt', 'w').write('t')",
+                                         "env": {"X": "1"}, "fetch": ["/tmp/o.txt"]})
+    assert r.status_code == 200 and r.json()["stdout"] == "1\n"
+    assert [(f["path"], base64.b64decode(f["data_base64"])) for f in r.json()["files"]] == [("/tmp/o.txt", b"t")]
+    for bad, word in (({"env": {"HOME": "/x"}}, "belongs to the sandbox"), ({"env": {"X": 1}}, "string"),
+                      ({"fetch": ["../x"]}, "under /tmp/"), ({"fetch": "/tmp/o.txt"}, "list")):
+        r = client.post("/v1/execute", json={"code": "1", **bad})
+        assert r.status_code == 422 and word in json.dumps(r.json()), (bad, r.text)

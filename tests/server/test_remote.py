@@ -161,3 +161,68 @@ def test_session_errors_map_to_the_engines_exceptions(server):
         with pytest.raises(SessionClosedError):
             ended.run("print(1)")
         assert ended.closed and ended.close_reason
+
+
+def test_env_and_fetch_travel_to_the_server(server):
+    code = ("import os\nprint(os.environ['GREETING'], os.environ.get('OTHER'))\n"
+            "open('/tmp/out.txt', 'w').write('from tmp')\nopen('/mnt/b', 'w').write('from mnt')")
+    with RemoteSandbox(server.url, api_key=KEY) as sb:
+        r = sb.run(code, env={"GREETING": "hello"}, fetch=["/tmp/out.txt", "/tmp/mnt/b", "/tmp/missing"])
+        assert r.outcome is Outcome.OK and r.stdout == "hello None\n", r
+        assert {f.path: f.data for f in r.files} == {"/tmp/out.txt": b"from tmp", "/tmp/mnt/b": b"from mnt"}
+        streamed = []
+        r = sb.run("import os\nprint(os.environ['GREETING'])", env={"GREETING": "live"}, on_stdout=streamed.append)
+        assert r.stdout == "live\n" and "".join(streamed) == "live\n"
+        assert sb.run("import os\nprint(os.environ.get('GREETING'))").stdout == "None\n"  # for that run only
+        with pytest.raises(InvalidInputError, match="belongs to the sandbox"):
+            sb.run("print(1)", env={"PATH": "/evil"})
+        with pytest.raises(InvalidInputError, match="under /tmp/"):
+            sb.run("print(1)", fetch=["/etc/passwd"])
+        with pytest.raises(InvalidInputError, match="not one string"):
+            sb.run("print(1)", fetch="/tmp/out.txt")
+
+
+def test_env_and_fetch_in_a_remote_session(server):
+    with RemoteSandbox(server.url, api_key=KEY) as sb, sb.session() as s:
+        s.run("open('/tmp/kept.txt', 'w').write('one')")
+        r = s.run("import os\nprint(os.environ['STAGE'])", env={"STAGE": "two"}, fetch=["/tmp/kept.txt"])
+        assert r.outcome is Outcome.OK and r.stdout == "two\n"
+        assert [(f.path, f.data) for f in r.files] == [("/tmp/kept.txt", b"one")]   # the session's /tmp
+        assert s.run("import os\nprint(os.environ.get('STAGE'))").stdout == "None\n"
+        with pytest.raises(InvalidInputError, match="belongs to the sandbox"):
+            s.run("print(1)", env={"LD_PRELOAD": "x"})
+
+
+def test_a_tmp_path_from_the_server_is_taken_only_when_fetched():
+    # A hostile server's answer: a /tmp/ file the call did not ask for is refused, so `--out DIR`
+    # never writes outside DIR; the same path asked for by `fetch` is the run's fetched file.
+    import http.server
+    import threading
+
+    doc = Result.from_dict({"outcome": "ok", "stdout": "", "stderr": "", "stdout_truncated": False,
+                            "stderr_truncated": False, "error": None, "exit_code": 0, "images": [],
+                            "files": [], "usage": {"wall_ms": 1, "cpu_ms": 1, "peak_memory_bytes": 0}}).to_dict()
+    doc["files"] = [{"path": "/tmp/x", "mime_type": "text/plain", "size": 1, "data_base64": "eA=="}]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(doc).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with RemoteSandbox(f"http://127.0.0.1:{httpd.server_address[1]}", api_key=KEY) as sb:
+            with pytest.raises(InvalidInputError, match="absolute"):
+                sb.run("1")
+            assert [f.path for f in sb.run("1", fetch=["/tmp/x"]).files] == ["/tmp/x"]
+    finally:
+        httpd.shutdown()

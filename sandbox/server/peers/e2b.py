@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...compat import e2b
 from ...compat.request import PeerRequestError
-from ...errors import InvalidInputError, RunCancelledError, SessionClosedError
+from ...errors import InvalidInputError, RunCancelledError, SandboxError, SessionClosedError
 from ...results import Output, Result
 from ..deps import SandboxDep, require_key, require_path_key
 from ..errors import ApiError
@@ -95,6 +95,10 @@ class Contexts:
         if session is None:
             session = await sessions.create(sb, owner)
             ctx.session = session.id
+            try:  # E2B's kernel startup (compat.e2b.KERNEL_SETUP); a failure leaves a plain interpreter
+                await sessions.run(session, e2b.KERNEL_SETUP, None, owner=owner)
+            except (SandboxError, ApiError):
+                pass
         if cid == DEFAULT:  # made on the caller's behalf: it may give way at the key's session cap
 
             def forget() -> None:
