@@ -127,16 +127,21 @@ class RemoteSandbox:
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
-            on_stderr: TextCallback | None = None) -> Result:
+            on_stderr: TextCallback | None = None, packages: list[str] | None = None) -> Result:
         """Sandbox.run() on the server: same arguments, same Result. With `on_stdout`/`on_stderr` the
         answer is streamed (NDJSON) and each callback gets the text as the program writes it (on the
-        calling thread; a callback that raises is logged and called no more)."""
+        calling thread; a callback that raises is logged and called no more). `packages` come from
+        the server's allow-list and cache."""
         return self._execute("/v1/execute", code, files, stdin=stdin, timeout=timeout, limits=limits,
-                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr)
+                             filename=filename, on_stdout=on_stdout, on_stderr=on_stderr, packages=packages)
 
-    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None,
+                packages: list[str] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
-        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": Limits.changes(limits)})
+        body: dict[str, Any] = {"ttl": ttl, "limits": Limits.changes(limits)}
+        if packages:
+            body["packages"] = list(packages)
+        doc = self._request("POST", "/v1/sessions", body)
         return RemoteSession(self, doc)
 
     def get_session(self, session_id: str) -> RemoteSession:
@@ -146,7 +151,8 @@ class RemoteSandbox:
 
     def _execute(self, path: str, code: str, files: Files | None, *, stdin: bytes | str | None,
                  timeout: float | None, limits: Limits | Mapping[str, Any] | None, filename: str,
-                 on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> Result:
+                 on_stdout: TextCallback | None, on_stderr: TextCallback | None,
+                 packages: list[str] | None = None) -> Result:
         if isinstance(stdin, (bytes, bytearray)):
             try:
                 stdin = bytes(stdin).decode()
@@ -158,6 +164,8 @@ class RemoteSandbox:
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
+        if packages:
+            body["packages"] = list(packages)
         if on_stdout is not None or on_stderr is not None:
             doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr})
         else:
@@ -281,6 +289,14 @@ class RemoteSession:
         return self._call(lambda: self._sb._execute(
             self._path + "/execute", code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
             on_stdout=on_stdout, on_stderr=on_stderr))
+
+    def install(self, packages: list[str]) -> dict[str, str]:
+        """Session.install() on the server: what the session now has beyond the image."""
+        doc = self._call(lambda: self._sb._request("POST", self._path + "/packages", {"packages": list(packages)}))
+        try:
+            return {str(k): str(v) for k, v in doc["packages"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RemoteError(f"{self._sb.url} answered with a malformed package list ({exc!r})") from None
 
     def files(self) -> list[FileInfo]:
         doc = self._call(lambda: self._sb._request("GET", self._path + "/files"))
