@@ -73,7 +73,7 @@ def build_wheelhouse(directory: Path) -> Path:
     return directory
 
 
-def write_policy(directory: Path, wheelhouse: Path, cache: Path, **extra: object) -> Path:
+def write_policy(directory: Path, wheelhouse: Path, cache: Path, /, **extra: object) -> Path:
     """A copy of the policy directory whose [packages] table serves the test wheelhouse."""
     directory.mkdir(parents=True, exist_ok=True)
     src = policy_dir()
@@ -109,3 +109,36 @@ def cache_entries(cache: Path) -> tuple[list[str], list[str]]:
     sets = sorted(os.listdir(cache / "sets")) if (cache / "sets").is_dir() else []
     staging = sorted(os.listdir(cache / "staging")) if (cache / "staging").is_dir() else []
     return sets, staging
+
+
+class PackageWorld:
+    """A wheelhouse, a cache and a policy directory for one test module; `env()` points a Sandbox or
+    a `sandbox` command at them."""
+
+    def __init__(self, tmp: Path, **policy: object) -> None:
+        self.wheelhouse = build_wheelhouse(tmp / "wheelhouse")
+        self.cache = bindable_dir("sandbox-pkgtest-")
+        self.policy = write_policy(tmp / "policy", self.wheelhouse, self.cache, **policy)
+
+    def env(self) -> dict[str, str]:
+        return {"SANDBOX_POLICY_DIR": str(self.policy)}
+
+    def sandbox(self, **kwargs: object):
+        """A Sandbox started under this world's policy (the environment is restored at once)."""
+        from sandbox import Sandbox
+
+        old = os.environ.get("SANDBOX_POLICY_DIR")
+        os.environ["SANDBOX_POLICY_DIR"] = str(self.policy)
+        try:
+            return Sandbox(**kwargs)
+        finally:
+            if old is None:
+                os.environ.pop("SANDBOX_POLICY_DIR", None)
+            else:
+                os.environ["SANDBOX_POLICY_DIR"] = old
+
+    def entries(self) -> tuple[list[str], list[str]]:
+        return cache_entries(self.cache)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.cache, ignore_errors=True)
