@@ -11,7 +11,9 @@ A request is a list of requirement strings ("humanize", "polars>=1"). It is serv
    are what is already there, so pip plans only what is missing, and a plan that would replace one
    of the image's packages is refused with the conflict named. Wheels only (`--only-binary=:all:`:
    a setup.py is code), from the operator's wheelhouse (`--no-index --find-links`) or index.
-3. Downloaded with `pip download --no-deps` of exactly the planned files, checked by hash.
+3. Downloaded: exactly the files of pip's plan (from its report's URLs: the index, or a file in the
+   wheelhouse), each capped in size and checked against the sha256 pip reported. (Not a second pip
+   run: its start-up alone would cost more than the download of a small wheel.)
 4. Unpacked on the host with zipfile under strict path rules (no absolute path, no `..`, no
    symlink, no device; the declared and the written sizes both count toward max_set_bytes) into a
    staging directory, then renamed into `<cache>/sets/<key>/` in one step: a refused or failed
@@ -42,14 +44,16 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
 
 from ..errors import InvalidInputError, SandboxError, SandboxUnavailableError
 from ..guest import protocol
@@ -224,13 +228,16 @@ class PackageStore:
         if not reqs:
             return None
         request = "\n".join(str(r) for r in reqs)
-        rhash = hashlib.sha256(f"{self.image.manifest.get('lock', '')}\n{request}".encode()).hexdigest()[:32]
+        source = self.settings.wheelhouse or self.settings.index_url
+        rhash = hashlib.sha256(f"{self.image.manifest.get('lock', '')}\n{source}\n{request}".encode()).hexdigest()[:32]
         found = self._memo_get(rhash)
         if found is not None:
+            self._check_versions(_items(found))  # the policy may allow fewer versions than when it was made
             return _with_ms(found, t0)
         with self._lock(rhash):
             found = self._memo_get(rhash) or self._index_get(rhash)
             if found is not None:
+                self._check_versions(_items(found))
                 return _with_ms(found, t0)
             if not (self.settings.download or operator):
                 raise InvalidInputError(f"packages {', '.join(map(str, reqs))} are not in this sandbox's package "
@@ -370,6 +377,47 @@ class PackageStore:
         self._check_versions(plan)
         return sorted(plan, key=lambda i: i["name"])
 
+    def _fetch(self, item: dict, wheels: Path, deadline: float, progress: Progress) -> Path:
+        """The wheel pip resolved, from its URL in pip's report (the operator's index, or a file in
+        the wheelhouse), at most max_set_bytes, checked against the sha256 pip reported."""
+        url = item["url"]
+        parsed = urllib.parse.urlsplit(url)
+        name = urllib.parse.unquote(parsed.path.rsplit("/", 1)[-1])
+        if not re.fullmatch(r"[A-Za-z0-9_.+!-]+\.whl", name):
+            raise InvalidInputError(f"package {item['name']}: pip resolved an unexpected file name {name[:80]!r}")
+        target = wheels / name
+        limit = self.settings.max_set_bytes + (1 << 20)
+        digest = hashlib.sha256()
+        size = 0
+        if parsed.scheme == "file":
+            house = Path(self.settings.wheelhouse).resolve() if self.settings.wheelhouse else None
+            source = Path(urllib.request.url2pathname(parsed.path)).resolve()
+            if house is None or not source.is_relative_to(house):
+                raise SandboxError(f"pip resolved {item['name']} to a local file outside the wheelhouse: {source}")
+            opener = lambda: open(source, "rb")  # noqa: E731
+        elif parsed.scheme in ("https", "http"):
+            opener = lambda: urllib.request.urlopen(url, timeout=60)  # noqa: E731
+        else:
+            raise SandboxError(f"pip resolved {item['name']} to an unsupported URL {url[:120]}")
+        progress(f"downloading {name}")
+        try:
+            with opener() as src, open(target, "xb") as out:
+                while chunk := src.read(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise InvalidInputError(f"package {item['name']!r} makes the set larger than max_set_bytes "
+                                                f"(its wheel alone is over {limit} bytes)")
+                    if time.monotonic() > deadline:
+                        raise SandboxUnavailableError(f"downloading {name} took longer than "
+                                                      f"{self.settings.resolve_timeout_seconds:g} s")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except OSError as exc:  # urllib's URLError and HTTPError are OSErrors
+            raise SandboxUnavailableError(f"could not download {name}: {exc}") from None
+        if digest.hexdigest() != item["sha256"]:
+            raise SandboxError(f"the wheel of {item['name']} does not match the sha256 pip resolved")
+        return target
+
     def _make(self, reqs: list[Requirement], progress: Progress) -> PackageSet | None:
         self.ensure()
         staging = Path(tempfile.mkdtemp(prefix="set-", dir=self.root / "staging"))
@@ -384,22 +432,14 @@ class PackageStore:
             if not plan:  # everything is already in the image (under a name its manifest does not list)
                 return None
             wheels = staging / "wheels"
-            pinned = staging / "requirements.txt"
-            pinned.write_text("".join(f"{i['name']}=={i['version']} --hash=sha256:{i['sha256']}\n" for i in plan))
-            progress(f"downloading {len(plan)} wheel{'s' if len(plan) != 1 else ''}")
-            code, out = self._pip(["download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
-                                   "--progress-bar", "off", "-d", str(wheels), *self._source_args(), "-r", str(pinned)],
-                                  progress, "downloading packages")
-            if code != 0:
-                raise _pip_refusal(out, reqs, self.pins)
+            wheels.mkdir()
             target = staging / "set"
             site = target / SITE
             site.mkdir(parents=True)
             budget = [self.settings.max_set_bytes]
+            deadline = time.monotonic() + self.settings.resolve_timeout_seconds
             for item in plan:
-                wheel = _find_wheel(wheels, item)
-                if hashlib.sha256(wheel.read_bytes()).hexdigest() != item["sha256"]:
-                    raise SandboxError(f"the wheel of {item['name']} does not match the hash pip resolved")
+                wheel = self._fetch(item, wheels, deadline, progress)
                 progress(f"unpacking {wheel.name}")
                 _unpack(wheel, site, budget, item["name"])
             size = self.settings.max_set_bytes - budget[0]
@@ -513,6 +553,10 @@ class PackageStore:
         return True, f"package index {s.index_url} reachable; {cached} sets cached"
 
 
+def _items(found: PackageSet) -> list[dict]:
+    return [{"name": n, "version": v} for n, v in found.packages.items()]
+
+
 def _with_ms(found: PackageSet, t0: float, cached: bool = True) -> PackageSet:
     return PackageSet(found.key, found.packages, found.size, found.path, found.jail_path,
                       (time.monotonic() - t0) * 1000, cached, found.requested)
@@ -561,19 +605,6 @@ def _pip_refusal(output: str, reqs: list[Requirement], pins: dict[str, str]) -> 
     return SandboxError(f"pip failed for {', '.join(map(str, reqs))}:\n{tail}")
 
 
-def _find_wheel(wheels: Path, item: dict) -> Path:
-    for path in wheels.glob("*.whl"):
-        name, _, rest = path.name.partition("-")
-        version = rest.split("-", 1)[0]
-        try:
-            same = canonicalize_name(name) == item["name"] and Version(version) == Version(item["version"])
-        except InvalidVersion:
-            continue
-        if same:
-            return path
-    raise SandboxError(f"pip did not download the wheel of {item['name']}=={item['version']}")
-
-
 def _unpack(wheel: Path, site: Path, budget: list[int], name: str) -> None:
     """Extract a wheel into `site` under strict rules: relative paths without `..`, regular files
     and directories only, every byte counted against budget[0] (the set's remaining size). The
@@ -599,12 +630,15 @@ def _unpack(wheel: Path, site: Path, budget: list[int], name: str) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists() or dest.is_symlink():
                 raise InvalidInputError(f"package {name!r}: file {rel!r} is shipped by two wheels of the set")
-            with zf.open(info) as src, open(dest, "xb") as out:
-                while chunk := src.read(1 << 20):
-                    budget[0] -= len(chunk)
-                    if budget[0] < 0:
-                        raise InvalidInputError(f"package {name!r} makes the set larger than max_set_bytes")
-                    out.write(chunk)
+            try:
+                with zf.open(info) as src, open(dest, "xb") as out:
+                    while chunk := src.read(1 << 20):
+                        budget[0] -= len(chunk)
+                        if budget[0] < 0:
+                            raise InvalidInputError(f"package {name!r} makes the set larger than max_set_bytes")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+                raise InvalidInputError(f"package {name!r}: its wheel is damaged ({exc})") from None
 
 
 def _wheel_path(info: zipfile.ZipInfo, name: str) -> str | None:

@@ -57,3 +57,28 @@ def test_remote_sandbox_and_sessions(pserver):
                 s.install([NOT_ALLOWED])
         with pytest.raises(InvalidInputError, match="sbtest-forbidden"):
             sb.session(packages=[NOT_ALLOWED])
+
+
+def test_mcp_tools_take_packages(pserver):
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def main() -> None:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+        async with Client(streamable_http_client(pserver.url + "/mcp", http_client=http)) as client:
+            ok = await client.call_tool("run_python", {"code": "import sbtest_hello; print(sbtest_hello.greet('m'))",
+                                                       "packages": [f"{HELLO}==1.0"]})
+            assert ok.is_error is False and ok.structured_content["stdout"] == "hello m\n", ok.content
+            refused = await client.call_tool("run_python", {"code": "print(1)", "packages": [NOT_ALLOWED]})
+            assert refused.is_error is True and "sbtest-forbidden" in refused.content[0].text, refused.content
+            created = await client.call_tool("create_session", {"packages": [HELLO]})
+            sid = created.structured_content["session_id"]
+            r = await client.call_tool("run_python", {"code": "import sbtest_dependent; print('dep')",
+                                                      "session_id": sid, "packages": [DEPENDENT]})
+            assert r.structured_content["stdout"] == "dep\n", r.content
+            await client.call_tool("close_session", {"session_id": sid})
+
+    asyncio.run(asyncio.wait_for(main(), 300))
