@@ -225,3 +225,53 @@ def test_a_real_download_from_the_index(tmp_path):
             assert r.usage.packages_ms > 0
     finally:
         w.remove()
+
+
+def test_the_cache_cap_evicts_idle_sets_and_refuses_when_all_are_busy(psb, world, tmp_path):
+    from _packages import bindable_dir
+
+    cache = bindable_dir("sandbox-pkgcap-")
+    try:
+        base = PackageSettings.from_policy(world.policy / "default.toml")
+        first = PackageStore(psb.image, PackageSettings(**{**base.__dict__, "cache_dir": str(cache)})
+                             ).prepare([f"{HELLO}==1.0"])
+        store = PackageStore(psb.image, PackageSettings(**{**base.__dict__, "cache_dir": str(cache),
+                                                           "max_cache_bytes": first.size + 100}))
+        with pytest.raises(InvalidInputError, match="package cache is full"):
+            store.prepare([f"{HELLO}==2.0"])    # the first set was used just now: it stays
+        assert [s["key"] for s in store.sets()] == [first.key]
+        os.utime(first.path, (0, 0))            # idle for a long time
+        second = store.prepare([f"{HELLO}==2.0"])
+        assert [s["key"] for s in store.sets()] == [second.key]
+        assert not first.path.exists()
+    finally:
+        import shutil
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_async_sandbox_takes_packages(world):
+    import asyncio
+
+    from sandbox import AsyncSandbox
+
+    async def main():
+        old = os.environ.get("SANDBOX_POLICY_DIR")
+        os.environ["SANDBOX_POLICY_DIR"] = str(world.policy)
+        try:
+            asb = await AsyncSandbox(slots=1).start()
+        finally:
+            if old is None:
+                os.environ.pop("SANDBOX_POLICY_DIR", None)
+            else:
+                os.environ["SANDBOX_POLICY_DIR"] = old
+        try:
+            r = await asb.run("import sbtest_hello; print(sbtest_hello.greet('a'))", packages=[f"{HELLO}==1.0"])
+            assert r.stdout == "hello a\n", (r.stderr, r.error)
+            async with asb.session(packages=[f"{HELLO}==1.0"]) as s:
+                assert await s.install([DEPENDENT]) == {HELLO: "1.0", DEPENDENT: "1.0"}
+                r = await s.run("import sbtest_dependent; print(sbtest_dependent.VALUE)")
+                assert r.stdout == "hello dep\n", (r.stderr, r.error)
+        finally:
+            await asb.close()
+
+    asyncio.run(main())
