@@ -201,6 +201,8 @@ def test_the_cli(world):
     p = _cli(world, "packages", "prune", "--days", "0")
     assert p.returncode == 0
     assert json.loads(_cli(world, "packages", "list", "--json").stdout) == []
+    assert list((world.cache / "requests").iterdir()) == []      # the remembered requests went with them
+    assert len(list((world.cache / "locks").iterdir())) <= 256   # lock stripes, not a file per request
     p = _cli(world, "doctor")
     assert "packages" in p.stdout and "wheelhouse" in p.stdout, p.stdout
 

@@ -66,6 +66,7 @@ MAX_SPEC = 200            # characters of one requirement string
 SET_FILE = "set.json"
 SITE = "site"             # the directory of a set that goes on sys.path
 TOUCH_EVERY = 60.0        # seconds between two "last used" marks of a set
+MEMO_SIZE = 4096          # requests remembered in memory (the index on disk remembers the rest)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,8 @@ class PackageStore:
             if made is None:
                 return None
             self._index_put(rhash, made)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
             self._memo[rhash] = (made, time.monotonic())
             return _with_ms(made, t0, cached=False)
 
@@ -293,11 +296,14 @@ class PackageStore:
 
     @contextlib.contextmanager
     def _lock(self, rhash: str):
+        """The request's lock, across threads and processes: one of 256 stripes (a fixed set of
+        lock files, so refused requests leave none behind), by the request hash's first byte."""
+        stripe = rhash[:2]
         with self._guard:
-            lock = self._locks.setdefault(rhash, threading.Lock())
+            lock = self._locks.setdefault(stripe, threading.Lock())
         with lock:
             self.ensure()
-            fd = os.open(self.root / "locks" / f"{rhash}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.root / "locks" / f"{stripe}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -497,6 +503,15 @@ class PackageStore:
         gone = [s["key"] for s in self.sets() if s["last_used"] < cutoff]
         for key in gone:
             self._drop(key)
+        # and the remembered requests whose set is gone
+        for entry in (self.root / "requests").glob("*.json"):
+            try:
+                key = json.loads(entry.read_text())["key"]
+            except (OSError, ValueError, KeyError, TypeError):
+                key = ""
+            if not isinstance(key, str) or self.load(key) is None:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
         return gone
 
     def _drop(self, key: str) -> None:
