@@ -14,10 +14,11 @@ A request is a list of requirement strings ("humanize", "polars>=1"). It is serv
 3. Downloaded: exactly the files of pip's plan (from its report's URLs: the index, or a file in the
    wheelhouse), each capped in size and checked against the sha256 pip reported. (Not a second pip
    run: its start-up alone would cost more than the download of a small wheel.)
-4. Unpacked on the host with zipfile under strict path rules (no absolute path, no `..`, no
-   symlink, no device; the declared and the written sizes both count toward max_set_bytes) into a
-   staging directory, then renamed into `<cache>/sets/<key>/` in one step: a refused or failed
-   request leaves nothing behind.
+4. Unpacked in a jail of its own (guest/unpack.py under nsjail: no network, the jail's unprivileged
+   uid, the wheels read-only, one writable directory), with strict path rules (no absolute path, no
+   `..`, no symlink or device; every byte counted toward max_set_bytes); the host then takes the
+   tree back (_adopt: only directories and single-link regular files, never following a link) and
+   renames it into `<cache>/sets/<key>/` in one step: a refused or failed request leaves nothing.
 
 `<key>` is an HMAC (with a host secret that never enters a jail) of the resolved names, versions
 and wheel hashes: the same resolution is the same set, and no tenant can compute the name of a
@@ -46,8 +47,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +56,9 @@ from packaging.utils import canonicalize_name
 
 from ..errors import InvalidInputError, SandboxError, SandboxUnavailableError
 from ..guest import protocol
-from ..limits import PackageSettings
+from ..limits import JailSettings, PackageSettings
 from ..results import Result
+from . import cgroups, jail
 from .image import Image, state_dir
 
 Progress = Callable[[str], None]
@@ -66,6 +66,8 @@ MAX_SPEC = 200            # characters of one requirement string
 SET_FILE = "set.json"
 SITE = "site"             # the directory of a set that goes on sys.path
 TOUCH_EVERY = 60.0        # seconds between two "last used" marks of a set
+UNPACK_BOOT = (f"import sys; sys.path.insert(0, {jail.GUEST_MOUNT!r}); "
+               "from guest.unpack import main; main()")   # guest/unpack.py, in the unpacking jail
 MEMO_SIZE = 4096          # requests remembered in memory (the index on disk remembers the rest)
 
 
@@ -424,6 +426,59 @@ class PackageStore:
             raise SandboxError(f"the wheel of {item['name']} does not match the sha256 pip resolved")
         return target
 
+    def _unpack_in_jail(self, fetched: list[tuple[str, Path]], staging: Path, wheels: Path, site: Path,
+                        deadline: float) -> None:
+        """Unpack the wheels with guest/unpack.py in an nsjail jail of its own: every namespace (no
+        network), the jail's unprivileged uid, the wheels read-only at /wheels and `site`, owned by
+        that uid until _adopt() takes it back, writable at /out. Refusals come back as its answer."""
+        settings = JailSettings.from_policy()
+        cgroups.ensure_parents()
+        for d in (self.root / "staging", staging):
+            os.chmod(d, 0o711)                      # the jail's uid binds from below them
+        os.chmod(wheels, 0o755)
+        for _, wheel in fetched:
+            os.chmod(wheel, 0o644)
+        os.chown(site, settings.outside_uid, settings.outside_uid)
+        os.chmod(site, 0o700)
+        nodes = {f"/dev/{n}": Path(f"/dev/{n}") for n in ("null", "zero", "full", "random", "urandom")}
+        timeout = max(5, int(deadline - time.monotonic()))
+        cfg = jail.config(self.image, settings, nodes)
+        cfg = cfg.replace("time_limit: 0\n", f"time_limit: {timeout}\n")
+        cfg = cfg.replace("rlimit_fsize_type: HARD\n",
+                          f"rlimit_fsize: {(self.settings.max_set_bytes >> 20) + 1}\n")   # MiB, one file
+        cfg += (f'mount {{ src: "{wheels}" dst: "/wheels" is_bind: true rw: false mandatory: true }}\n'
+                f'mount {{ src: "{site}" dst: "/out" is_bind: true rw: true mandatory: true }}\n')
+        path = staging / "unpack.cfg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(cfg)
+        cmd = [str(jail.nsjail_binary()), "--config", str(path), "--quiet", "--", str(self.image.python),
+               "-I", "-B", "-c", UNPACK_BOOT, str(self.settings.max_set_bytes), "/out",
+               *(f"{name}=/wheels/{wheel.name}" for name, wheel in fetched)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout + 10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, 9)
+            proc.communicate()
+            raise SandboxError(f"unpacking took longer than {timeout} s") from None
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, 9)
+                proc.wait()
+        try:
+            answer = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            answer = None
+        if not isinstance(answer, dict) or proc.returncode != 0:
+            raise SandboxError(f"the unpacking jail failed (exit {proc.returncode}): "
+                               f"{err.decode(errors='replace')[-600:]}")
+        if isinstance(answer.get("error"), str):
+            raise InvalidInputError(answer["error"][:1000])
+
     def _make(self, reqs: list[Requirement], progress: Progress) -> PackageSet | None:
         self.ensure()
         staging = Path(tempfile.mkdtemp(prefix="set-", dir=self.root / "staging"))
@@ -442,13 +497,11 @@ class PackageStore:
             target = staging / "set"
             site = target / SITE
             site.mkdir(parents=True)
-            budget = [self.settings.max_set_bytes]
             deadline = time.monotonic() + self.settings.resolve_timeout_seconds
-            for item in plan:
-                wheel = self._fetch(item, wheels, deadline, progress)
-                progress(f"unpacking {wheel.name}")
-                _unpack(wheel, site, budget, item["name"])
-            size = self.settings.max_set_bytes - budget[0]
+            fetched = [(item["name"], self._fetch(item, wheels, deadline, progress)) for item in plan]
+            progress(f"unpacking {', '.join(w.name for _, w in fetched)} (in a jail of its own)")
+            self._unpack_in_jail(fetched, staging, wheels, site, deadline)
+            size = _adopt(site, self.settings.max_set_bytes)
             meta = {"packages": {i["name"]: i["version"] for i in plan}, "size": size,
                     "requested": [str(r) for r in reqs], "wheels": {i["name"]: i["sha256"] for i in plan},
                     "image": self.image.name, "created": time.time()}
@@ -620,57 +673,28 @@ def _pip_refusal(output: str, reqs: list[Requirement], pins: dict[str, str]) -> 
     return SandboxError(f"pip failed for {', '.join(map(str, reqs))}:\n{tail}")
 
 
-def _unpack(wheel: Path, site: Path, budget: list[int], name: str) -> None:
-    """Extract a wheel into `site` under strict rules: relative paths without `..`, regular files
-    and directories only, every byte counted against budget[0] (the set's remaining size). The
-    wheel's `.data/purelib` and `.data/platlib` go to `site`; its scripts, headers and data do not
-    (nothing in a jail runs them)."""
-    try:
-        zf = zipfile.ZipFile(wheel)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidInputError(f"package {name!r}: its wheel is not a valid zip file ({exc})") from None
-    with zf:
-        infos = zf.infolist()
-        if sum(i.file_size for i in infos) > budget[0]:
-            raise InvalidInputError(f"package {name!r} makes the set larger than max_set_bytes (its files alone "
-                                    f"declare {sum(i.file_size for i in infos)} bytes)")
-        for info in infos:
-            rel = _wheel_path(info, name)
-            if rel is None:
-                continue
-            dest = site.joinpath(*rel.split("/"))
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists() or dest.is_symlink():
-                raise InvalidInputError(f"package {name!r}: file {rel!r} is shipped by two wheels of the set")
-            try:
-                with zf.open(info) as src, open(dest, "xb") as out:
-                    while chunk := src.read(1 << 20):
-                        budget[0] -= len(chunk)
-                        if budget[0] < 0:
-                            raise InvalidInputError(f"package {name!r} makes the set larger than max_set_bytes")
-                        out.write(chunk)
-            except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
-                raise InvalidInputError(f"package {name!r}: its wheel is damaged ({exc})") from None
-
-
-def _wheel_path(info: zipfile.ZipInfo, name: str) -> str | None:
-    """Where a wheel member goes inside the set (relative), None to skip it; refuses what is unsafe."""
-    raw = info.filename
-    mode = info.external_attr >> 16
-    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # a symlink, a device, a fifo
-        raise InvalidInputError(f"package {name!r}: its wheel holds {raw!r}, which is not a regular file")
-    parts = raw.rstrip("/").split("/")
-    if (raw.startswith("/") or "\\" in raw or "\0" in raw or any(p in ("", ".", "..") for p in parts)
-            or re.match(r"^[A-Za-z]:", raw)):
-        raise InvalidInputError(f"package {name!r}: its wheel holds an unsafe path {raw[:120]!r}")
-    if parts[0].endswith(".data"):
-        if len(parts) >= 2 and parts[1] in ("purelib", "platlib"):
-            return "/".join(parts[2:]) or None
-        return None
-    return "/".join(parts)
+def _adopt(site: Path, limit: int) -> int:
+    """Take an unpacked tree back from the unpacking jail (which has exited: nothing can change it
+    now): only directories and regular files with one link, at most `limit` bytes together, then
+    owned by the host's root. Returns the total size. Never follows a link the jail could plant."""
+    total = 0
+    entries = [site]
+    for dirpath, dirnames, filenames in os.walk(site):
+        for n in dirnames + filenames:
+            path = Path(dirpath) / n
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                if st.st_nlink != 1:
+                    raise SandboxError(f"the unpacking jail left a hard link: {path.name!r}")
+                total += st.st_size
+            elif not stat.S_ISDIR(st.st_mode):
+                raise SandboxError(f"the unpacking jail left something that is not a file or directory: {path.name!r}")
+            entries.append(path)
+    if total > limit:
+        raise InvalidInputError(f"the package set is larger than max_set_bytes ({total} > {limit})")
+    for path in entries:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    return total
 
 
 def _seal(target: Path) -> None:

@@ -161,3 +161,29 @@ def test_a_hostile_wheel_is_refused_on_the_host(psb, world, name, message):
     assert not (world.cache / "escaped.py").exists() and not (world.cache.parent / "escaped.py").exists()
     import os
     assert not os.path.exists("/tmp/escaped.py")
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
+def test_the_host_adopts_no_link_the_unpacking_jail_planted(tmp_path, plant):
+    # Expected: what a subverted unpacking jail leaves behind (a symlink to a host file, a hard link,
+    # a fifo) is refused before the host chowns anything or the set enters the cache.
+    import os
+
+    from sandbox.errors import SandboxError
+    from sandbox.host.packages import _adopt
+
+    site = tmp_path / "site"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("")
+    victim = tmp_path / "victim"
+    victim.write_text("host file")
+    os.chown(victim, 12345, 12345)
+    if plant == "symlink":
+        os.symlink(victim, site / "pkg" / "evil")
+    elif plant == "hardlink":
+        os.link(victim, site / "pkg" / "evil")
+    else:
+        os.mkfifo(site / "pkg" / "evil")
+    with pytest.raises(SandboxError, match="hard link|not a file or directory"):
+        _adopt(site, 1 << 20)
+    assert os.stat(victim).st_uid == 12345   # never chowned through the link
