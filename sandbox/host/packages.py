@@ -356,7 +356,7 @@ class PackageStore:
     def _resolve(self, reqs: list[Requirement], staging: Path, progress: Progress) -> list[dict]:
         """pip's plan: [{name, version, sha256, url}] of what the image lacks."""
         report = staging / "report.json"
-        code, out = self._pip(["install", "--dry-run", "--ignore-requires-python", "--only-binary=:all:",
+        code, out = self._pip(["install", "--dry-run", "--only-binary=:all:",
                                "--report", str(report), "--quiet", *self._source_args(), *map(str, reqs)],
                               progress, "resolving packages")
         if code != 0:
