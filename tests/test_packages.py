@@ -277,3 +277,10 @@ def test_async_sandbox_takes_packages(world):
             await asb.close()
 
     asyncio.run(main())
+
+
+def test_a_cache_a_jail_cannot_bind_is_refused_with_its_name(psb):
+    store = PackageStore(psb.image, PackageSettings(cache_dir="/tmp/sandbox-packages-here"))
+    with pytest.raises(InvalidInputError, match="/tmp/sandbox-packages-here is under a directory every jail"):
+        store.ensure()
+    assert not os.path.exists("/tmp/sandbox-packages-here")

@@ -59,7 +59,7 @@ from ..guest import protocol
 from ..limits import JailSettings, PackageSettings
 from ..results import Result
 from . import cgroups, jail
-from .image import Image, state_dir
+from .image import Image, check_bindable, state_dir
 
 Progress = Callable[[str], None]
 MAX_SPEC = 200            # characters of one requirement string
@@ -144,6 +144,11 @@ class PackageStore:
     def ensure(self) -> Path:
         """Create the cache's directories (the sets directory 0711: traversable, not listable);
         returns the sets directory, which every jail binds read-only."""
+        try:
+            check_bindable(self.root)
+        except SandboxError:
+            raise InvalidInputError(f"the package cache {self.root} is under a directory every jail mounts a tmpfs "
+                                    "over (/tmp, /work, /dev, /proc): set cache_dir in [packages] elsewhere") from None
         for d, mode in ((self.root, 0o755), (self.sets_dir, 0o711), (self.root / "requests", 0o700),
                         (self.root / "locks", 0o700), (self.root / "staging", 0o700)):
             d.mkdir(parents=True, exist_ok=True)
