@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .host import doctor, image, wire
+from .host.packages import with_packages_ms
 from .errors import ImageError, InvalidInputError, SandboxError
 from .localfiles import read_inputs
 from .results import Outcome, Result
@@ -79,13 +80,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if url:  # one HTTP round trip to a running `sandbox serve` (key from SANDBOX_API_KEY)
             from .remote import RemoteSandbox
             with RemoteSandbox(url) as remote:
-                result = remote.run(code, files, filename=filename, limits=overrides or None)
+                result = remote.run(code, files, filename=filename, limits=overrides or None,
+                                    **({"packages": args.package} if args.package else {}))
         else:
             # One run: the jail imports only what the program's import lines name from the image's
             # preload list (print(1) starts with the standard library alone, a pandas script with
             # pandas), before the run's clock starts, as the warm pool does.
             with Sandbox(slots=1, image=args.image, limits=limits, preload=wire.imported_modules(code)) as sb:
-                result = sb.run(code, files, filename=filename)
+                found = None
+                if args.package:  # resolved first, with pip's progress on stderr (cached: a look-up)
+                    found = sb.packages.prepare(args.package, progress=lambda line: _say(line))
+                result = sb.run(code, files, filename=filename, packages=args.package or None)
+                if found is not None:  # the first use's cost, paid before run()
+                    result = with_packages_ms(result, found.ms + result.usage.packages_ms)
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
@@ -137,8 +144,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     results = doctor.checks(image=args.image)
     width = max(len(c.name) for c in results)
     for c in results:
-        print(f"{'OK  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
-    bad = [c for c in results if not c.ok]
+        print(f"{'OK  ' if c.ok else 'WARN' if c.optional else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+    bad = [c for c in results if not c.ok and not c.optional]
     print("all checks passed: this host can run sandboxes" if not bad else f"{len(bad)} check(s) failed")
     return EXIT_OK if not bad else EXIT_ERROR
 
@@ -166,6 +173,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--image", default="default", help="image to run in (default: default)")
     r.add_argument("--url", help="send the run to a `sandbox serve` at this URL (default: $SANDBOX_URL; "
                                  "key from $SANDBOX_API_KEY)")
+    r.add_argument("--package", action="append", default=[], metavar="NAME",
+                   help="a package from the policy's allow-list for this run, e.g. humanize or 'polars>=1' "
+                        "(repeatable; downloaded on the host on first use, the run has no network)")
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build or inspect images")
@@ -180,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
     i = isub.add_parser("info", help="print an image's manifest")
     i.add_argument("--name", default="default")
     i.set_defaults(func=cmd_image_info)
+
+    from .packages_cli import add_parser as add_packages  # `sandbox packages`: the package cache
+    add_packages(sub)
 
     d = sub.add_parser("doctor", help="check this host can run sandboxes safely")
     d.add_argument("--image", default="default")

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .guest import protocol
-from .host import cgroups, doctor, image as images, jail, wire
+from .host import cgroups, doctor, image as images, jail, packages as pkgs, wire
 from .errors import InvalidInputError, RunCancelledError, SandboxClosedError, SandboxError
-from .limits import JailSettings, Limits, SessionSettings, seccomp_policy
+from .limits import JailSettings, Limits, PackageSettings, SessionSettings, seccomp_policy
 from .host.pool import Pool, PoolStats
 from .relay import Relay
 from .results import DisplayOutput, Output, Result
@@ -86,6 +86,12 @@ class Sandbox:
             modules = [m for m in self.image.preload if m.split(".")[0] in wanted]
         self.limits = limits if limits is not None else Limits.from_policy()
         settings = JailSettings.from_policy()
+        # Packages on demand (host/packages.py): the cache's sets, bound read-only into every jail.
+        self.packages = pkgs.PackageStore(self.image, PackageSettings.from_policy())
+        try:
+            settings = dataclasses.replace(settings, packages_dir=str(self.packages.ensure()))
+        except OSError:  # a cache this process cannot create: runs without packages still work
+            pass
         seccomp = seccomp_policy()
         cgroups.ensure_parents()
         cgroups.remove_stale()
@@ -112,9 +118,13 @@ class Sandbox:
             filename: str = "main.py", on_stdout: TextCallback | None = None,
             on_stderr: TextCallback | None = None, cancel: threading.Event | None = None,
             env: Mapping[str, str] | None = None, fetch: Iterable[str] = (),
+            packages: Iterable[str] | None = None,
             on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         """Run `code` with `files` placed in its working directory (a name under `/tmp/` goes to
         the run's own /tmp) and `stdin` as its standard input; never raises for what the code does.
+        `packages` ("humanize", "polars>=1"...) are installed for this run from the policy's
+        allow-list (see host/packages.py; downloaded on the host on first use, cached after; the
+        run still has no network); the cost shows in `usage.packages_ms`.
         `env` adds environment variables for this run (never the sandbox's own, such as PATH, HOME,
         LANG, PYTHON*, LD_*: see wire.check_env). `fetch` names files under /tmp/ that come back
         with the outputs (the working directory's new and changed files always do).
@@ -127,12 +137,16 @@ class Sandbox:
         if self._closed:
             raise SandboxClosedError("the sandbox is closed")
         lim = Limits.coerce(limits, self.limits, timeout)
+        found = self.packages.prepare(packages) if packages else None
         relay = Relay.maybe(on_stdout, on_stderr, on_output)
+        extra = pkgs.request_extra(found)
+        if on_output is not None:
+            extra["live_outputs"] = True
         request = wire.encode_request(code, files, lim, filename, stdin,  # InvalidInputError first
-                                      stream=relay is not None, env=env, fetch=tuple(fetch),
-                                      extra={"live_outputs": True} if on_output is not None else None)
+                                      stream=relay is not None, env=env, fetch=tuple(fetch), extra=extra)
         try:
-            return self._execute(request, lim, relay, cancel)
+            result = self._execute(request, lim, relay, cancel)
+            return pkgs.with_packages_ms(result, found.ms) if found is not None else result
         finally:
             if relay is not None:
                 relay.close()
@@ -177,15 +191,22 @@ class Sandbox:
             result = dataclasses.replace(result, outputs=list(relay.shown))
         return result
 
-    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> Session:
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None,
+                packages: Iterable[str] | None = None) -> Session:
         """A stateful interpreter: variables, imports and files carry over from call to call.
         Closed after `ttl` idle seconds (policy default 600), at its maximum lifetime, by close()
         or when the Sandbox closes. `limits` are the session's own (memory and processes cover
         everything it holds). The first session starts the session jail (seconds); later ones
-        take a waiting interpreter (milliseconds). SessionLimitError beyond max_sessions."""
+        take a waiting interpreter (milliseconds). SessionLimitError beyond max_sessions.
+        `packages` as for run(), for the whole session (Session.install() adds more later)."""
         if self._closed:
             raise SandboxClosedError("the sandbox is closed")
-        return self._sessions.open(ttl, limits)
+        found = self.packages.prepare(packages) if packages else None  # refused before a session opens
+        session = self._sessions.open(ttl, limits)
+        session._package_store = self.packages
+        if packages:
+            session._use_packages(list(packages), found)
+        return session
 
     def get_session(self, session_id: str) -> Session:
         """The open session with that id; SessionClosedError (with the reason) if it ended or never was."""
@@ -258,19 +279,20 @@ class AsyncSandbox:
                   timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                   filename: str = "main.py", on_stdout: TextCallback | None = None,
                   on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None,
-                  fetch: Iterable[str] = ()) -> Result:
+                  fetch: Iterable[str] = (), packages: Iterable[str] | None = None) -> Result:
         """Sandbox.run(), awaited: same arguments, same Result (callbacks run on a worker thread;
         stream() gives the same output as async events). Cancelling the awaiting task kills the
         run in its jail."""
         sync, bridge = self._started()
         return await bridge.cancellable(lambda cancel: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
-            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
+            on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch, packages=packages))
 
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
                      filename: str = "main.py", env: Mapping[str, str] | None = None,
-                     fetch: Iterable[str] = ()) -> AsyncIterator[Output | DisplayOutput | Result]:
+                     fetch: Iterable[str] = (), packages: Iterable[str] | None = None
+                     ) -> AsyncIterator[Output | DisplayOutput | Result]:
         """Run like run(), yielding Output(stream, text) events as the program writes and a
         DisplayOutput as each rich output is displayed, then the Result (which lists the rich
         outputs too). Closing the iterator early (or cancelling its consumer) kills the run."""
@@ -278,17 +300,18 @@ class AsyncSandbox:
         events = bridge.events(lambda on_stdout, on_stderr, cancel, on_output: sync.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
             on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch,
-            on_output=on_output), outputs=True)
+            packages=packages, on_output=on_output), outputs=True)
         try:
             async for event in events:
                 yield event
         finally:
             await events.aclose()  # at once, not when the inner generator is collected: it kills the run
 
-    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> AsyncSession:
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None,
+                packages: Iterable[str] | None = None) -> AsyncSession:
         """Sandbox.session(), for asyncio: `async with asb.session() as s:` or `s = await asb.session()`."""
         sync, bridge = self._started()
-        return AsyncSession(bridge, lambda: sync.session(ttl, limits=limits))
+        return AsyncSession(bridge, lambda: sync.session(ttl, limits=limits, packages=packages))
 
     async def get_session(self, session_id: str) -> AsyncSession:
         """The open session with that id (SessionClosedError if it ended or never was)."""

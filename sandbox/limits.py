@@ -153,6 +153,7 @@ class JailSettings:
     user_uids: int = 64            # uids mapped from user_outside_uid: every live child has its own
     spares_lean: int = 2           # isolated children each fork server keeps waiting
     spares_full: int = 1
+    packages_dir: str = ""         # the package cache's sets, bound read-only (set from [packages], not [jail])
 
     @classmethod
     def from_policy(cls, path: Path | None = None) -> JailSettings:
@@ -189,6 +190,49 @@ class SessionSettings:
             return cls(**table)
         except TypeError as exc:
             raise InvalidInputError(f"bad [sessions] table in policy: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PackageSettings:
+    """Packages on demand (the [packages] table of policies/default.toml): which names a call may
+    ask for (`allow`: requirement strings, a name alone or with a version specifier; "*" allows
+    any name), the largest unpacked set (`max_set_bytes`) and cache (`max_cache_bytes`), whether a
+    request not in the cache may be downloaded (`download`), from where (`index_url`, or the
+    operator's `wheelhouse` directory: then nothing is fetched from any index), and where the
+    cache lives (`cache_dir`; empty: <SANDBOX_HOME>/packages)."""
+
+    allow: tuple[str, ...] = ()
+    max_set_bytes: int = 256 << 20
+    max_cache_bytes: int = 4 << 30
+    max_packages: int = 16             # names in one request
+    download: bool = True
+    index_url: str = "https://pypi.org/simple"
+    wheelhouse: str = ""
+    cache_dir: str = ""
+    resolve_timeout_seconds: float = 300
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allow, (list, tuple)) or not all(isinstance(a, str) for a in self.allow):
+            raise InvalidInputError("packages setting allow must be a list of requirement strings")
+        object.__setattr__(self, "allow", tuple(self.allow))
+        for name in ("max_set_bytes", "max_cache_bytes", "max_packages", "resolve_timeout_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                    or not math.isfinite(value):
+                raise InvalidInputError(f"packages setting {name} must be a positive number, not {value!r}")
+        if not isinstance(self.download, bool):
+            raise InvalidInputError(f"packages setting download must be true or false, not {self.download!r}")
+        for name in ("index_url", "wheelhouse", "cache_dir"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidInputError(f"packages setting {name} must be a string")
+
+    @classmethod
+    def from_policy(cls, path: Path | None = None) -> PackageSettings:
+        table = load_toml(path or policy_dir() / "default.toml").get("packages", {})
+        try:
+            return cls(**table)
+        except TypeError as exc:
+            raise InvalidInputError(f"bad [packages] table in policy: {exc}") from None
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -130,19 +130,24 @@ class RemoteSandbox:
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
             filename: str = "main.py", on_stdout: TextCallback | None = None,
             on_stderr: TextCallback | None = None, env: Mapping[str, str] | None = None,
-            fetch: Iterable[str] = (),
+            fetch: Iterable[str] = (), packages: list[str] | None = None,
             on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         """Sandbox.run() on the server: same arguments (`env`, `fetch` too), same Result. With
         `on_stdout`/`on_stderr`/`on_output` the answer is streamed (NDJSON) and each callback gets the
         text, or each rich output, as the program writes or displays it (on the calling thread; a
-        callback that raises is logged and called no more)."""
+        callback that raises is logged and called no more). `packages` come from the server's
+        allow-list and cache."""
         return self._execute("/v1/execute", code, files, stdin=stdin, timeout=timeout, limits=limits,
                              filename=filename, on_stdout=on_stdout, on_stderr=on_stderr, env=env, fetch=fetch,
-                             on_output=on_output)
+                             packages=packages, on_output=on_output)
 
-    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None) -> RemoteSession:
+    def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None,
+                packages: list[str] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
-        doc = self._request("POST", "/v1/sessions", {"ttl": ttl, "limits": Limits.changes(limits)})
+        body: dict[str, Any] = {"ttl": ttl, "limits": Limits.changes(limits)}
+        if packages:
+            body["packages"] = list(packages)
+        doc = self._request("POST", "/v1/sessions", body)
         return RemoteSession(self, doc)
 
     def get_session(self, session_id: str) -> RemoteSession:
@@ -154,6 +159,7 @@ class RemoteSandbox:
                  timeout: float | None, limits: Limits | Mapping[str, Any] | None, filename: str,
                  on_stdout: TextCallback | None, on_stderr: TextCallback | None,
                  env: Mapping[str, str] | None = None, fetch: Iterable[str] = (),
+                 packages: list[str] | None = None,
                  on_output: Callable[[DisplayOutput], None] | None = None) -> Result:
         if isinstance(stdin, (bytes, bytearray)):
             try:
@@ -175,6 +181,8 @@ class RemoteSandbox:
         fetch = list(fetch)
         if fetch:
             body["fetch"] = fetch
+        if packages:
+            body["packages"] = list(packages)
         if on_stdout is not None or on_stderr is not None or on_output is not None:
             doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr, "output": on_output})
         else:
@@ -310,6 +318,14 @@ class RemoteSession:
         return self._call(lambda: self._sb._execute(
             self._path + "/execute", code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
             on_stdout=on_stdout, on_stderr=on_stderr, env=env, fetch=fetch))
+
+    def install(self, packages: list[str]) -> dict[str, str]:
+        """Session.install() on the server: what the session now has beyond the image."""
+        doc = self._call(lambda: self._sb._request("POST", self._path + "/packages", {"packages": list(packages)}))
+        try:
+            return {str(k): str(v) for k, v in doc["packages"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RemoteError(f"{self._sb.url} answered with a malformed package list ({exc!r})") from None
 
     def files(self) -> list[FileInfo]:
         doc = self._call(lambda: self._sb._request("GET", self._path + "/files"))

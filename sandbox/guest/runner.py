@@ -411,7 +411,11 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
         sys.argv = [filename]
         # As for `python main.py`: the script's directory first on the path, so the inputs'
         # .py files import; the engine's own directory is not the user's business.
-        sys.path[:] = [workdir] + [p for p in sys.path if p not in (workdir, os.path.dirname(GUEST_DIR))]
+        # A package set (host/packages.py) goes right after it, before the image's site-packages;
+        # a session keeps the sets of its earlier calls behind it.
+        sets = _package_paths(header.get(protocol.PACKAGES))
+        sys.path[:] = [workdir] + sets + [p for p in sys.path
+                                          if p not in (workdir, os.path.dirname(GUEST_DIR), *sets)]
         main.__file__ = filename  # relative, as sys.argv[0]: the file is in the work dir, the cwd
         sys.modules["__main__"] = main
         if not session:
@@ -467,6 +471,15 @@ def _execute(header: dict, body: bytes, main, session: bool) -> tuple[dict, list
     }
     return result, ([d for _, d, _ in FIGURES.images] + [d for _, d in files] + out_blobs
                     + [c for _, _, c in FIGURES.images])
+
+
+def _package_paths(paths) -> list[str]:
+    """The request's package set directories: only directories under the read-only package mount."""
+    if not isinstance(paths, list):
+        return []
+    prefix = protocol.PACKAGES_MOUNT + "/"
+    return [p for p in paths[:16] if isinstance(p, str) and p.startswith(prefix)
+            and ".." not in p.split("/") and os.path.isdir(p)]
 
 
 def _send_display(main: bool, truncated: bool, encoded: list[tuple[str, bytes]]) -> None:

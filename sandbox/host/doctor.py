@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cgroups
-from ..errors import ImageError, SandboxUnavailableError
+from ..errors import ImageError, SandboxError, SandboxUnavailableError
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Check:
     name: str
     ok: bool
     detail: str    # what was found, or the one-line fix
+    optional: bool = False  # a feature, not safety: a failure is a warning (packages on demand)
 
 
 def _privileges() -> Check:
@@ -129,12 +130,26 @@ def _image(name: str) -> Check:
     return Check("image", True, f"{name}: Python {m['python_version']}, {len(m['packages'])} packages, built {m['built_at']}")
 
 
+def _packages(name: str) -> Check:
+    """Whether packages on demand can work here: the index reachable, or the wheelhouse present."""
+    from . import image
+    from .packages import PackageStore
+    from ..limits import PackageSettings
+    try:
+        ok, detail = PackageStore(image.load_any(name), PackageSettings.from_policy()).status()
+    except (ImageError, SandboxError) as exc:
+        ok, detail = False, str(exc)
+    return Check("packages", ok, ("on-demand packages can work: " if ok else "on-demand packages cannot work: ")
+                 + detail, optional=True)
+
+
 def checks(image: str | None = "default") -> list[Check]:
     found = [_privileges(), _userns(), _cgroups(), _seccomp(), _nsjail()]
     if platform.system() != "Linux":
         found.insert(0, Check("platform", False, "Linux is required"))
     if image:
         found.append(_image(image))
+        found.append(_packages(image))
     return found
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import cgroups, devices
+from ..guest import protocol
 from .image import Image, check_bindable, state_dir
 from ..limits import JailSettings, Limits
 
@@ -230,6 +231,11 @@ def config(image: Image, settings: JailSettings, dev_nodes: dict[str, Path], per
         lines.append(_bind(per_uid, devices.PER_UID_MOUNT))
     if masks is not None:
         lines.append(_bind(masks, MASK_DIR))
+    if settings.packages_dir:
+        # The package cache's sets (host/packages.py), read-only; the directory is 0711, so a jail
+        # reaches a set only by its name (a keyed hash it is given) and lists none.
+        check_bindable(Path(settings.packages_dir))
+        lines.append(_bind(settings.packages_dir, protocol.PACKAGES_MOUNT))
     if not str(image.base_prefix).startswith("/usr"):
         lines.append(_bind(image.base_prefix))
     lines += [f'envar: "{k}={v}"\n' for k, v in environment(image).items()]

@@ -155,14 +155,21 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
                                         "omit for a fresh interpreter")] = None,
         timeout: Annotated[float | None, Field(gt=0, le=max_timeout,
                                                description=f"wall clock limit in seconds (at most {max_timeout:g})")] = None,
+        packages: Annotated[list[str] | None, Field(
+            max_length=64, description="extra Python packages to install first, e.g. [\"humanize\"], from the "
+                                       "sandbox's allow-list (in a session: kept for its later runs)")] = None,
     ) -> CallToolResult:
         engine = ctx.request_context.lifespan_context
         try:
             owner = caller(ctx)
             if session_id is None:
-                result = await engine.sessions.engine_call(owner, lambda: engine.sandbox.run(code, files, timeout=timeout))
+                result = await engine.sessions.engine_call(owner, lambda: engine.sandbox.run(
+                    code, files, timeout=timeout, packages=packages))
             else:
                 with engine.sessions.call(owner, session_id) as session:
+                    if packages:
+                        async with engine.sessions.turn(owner, session):
+                            await session.install(packages)
                     result = await engine.sessions.run(session, code, files, owner=owner, timeout=timeout)
                 if session.closed:  # this call ended it (timeout, memory, crash): say so, the next call fails
                     content = result_content(result)
@@ -182,10 +189,12 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
         ctx: Context[Engine, Any],
         ttl: Annotated[float | None, Field(gt=0, le=7 * 86400, description=(
             "idle seconds before the session closes by itself (default 600)"))] = None,
+        packages: Annotated[list[str] | None, Field(
+            max_length=64, description="extra Python packages for the whole session, from the sandbox's allow-list")] = None,
     ) -> CallToolResult:
         engine = ctx.request_context.lifespan_context
         try:
-            session = await engine.sessions.create(engine.sandbox, caller(ctx), ttl)
+            session = await engine.sessions.create(engine.sandbox, caller(ctx), ttl, packages=packages)
         except ApiError as exc:
             return tool_error(exc.message)
         except SandboxError as exc:

@@ -55,6 +55,10 @@ class ExecuteRequest(BaseModel):
     limits: dict[str, int | float] | None = Field(
         default=None, description="per-run limits over the server's defaults, e.g. {\"memory_bytes\": 268435456}")
     filename: str = Field(default="main.py", description="the name the code runs under (in tracebacks)")
+    packages: list[str] | None = Field(
+        default=None, max_length=64,
+        description="packages from the server's allow-list for this run, e.g. [\"humanize\", \"polars>=1\"]: "
+                    "downloaded on the host on first use, cached after; the run itself has no network")
     env: dict[str, str] | None = Field(
         default=None, description="environment variables for this run (never the sandbox's own: PATH, HOME, LANG, "
                                   "LC_*, PYTHON*, LD_*...; at most 64, 64 KiB in all)")
@@ -332,11 +336,11 @@ async def execute(body: ExecuteRequest, sb: SandboxDep, owner: OwnerDep, request
     if wants_stream(request):
         return await ndjson(request, sessions.engine_stream(owner, sb.stream(
             body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename,
-            env=body.env, fetch=body.fetch)), abandon)
+            env=body.env, fetch=body.fetch, packages=body.packages)), abandon)
     try:
         result = await until_answered(request, sessions.engine_call(owner, lambda: sb.run(
             body.code, files, stdin=body.stdin, timeout=body.timeout, limits=body.limits, filename=body.filename,
-            env=body.env, fetch=body.fetch)), abandon)
+            env=body.env, fetch=body.fetch, packages=body.packages)), abandon)
     except Abandoned:
         return abandoned_response()
     return Response(result.to_json(), media_type="application/json")

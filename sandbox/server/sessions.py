@@ -80,7 +80,7 @@ class Sessions:
         self.turns = Places(1, waiting_per_session, "calls of this session", retry_after)
 
     async def create(self, sb: AsyncSandbox, owner: str, ttl: float | None = None,
-                     limits: Mapping[str, Any] | None = None) -> AsyncSession:
+                     limits: Mapping[str, Any] | None = None, packages: list[str] | None = None) -> AsyncSession:
         self.prune()
         if self.max_per_owner:  # counted and taken in one step: no await between the check and the count
             mine = [o.session for o in self._open.values() if o.owner == owner]
@@ -94,7 +94,7 @@ class Sessions:
         self._opening[owner] = self._opening.get(owner, 0) + 1
         try:
             try:
-                session = await sb.session(ttl, limits=limits)
+                session = await sb.session(ttl, limits=limits, packages=packages)
             except SessionLimitError:
                 # The engine's own room (its session count, memory and process budget) is full: an idle
                 # session made on this key's behalf gives way, if it has one, and the engine is asked again.
@@ -102,7 +102,7 @@ class Sessions:
                 if closing is None:
                     raise
                 await asyncio.wait({closing})
-                session = await sb.session(ttl, limits=limits)
+                session = await sb.session(ttl, limits=limits, packages=packages)
         except SessionLimitError as exc:
             raise ApiError(429, "session_limit", str(exc),
                            {"Retry-After": _retry_after([o.session for o in self._open.values()])}) from None
@@ -311,6 +311,20 @@ class CreateSession(BaseModel):
     limits: dict[str, int | float] | None = Field(
         default=None, description="the session's limits over the server's defaults (memory_bytes, max_processes...), "
                                   "fixed for its life; each call may still set its own timeout and output caps")
+    packages: list[str] | None = Field(
+        default=None, max_length=64,
+        description="packages from the server's allow-list for the whole session, e.g. [\"humanize\"] "
+                    "(POST /v1/sessions/{id}/packages adds more later)")
+
+
+class InstallPackages(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    packages: list[str] = Field(min_length=1, max_length=64, description="packages to add, e.g. [\"polars>=1\"]")
+
+
+class InstalledPackages(BaseModel):
+    packages: dict[str, str] = Field(description="what the session has beyond the image: name -> version")
 
 
 class SessionInfo(BaseModel):
@@ -355,8 +369,19 @@ async def create(sb: SandboxDep, owner: OwnerDep, sessions: SessionsDep, request
                  body: Annotated[CreateSession | None, Body()] = None) -> SessionInfo:
     body = body or CreateSession()
     check_ceiling(request.app.state.ceiling, None, body.limits)
-    session = await sessions.create(sb, owner, body.ttl, body.limits)
+    session = await sessions.create(sb, owner, body.ttl, body.limits, body.packages)
     return _info(session)
+
+
+@router.post("/{session_id}/packages", response_model=InstalledPackages,
+             summary="Add packages to the session for the rest of its life (from the server's allow-list)",
+             responses={**ERRORS, 422: {"description": "a package is not allowed, has no wheel or conflicts"}})
+async def install(session_id: SessionId, body: InstallPackages, owner: OwnerDep,
+                  sessions: SessionsDep) -> InstalledPackages:
+    with sessions.call(owner, session_id) as session:
+        async with sessions.turn(owner, session):
+            installed = await session.install(body.packages)
+    return InstalledPackages(packages=installed)
 
 
 @router.get("", response_model=SessionList, summary="This key's open sessions", responses={401: ERRORS[401]})
@@ -385,6 +410,9 @@ async def close(session_id: SessionId, owner: OwnerDep, sessions: SessionsDep) -
 async def execute(session_id: SessionId, body: ExecuteRequest, owner: OwnerDep, sessions: SessionsDep,
                   request: Request) -> Response:
     check_ceiling(request.app.state.ceiling, body.timeout, body.limits)
+    if body.packages:
+        raise ApiError(422, "invalid_input", "a session's packages are set when it opens or added with "
+                       f"POST /v1/sessions/{session_id}/packages, not per call")
     files = decode_files(body.files)
     metrics = request.app.state.metrics
     ran = []

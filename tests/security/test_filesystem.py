@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.guest import protocol
 from sandbox.host import devices, jail
 from sandbox import Outcome
 
@@ -405,8 +406,11 @@ def test_mounts_are_read_only_and_writable_ones_are_noexec(sb):
     allowed = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd",
                "/etc/group", "/etc/hosts", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
                "/var/lib/sandbox/images/default", "/opt/sandbox", "/tmp", "/work", "/dev/shm", "/proc",
-               jail.MASK_DIR, *jail.proc_masks()}  # the stand-ins for /proc's host-wide counters (read-only)
+               jail.MASK_DIR, *jail.proc_masks(),  # the stand-ins for /proc's host-wide counters (read-only)
+               protocol.PACKAGES_MOUNT}  # the package cache's sets (read-only, host/packages.py)
     assert {p for p, _, _ in mounts} <= allowed, mounts
+    roots = {root for p, _, root in mounts if p == protocol.PACKAGES_MOUNT}
+    assert all(root.endswith("/packages/sets") for root in roots), roots
     roots = {root for p, _, root in mounts if p == "/opt/sandbox"}
     assert all(root.startswith("/var/lib/sandbox/guest/") for root in roots), roots
 
