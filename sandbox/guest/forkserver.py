@@ -154,7 +154,7 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int,
             isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=uid, gid=uid, parent=parent,
                               masks=cfg.get("proc_masks", ()),
                               devices=cfg.get("per_uid_devices") if profile.get("session") else None)
-            runner.prepare()
+            runner.prepare(session=bool(profile.get("session")))
             os.write(runner.RESULT_FD, b"R")
         except BaseException as exc:  # noqa: BLE001 - fail closed, whatever went wrong
             try:
@@ -495,6 +495,10 @@ class ForkServer:
 
     def _waiting_reaps(self) -> bool:
         return any(v is None for v in self.dying.values())
+
+    def reaping(self) -> bool:
+        """Whether an execution it was asked to reap is still going."""
+        return self._waiting_reaps()
 
     def retire(self, child: Child) -> None:
         """End an execution and have it reaped in the background."""

@@ -131,10 +131,6 @@ def limit_resources(profile: dict) -> None:
     if fd != OOM_FD:
         os.dup2(fd, OOM_FD, inheritable=False)
         os.close(fd)
-    # The zygote shares the slot's CPU quota with the execution; at nice 19 a fork bomb's
-    # hundred processes still cannot starve the zygote's wall clock. Without CAP_SYS_NICE
-    # (and RLIMIT_NICE 0) the code cannot lower it again.
-    os.setpriority(os.PRIO_PROCESS, 0, 19)
     # A session lives across calls: its CPU time is counted per call by the zygote instead
     # (guest/session_loop.py), as RLIMIT_CPU would add up every call the session makes.
     cpu = resource.RLIM_INFINITY if profile.get("session") else profile["cpu_seconds"]
@@ -199,6 +195,15 @@ def reseed() -> None:
         sympy_random.rng.seed()
 
 
+def lower_priority() -> None:
+    """Step 0, first of all: nice 19. The zygote shares the slot's CPU quota with the execution;
+    at nice 19 a fork bomb's hundred processes still cannot starve the zygote's wall clock.
+    Without CAP_SYS_NICE (and RLIMIT_NICE 0) the code cannot lower it again. Done before the
+    rest of the set-up, so a spare being made while another child runs a request (or tears
+    down) takes the CPU from it on equal terms, not at nice 0."""
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
 def own_process_group(profile: dict) -> None:
     """Step 0: the execution's own process group. The filter refuses setsid and setpgid, so
     every process the code makes stays in it, and one kill(-pgid) ends them all. A session's,
@@ -213,6 +218,7 @@ def own_process_group(profile: dict) -> None:
 
 def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int, parent: int,
             masks: list = (), devices: dict | None = None) -> None:
+    lower_priority()
     own_process_group(profile)
     private_filesystems(profile, workdir, uid, gid)
     mask_proc(masks)

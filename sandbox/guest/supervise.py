@@ -171,12 +171,16 @@ class Watch:
                 drain(fd, self._streams[fd], self._poller, self._open)
 
 
-def cpu_time_ns(pid: int) -> int:
+def cpu_time_ns(pid: int, children: bool = True) -> int:
     """CPU time of a live process (all its threads), from the kernel's per-process CPU clock,
-    plus what its waited-for children used: nothing the process itself could forge."""
+    plus what its waited-for children used: nothing the process itself could forge.
+    `children=False`: the clock alone, for a process known to have waited for none (a spare
+    before its request: one syscall instead of reading /proc)."""
     clock = ((~pid) << 3) | 2  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
     try:
         own = time.clock_gettime_ns(clock)
+        if not children:
+            return own
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         children_ticks = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17 of proc(5))

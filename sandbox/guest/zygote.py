@@ -48,7 +48,9 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
     setup = child.wait_ready()
     if setup != b"R":
         return {protocol.OP: protocol.SETUP_FAILED, "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
-    cpu0 = cpu_time_ns(child.pid)  # the child's own setup, not the user's
+    # The child's own setup, not the user's. It has forked nothing yet (isolation and the
+    # runner's preparation make no process), so its clock alone is its CPU time.
+    cpu0 = cpu_time_ns(child.pid, children=False)
     live = relay if header.get("stream") else None
     w = Watch(child, request,
               out=Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data))),
@@ -156,7 +158,10 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
 
     while True:
         for server in servers.values():
-            server.refill(profile)
+            # Spares are forked once the last execution is reaped: its teardown (at nice 19) is
+            # what the next request's settle() waits for, and a fork beside it would slow it.
+            if not server.reaping():
+                server.refill(profile)
         events = poller.poll()
         for fd, _ in events:
             if fd in by_fd:
@@ -181,7 +186,9 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         child = server.take(header["profile"])
         for s in servers.values():
             s.settle()
-            s.refill(profile)  # a fork refused while the dying filled the pids limit: again now
+            # A no-op when the request found the zygote idle (the spares were made while it
+            # waited); back to back, the spare used by the last run is forked beside this one.
+            s.refill(profile)
         reply, blobs = supervise(child, server, prefix + head + body, header, relay, proto_in)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs
