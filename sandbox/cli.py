@@ -6,15 +6,15 @@ Exit status of `sandbox run`: 0 ok, 1 error, 2 usage error, 3 any other outcome 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .host import doctor, image, wire
-from .errors import ImageError, InvalidInputError, SandboxError
-from .localfiles import read_inputs
-from .results import Outcome, Result
+# Each command imports what it needs when it runs: `sandbox run` must not pay for the server's
+# FastAPI, the agent or the image builder (tens to hundreds of milliseconds of imports).
+if TYPE_CHECKING:
+    from .results import Result
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
 
@@ -48,7 +48,11 @@ def _write_outputs(result: Result, out: Path) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .client import Sandbox
+    from .errors import InvalidInputError, SandboxError
+    from .host import wire
     from .limits import Limits
+    from .localfiles import read_inputs
+    from .results import Outcome
 
     if (args.script is None) == (args.code is None):
         _say("give a script path or -c CODE (exactly one)")
@@ -113,6 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
+    from .errors import ImageError
+    from .host import image
+
     try:
         img = image.build(args.name, requirements=args.requirements, python=args.python, force=args.force,
                           preload=args.preload, log=lambda m: _say(m))
@@ -124,6 +131,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_image_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import ImageError
+    from .host import image
+
     try:
         img = image.load_any(args.name)
     except ImageError as exc:
@@ -134,6 +146,8 @@ def cmd_image_info(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .host import doctor
+
     results = doctor.checks(image=args.image)
     width = max(len(c.name) for c in results)
     for c in results:
@@ -149,7 +163,9 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; `only="run"` builds the run command alone (the other commands' parsers
+    import their modules, the server's FastAPI among them)."""
     p = argparse.ArgumentParser(prog="sandbox", description="Run untrusted Python in warm, isolated jails.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -167,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--url", help="send the run to a `sandbox serve` at this URL (default: $SANDBOX_URL; "
                                  "key from $SANDBOX_API_KEY)")
     r.set_defaults(func=cmd_run)
+    if only == "run":
+        return p
 
     im = sub.add_parser("image", help="build or inspect images")
     isub = im.add_subparsers(dest="image_command", required=True)
@@ -211,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
-    args = parser().parse_args(argv)
+    args = parser(only="run" if argv[:1] == ["run"] else None).parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -34,6 +34,9 @@ from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
 from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
+SMALL_BODY = 1 << 16  # a request body up to this size is read with its header
+
+
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
               relay: Callable[[str, bytes], None] | None = None, control: int | None = None) -> tuple[dict, list[bytes]]:
     """Run one request in the pre-forked child and build the reply.
@@ -61,7 +64,7 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
         w.drain_rest()
         frame = result_frame(w.res)
         exit_code = exit_code_of(frame[0])
-        cpu_ns = cpu_time_ns(child.pid) - cpu0
+        cpu_ns = cpu_time_ns(child.pid, stat_fd=child.stat_fd) - cpu0
         main_cpu_ms = 0.0
     else:
         child.kill()
@@ -174,8 +177,13 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         except protocol.ProtocolError:
             return  # host closed our stdin: shut down
         head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
-        head = protocol.read_exact(proto_in, head_len)
-        body = protocol.read_exact(proto_in, body_len) if body_len else b""
+        if body_len <= SMALL_BODY:  # one read for the header and a small body
+            rest = protocol.read_exact(proto_in, head_len + body_len)
+            head, body = rest[:head_len], rest[head_len:]
+            del rest
+        else:  # no extra copy of large inputs in the zygote (the slot's memory limit counts it)
+            head = protocol.read_exact(proto_in, head_len)
+            body = protocol.read_exact(proto_in, body_len)
         header = protocol.parse_header(head)
         if header.get(protocol.OP) == protocol.CANCEL:
             continue  # for a run that had already answered
