@@ -502,10 +502,6 @@ class ForkServer:
     def _waiting_reaps(self) -> bool:
         return any(v is None for v in self.dying.values())
 
-    def reaping(self) -> bool:
-        """Whether an execution it was asked to reap is still going."""
-        return self._waiting_reaps()
-
     def retire(self, child: Child) -> None:
         """End an execution and have it reaped in the background."""
         child.kill()

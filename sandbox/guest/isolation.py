@@ -125,9 +125,10 @@ def limit_resources(profile: dict) -> None:
     grant). Spares are chosen before the execution only if its limit is tiny (under ~64 MiB)
     and it is small itself. The fd is kept because, once not dumpable, the child's /proc files
     belong to the jail's root."""
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(OOM_SCORE_WAITING))
+    # One open: the kernel takes every write to this file whole, whatever the offset, so the
+    # runner's later write of 1000 goes through the same fd.
     fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, str(OOM_SCORE_WAITING).encode())
     if fd != OOM_FD:
         os.dup2(fd, OOM_FD, inheritable=False)
         os.close(fd)

@@ -161,10 +161,10 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
 
     while True:
         for server in servers.values():
-            # Spares are forked once the last execution is reaped: its teardown (at nice 19) is
-            # what the next request's settle() waits for, and a fork beside it would slow it.
-            if not server.reaping():
-                server.refill(profile)
+            # After the reply: the spare the last run used is forked now, while the caller
+            # reads its result. Never on the request path: beside a run, the fork and the new
+            # child's set-up take the CPU from it (and a paced caller would pay for both).
+            server.refill(profile)
         events = poller.poll()
         for fd, _ in events:
             if fd in by_fd:
@@ -194,9 +194,6 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         child = server.take(header["profile"])
         for s in servers.values():
             s.settle()
-            # A no-op when the request found the zygote idle (the spares were made while it
-            # waited); back to back, the spare used by the last run is forked beside this one.
-            s.refill(profile)
         reply, blobs = supervise(child, server, prefix + head + body, header, relay, proto_in)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs

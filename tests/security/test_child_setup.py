@@ -102,3 +102,34 @@ def test_a_run_finds_nothing_of_the_spare_s_rehearsal(sb):
     expect(r, Outcome.OK)
     assert r.stdout == "['prog.py'] [] True ['prog.py'] ['prog.py'] prog.py False\n", r.stdout
     assert r.stderr == "", r.stderr
+
+
+def test_waiting_children_rank_between_the_execution_and_the_zygote_for_the_oom_killer():
+    # Expected: every isolated child waiting for a request (of both fork servers) has
+    # oom_score_adj 500 and nice 19, and the run that takes one has 1000 (through the fd kept
+    # open since isolation: once not dumpable the child cannot reopen its own /proc file). The
+    # zygote and the fork servers stay at 0. Without the waiting score, the OOM killer took the
+    # spares with an execution that hit its memory limit.
+    import time
+
+    import psutil
+
+    from sandbox import Sandbox
+
+    with Sandbox(slots=1) as sb:
+        assert sb.run("import numpy\nprint(1)").stdout == "1\n"
+        assert sb.run("print(open('/proc/self/oom_score_adj').read().strip())").stdout == "1000\n"
+        slot = next(iter(sb._pool._live.values()))
+        time.sleep(1)  # the last runs are reaped and their spares made by now
+        zygote = psutil.Process(slot.jail_pid)
+        servers = zygote.children()
+        waiting = [c for s in servers for c in s.children() if c.status() != psutil.STATUS_ZOMBIE]
+        assert len(servers) == 2 and len(waiting) >= 2, (servers, waiting)
+
+        def adj(p) -> int:
+            with open(f"/proc/{p.pid}/oom_score_adj") as f:
+                return int(f.read())
+
+        assert [adj(c) for c in waiting] == [500] * len(waiting)
+        assert [c.nice() for c in waiting] == [19] * len(waiting)
+        assert adj(zygote) == 0 and [adj(s) for s in servers] == [0, 0]
