@@ -6,16 +6,15 @@ Exit status of `sandbox run`: 0 ok, 1 error, 2 usage error, 3 any other outcome 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .host import doctor, image, wire
-from .host.packages import with_packages_ms
-from .errors import ImageError, InvalidInputError, SandboxError
-from .localfiles import read_inputs
-from .results import Outcome, Result
+# Each command imports what it needs when it runs: `sandbox run` must not pay for the server's
+# FastAPI, the agent or the image builder (tens to hundreds of milliseconds of imports).
+if TYPE_CHECKING:
+    from .results import Result
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
 
@@ -49,7 +48,11 @@ def _write_outputs(result: Result, out: Path) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .client import Sandbox
+    from .errors import InvalidInputError, SandboxError
+    from .host import wire
     from .limits import Limits
+    from .localfiles import read_inputs
+    from .results import Outcome
 
     if (args.script is None) == (args.code is None):
         _say("give a script path or -c CODE (exactly one)")
@@ -92,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     found = sb.packages.prepare(args.package, progress=lambda line: _say(line))
                 result = sb.run(code, files, filename=filename, packages=args.package or None)
                 if found is not None:  # the first use's cost, paid before run()
+                    from .host.packages import with_packages_ms
                     result = with_packages_ms(result, found.ms + result.usage.packages_ms)
     except InvalidInputError as exc:
         _say(str(exc))
@@ -120,6 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
+    from .errors import ImageError
+    from .host import image
+
     try:
         img = image.build(args.name, requirements=args.requirements, python=args.python, force=args.force,
                           preload=args.preload, log=lambda m: _say(m))
@@ -131,6 +138,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_image_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import ImageError
+    from .host import image
+
     try:
         img = image.load_any(args.name)
     except ImageError as exc:
@@ -141,6 +153,8 @@ def cmd_image_info(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .host import doctor
+
     results = doctor.checks(image=args.image)
     width = max(len(c.name) for c in results)
     for c in results:
@@ -156,7 +170,9 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; `only="run"` builds the run command alone (the other commands' parsers
+    import their modules, the server's FastAPI among them)."""
     p = argparse.ArgumentParser(prog="sandbox", description="Run untrusted Python in warm, isolated jails.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -177,6 +193,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a package from the policy's allow-list for this run, e.g. humanize or 'polars>=1' "
                         "(repeatable; downloaded on the host on first use, the run has no network)")
     r.set_defaults(func=cmd_run)
+    if only == "run":
+        return p
 
     im = sub.add_parser("image", help="build or inspect images")
     isub = im.add_subparsers(dest="image_command", required=True)
@@ -224,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
-    args = parser().parse_args(argv)
+    args = parser(only="run" if argv[:1] == ["run"] else None).parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:

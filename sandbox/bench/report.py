@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .stats import ratio
+
 MiB = 1 << 20
 
 
@@ -154,6 +156,77 @@ def targets(results: dict) -> list[list[str]]:
     return rows
 
 
+def issue20_rows(results: dict) -> list[list[str]]:
+    """The table of issue #20, each measure beside the baseline it is compared with (both from
+    this run, interleaved): [measure, sandbox, baseline, ratio or difference, target, met]. Rows
+    whose workload did not run are left out."""
+    w = results.get("workloads", {})
+    rows = []
+
+    def p50(block: dict | None, q: str = "p50") -> float | None:
+        return ((block or {}).get("summary_ms") or {}).get(q)
+
+    def cmp(x: float | None, limit: float) -> str:
+        return yes(None if x is None else x <= limit)
+
+    if "latency" in w:
+        r = w["latency"]["runners"]
+        sb, sub, warm = p50(r.get("sandbox")), p50(r.get("subprocess")), p50(r.get("warm-exec"))
+        q = ratio(sb, sub)
+        rows.append(["`print(1)`, idle pool (paced), p50, vs a fresh `python -I -S`", f"{ms(sb)} ms",
+                     f"{ms(sub)} ms", times(q), "≤ 0.10×", cmp(q, 0.10)])
+        over = None if sb is None or warm is None else sb - warm
+        rows.append(["`print(1)`, idle pool, p50, overhead over a warm `exec()`", f"{ms(sb)} ms", f"{ms(warm)} ms",
+                     f"+{ms(over)} ms", "≤ 0.5 ms", cmp(over, 0.5)])
+    if "backtoback" in w:
+        b = w["backtoback"]
+        sb, sub = b["runners"].get("sandbox"), b["runners"].get("subprocess")
+        for q, limit in (("p50", 0.25), ("p99", 1.0)):
+            rows.append([f"`print(1)` back to back, one caller, {q}, vs a fresh `python -I -S`", f"{ms(p50(sb, q))} ms",
+                         f"{ms(p50(sub, q))} ms", times(b[f"ratio_{q}"]), f"≤ {limit:g}×", cmp(b[f"ratio_{q}"], limit)])
+    if "sessions" in w:
+        c = w["sessions"]["call_ms"]
+        se, st = c["session"].get("p50"), c["stateless"].get("p50")
+        rows.append(["a warm session's `print(1)`, back to back, p50 (vs a stateless run, interleaved)",
+                     f"{ms(se)} ms", f"{ms(st)} ms", times(ratio(se, st)), "≤ 1 ms", cmp(se, 1.0)])
+    if "saturation" in w:
+        r = w["saturation"]["runners"]
+        sb, sub = r["sandbox"].get("runs_per_s"), r["subprocess"].get("runs_per_s")
+        q = ratio(sb, sub)
+        rows.append([f"saturation, {w['saturation'].get('clients', 16)} threads, runs/s vs fresh subprocesses",
+                     f"{sb} runs/s", f"{sub} runs/s", times(q), "≥ 3×", yes(None if q is None else q >= 3)])
+    if "humaneval" in w:
+        t = w["humaneval"]["table"]
+        for c in w["humaneval"]["levels"]:
+            sb, sub = t["sandbox"][str(c)]["programs_per_s_median"], t["subprocess"][str(c)]["programs_per_s_median"]
+            q = ratio(sb, sub)
+            rows.append([f"HumanEval 164 at c = {c}, programs/s vs fresh subprocesses", f"{sb:.1f}/s", f"{sub:.1f}/s",
+                         times(q), "≥ 2.5×", yes(None if q is None else q >= 2.5)])
+    if "oneshot" in w:
+        o = w["oneshot"]
+        r = {k: v["summary_ms"].get("p50") for k, v in o["runners"].items()}
+        ours, python = r.get("sandbox run -c 'print(1)'"), r.get("python3 -c 'print(1)'")
+        rows.append(["`sandbox run -c 'print(1)'`, whole command, vs `python3 -c`", f"{ms(ours)} ms",
+                     f"{ms(python)} ms", times(o["ratio_print"]), "≤ 5×",
+                     cmp(o["ratio_print"], 5)])
+        rows.append(["`sandbox run` of a pandas script vs the image's python (no warm engine)",
+                     f"{ms(r.get('sandbox run uses_pandas.py'))} ms", f"{ms(r.get('image python uses_pandas.py'))} ms",
+                     times(o["ratio_pandas"]), "≤ 1×", cmp(o["ratio_pandas"], 1)])
+    if "chart" in w:
+        r = w["chart"]["runners"]
+        sb, warm = p50(r.get("sandbox")), p50(r.get("warm-exec"))
+        q = ratio(sb, warm)
+        rows.append(["chart task, p50, vs the same code in a warm unisolated interpreter", f"{ms(sb)} ms",
+                     f"{ms(warm)} ms", times(q), "≤ 1.1×", cmp(q, 1.1)])
+    if "memory" in w:
+        extra = w["memory"].get("extra_slot") or {}
+        pss = extra.get("marginal_pss")
+        mib = None if pss is None else pss / (1 << 20)
+        rows.append(["one more warm slot, PSS", "–" if mib is None else f"{mib:.1f} MiB", "237 MiB (before #6)",
+                     "–", "≤ 237 MiB", cmp(mib, 237)])
+    return rows
+
+
 # -- Markdown ---------------------------------------------------------------------------------------------
 
 def markdown(results: dict) -> str:
@@ -197,6 +270,10 @@ def markdown(results: dict) -> str:
     if trows:
         lines.append("## Targets\n")
         lines.append(table(["target (issues #3, #6 and #7)", "measured", "met"], trows))
+    irows = issue20_rows(results)
+    if irows:
+        lines.append("## Issue #20: each measure beside its baseline (same run, interleaved)\n")
+        lines.append(table(["measure", "sandbox", "baseline", "ratio", "target", "met"], irows))
 
     if "latency" in w:
         lw = w["latency"]

@@ -49,7 +49,7 @@ def split():
     marks = [("child_start", ns())]
     mark = lambda name: marks.append((name, ns()))
     parent = os.getppid()
-    L.own_process_group(profile); mark("setpgid")
+    L.lower_priority(); L.own_process_group(profile); mark("setpgid")
     L._check(L._libc.unshare(L.CLONE_NEWNS | L.CLONE_NEWIPC | L.CLONE_NEWCGROUP), "unshare(mount, ipc, cgroup)"); mark("unshare")
     L._mount(None, "/", None, L.MS_REC | L.MS_PRIVATE); mark("mount_private")
     flags = L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC

@@ -154,7 +154,7 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int,
             isolation.isolate(profile, bpf, workdir=cfg["workdir"], uid=uid, gid=uid, parent=parent,
                               masks=cfg.get("proc_masks", ()),
                               devices=cfg.get("per_uid_devices") if profile.get("session") else None)
-            runner.prepare()
+            runner.prepare(session=bool(profile.get("session")))
             os.write(runner.RESULT_FD, b"R")
         except BaseException as exc:  # noqa: BLE001 - fail closed, whatever went wrong
             try:
@@ -374,6 +374,10 @@ class Child:
             self.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:  # already gone (setup failed); the result pipe says why
             self.pidfd = os.open("/dev/null", os.O_RDONLY)
+        try:  # for the run's CPU time (supervise.cpu_time_ns), opened here, off the request path
+            self.stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.stat_fd = -1
         self.setup: bytes | None = None   # b"R" once isolated, or b"E..." / b"" if setup failed
         self.retired = False              # killed and handed to the fork server to reap
 
@@ -398,7 +402,9 @@ class Child:
                 pass
 
     def close(self) -> None:
-        for fd in (self.req_w, self.out_r, self.err_r, self.res_r, self.pidfd):
+        for fd in (self.req_w, self.out_r, self.err_r, self.res_r, self.pidfd, self.stat_fd):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:

@@ -129,16 +129,13 @@ def limit_resources(profile: dict) -> None:
     grant). Spares are chosen before the execution only if its limit is tiny (under ~64 MiB)
     and it is small itself. The fd is kept because, once not dumpable, the child's /proc files
     belong to the jail's root."""
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(OOM_SCORE_WAITING))
+    # One open: the kernel takes every write to this file whole, whatever the offset, so the
+    # runner's later write of 1000 goes through the same fd.
     fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, str(OOM_SCORE_WAITING).encode())
     if fd != OOM_FD:
         os.dup2(fd, OOM_FD, inheritable=False)
         os.close(fd)
-    # The zygote shares the slot's CPU quota with the execution; at nice 19 a fork bomb's
-    # hundred processes still cannot starve the zygote's wall clock. Without CAP_SYS_NICE
-    # (and RLIMIT_NICE 0) the code cannot lower it again.
-    os.setpriority(os.PRIO_PROCESS, 0, 19)
     # A session lives across calls: its CPU time is counted per call by the zygote instead
     # (guest/session_loop.py), as RLIMIT_CPU would add up every call the session makes.
     cpu = resource.RLIM_INFINITY if profile.get("session") else profile["cpu_seconds"]
@@ -203,6 +200,15 @@ def reseed() -> None:
         sympy_random.rng.seed()
 
 
+def lower_priority() -> None:
+    """Step 0, first of all: nice 19. The zygote shares the slot's CPU quota with the execution;
+    at nice 19 a fork bomb's hundred processes still cannot starve the zygote's wall clock.
+    Without CAP_SYS_NICE (and RLIMIT_NICE 0) the code cannot lower it again. Done before the
+    rest of the set-up, so a spare being made while another child runs a request (or tears
+    down) takes the CPU from it on equal terms, not at nice 0."""
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
 def own_process_group(profile: dict) -> None:
     """Step 0: the execution's own process group. The filter refuses setsid and setpgid, so
     every process the code makes stays in it, and one kill(-pgid) ends them all. A session's,
@@ -217,6 +223,7 @@ def own_process_group(profile: dict) -> None:
 
 def isolate(profile: dict, bpf: bytes, *, workdir: str, uid: int, gid: int, parent: int,
             masks: list = (), devices: dict | None = None) -> None:
+    lower_priority()
     own_process_group(profile)
     private_filesystems(profile, workdir, uid, gid)
     mask_proc(masks)

@@ -35,6 +35,9 @@ from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
 from .supervise import Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
+SMALL_BODY = 1 << 16  # a request body up to this size is read with its header
+
+
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
               relay: Callable[[str, bytes], None] | None = None, control: int | None = None) -> tuple[dict, list[bytes]]:
     """Run one request in the pre-forked child and build the reply.
@@ -49,7 +52,9 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
     setup = child.wait_ready()
     if setup != b"R":
         return {protocol.OP: protocol.SETUP_FAILED, "detail": setup[1:].decode(errors="replace") or "child died during setup"}, []
-    cpu0 = cpu_time_ns(child.pid)  # the child's own setup, not the user's
+    # The child's own setup, not the user's. It has forked nothing yet (isolation and the
+    # runner's preparation make no process), so its clock alone is its CPU time.
+    cpu0 = cpu_time_ns(child.pid, children=False)
     live = relay if header.get("stream") else None
     show = None
     if live is not None and header.get("live_outputs") is True:
@@ -64,7 +69,7 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
         w.drain_rest()
         frame = result_frame(w.res)
         exit_code = exit_code_of(frame[0])
-        cpu_ns = cpu_time_ns(child.pid) - cpu0
+        cpu_ns = cpu_time_ns(child.pid, stat_fd=child.stat_fd) - cpu0
         main_cpu_ms = 0.0
     else:
         child.kill()
@@ -167,6 +172,9 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
 
     while True:
         for server in servers.values():
+            # After the reply: the spare the last run used is forked now, while the caller
+            # reads its result. Never on the request path: beside a run, the fork and the new
+            # child's set-up take the CPU from it (and a paced caller would pay for both).
             server.refill(profile)
         events = poller.poll()
         for fd, _ in events:
@@ -180,8 +188,13 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         except protocol.ProtocolError:
             return  # host closed our stdin: shut down
         head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
-        head = protocol.read_exact(proto_in, head_len)
-        body = protocol.read_exact(proto_in, body_len) if body_len else b""
+        if body_len <= SMALL_BODY:  # one read for the header and a small body
+            rest = protocol.read_exact(proto_in, head_len + body_len)
+            head, body = rest[:head_len], rest[head_len:]
+            del rest
+        else:  # no extra copy of large inputs in the zygote (the slot's memory limit counts it)
+            head = protocol.read_exact(proto_in, head_len)
+            body = protocol.read_exact(proto_in, body_len)
         header = protocol.parse_header(head)
         if header.get(protocol.OP) == protocol.CANCEL:
             continue  # for a run that had already answered
@@ -192,7 +205,6 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         child = server.take(header["profile"])
         for s in servers.values():
             s.settle()
-            s.refill(profile)  # a fork refused while the dying filled the pids limit: again now
         reply, blobs = supervise(child, server, prefix + head + body, header, relay, proto_in)
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs

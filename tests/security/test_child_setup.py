@@ -85,3 +85,51 @@ def test_pre_forked_child_dies_with_its_fork_server():
         while not dead() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert dead(), f"pre-forked child {child.pid} outlived its fork server"
+
+
+def test_a_run_finds_nothing_of_the_spare_s_rehearsal(sb):
+    # Expected: ok; before its request a spare runs a fixed program through the runner once
+    # (runner._rehearse, so the pages a run writes are copied ahead of the caller's clock). The
+    # run sees none of it: its work dir holds its own script only (the rehearsal's main.py is
+    # gone), /tmp is empty, stdin is empty, linecache and __main__ know only this program, and its
+    # stdout is its own output alone.
+    r = sb.run(
+        "import linecache, os, sys\n"
+        "print(sorted(os.listdir('.')), os.listdir('/tmp'), sys.stdin.read() == '',\n"
+        "      sorted(k for k in linecache.cache if not k.startswith('/')),\n"
+        "      sys.argv, sys.modules['__main__'].__file__, 'x' in vars(sys.modules['__main__']))\n",
+        filename="prog.py")
+    expect(r, Outcome.OK)
+    assert r.stdout == "['prog.py'] [] True ['prog.py'] ['prog.py'] prog.py False\n", r.stdout
+    assert r.stderr == "", r.stderr
+
+
+def test_waiting_children_rank_between_the_execution_and_the_zygote_for_the_oom_killer():
+    # Expected: every isolated child waiting for a request (of both fork servers) has
+    # oom_score_adj 500 and nice 19, and the run that takes one has 1000 (through the fd kept
+    # open since isolation: once not dumpable the child cannot reopen its own /proc file). The
+    # zygote and the fork servers stay at 0. Without the waiting score, the OOM killer took the
+    # spares with an execution that hit its memory limit.
+    import time
+
+    import psutil
+
+    from sandbox import Sandbox
+
+    with Sandbox(slots=1) as sb:
+        assert sb.run("import numpy\nprint(1)").stdout == "1\n"
+        assert sb.run("print(open('/proc/self/oom_score_adj').read().strip())").stdout == "1000\n"
+        slot = next(iter(sb._pool._live.values()))
+        time.sleep(1)  # the last runs are reaped and their spares made by now
+        zygote = psutil.Process(slot.jail_pid)
+        servers = zygote.children()
+        waiting = [c for s in servers for c in s.children() if c.status() != psutil.STATUS_ZOMBIE]
+        assert len(servers) == 2 and len(waiting) >= 2, (servers, waiting)
+
+        def adj(p) -> int:
+            with open(f"/proc/{p.pid}/oom_score_adj") as f:
+                return int(f.read())
+
+        assert [adj(c) for c in waiting] == [500] * len(waiting)
+        assert [c.nice() for c in waiting] == [19] * len(waiting)
+        assert adj(zygote) == 0 and [adj(s) for s in servers] == [0, 0]
