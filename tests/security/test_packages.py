@@ -103,7 +103,7 @@ def test_one_tenants_set_is_not_visible_from_another_run(psb, world):
                 packages=[DEPENDENT])
     assert a.outcome is Outcome.OK, describe(a)
     a_set = a.stdout.strip()
-    r = run(psb, f"""
+    r = run(psb, """
         import os, sys
         evidence(list_cache=errno_of(os.listdir, "/opt/packages"),
                  scandir=errno_of(lambda: list(os.scandir("/opt/packages"))),
