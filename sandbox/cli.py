@@ -46,13 +46,28 @@ def _write_outputs(result: Result, out: Path) -> list[str]:
     return written
 
 
+def _engine(args: argparse.Namespace, overrides: dict) -> str | None:
+    """The socket of a warm engine this run can go to (engine_socket.py), or None: the run starts its
+    own. Not for --package (pip's progress is shown by the one-shot path) nor for limits the engine's
+    policy would refuse (a server lets a caller tighten its limits, never loosen them)."""
+    if args.no_engine or args.package:
+        return None
+    from . import engine_socket
+
+    path = engine_socket.find(args.image)   # EngineSocketError: something not to trust is there
+    if path is not None and overrides:
+        from .limits import Limits
+        policy = Limits.from_policy()
+        if any(value > getattr(policy, name) for name, value in overrides.items()):
+            return None
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .client import Sandbox
+    # The warm-engine path imports only the light client (remote.py, results, limits): the engine's
+    # modules (client, host) load only on the one-shot path.
     from .errors import InvalidInputError, SandboxError
-    from .host import wire
-    from .limits import Limits
     from .localfiles import read_inputs
-    from .results import Outcome
 
     if (args.script is None) == (args.code is None):
         _say("give a script path or -c CODE (exactly one)")
@@ -74,18 +89,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["cpu_seconds"] = args.cpu_seconds
     try:
         files = read_inputs(args.file)
-        limits = Limits.from_policy().replace(**overrides)
+        if overrides:  # checked here whichever path runs the code
+            from .limits import Limits
+            Limits.from_policy().replace(**overrides)
     except InvalidInputError as exc:
         _say(str(exc))
         return EXIT_USAGE
     url = args.url or os.environ.get("SANDBOX_URL")
+    engine = None
+    if not url:
+        from .engine_socket import EngineSocketError
+        try:
+            engine = _engine(args, overrides)
+        except EngineSocketError as exc:
+            _say(f"not using the engine socket: {exc}. Remove it or fix it, or run with --no-engine")
+            return EXIT_OTHER
     try:
-        if url:  # one HTTP round trip to a running `sandbox serve` (key from SANDBOX_API_KEY)
+        if url or engine:  # one HTTP round trip to a running `sandbox serve` (key from SANDBOX_API_KEY)
             from .remote import RemoteSandbox
-            with RemoteSandbox(url) as remote:
+            with RemoteSandbox(url, unix_socket=engine) as remote:
                 result = remote.run(code, files, filename=filename, limits=overrides or None,
                                     **({"packages": args.package} if args.package else {}))
         else:
+            from .client import Sandbox
+            from .host import wire
+            from .limits import Limits
+            limits = Limits.from_policy().replace(**overrides)
             # One run: the jail imports only what the program's import lines name from the image's
             # preload list (print(1) starts with the standard library alone, a pandas script with
             # pandas), before the run's clock starts, as the warm pool does.
@@ -104,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return EXIT_OTHER
 
+    from .results import Outcome
     if args.json:
         print(result.to_json(indent=2 if sys.stdout.isatty() else None))
     else:
@@ -189,6 +219,10 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--image", default="default", help="image to run in (default: default)")
     r.add_argument("--url", help="send the run to a `sandbox serve` at this URL (default: $SANDBOX_URL; "
                                  "key from $SANDBOX_API_KEY)")
+    r.add_argument("--no-engine", action="store_true",
+                   help="start an engine for this run even if a warm one listens on the engine socket "
+                        "($SANDBOX_SOCKET, else $XDG_RUNTIME_DIR/sandbox/engine.sock, else "
+                        "/tmp/sandbox-UID/engine.sock; see `sandbox serve --unix-socket`)")
     r.add_argument("--package", action="append", default=[], metavar="NAME",
                    help="a package from the policy's allow-list for this run, e.g. humanize or 'polars>=1' "
                         "(repeatable; downloaded on the host on first use, the run has no network)")

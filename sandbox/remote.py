@@ -23,24 +23,24 @@ import base64
 import binascii
 import http.client
 import json
-import logging
 import os
 import queue
 import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (InvalidInputError, QueueFullError, SandboxError, SandboxUnavailableError, SessionClosedError,
                      from_wire)
-from .host.wire import check_path
-from .limits import Limits
+from .paths import check_path
 from .results import DisplayOutput, Result
-from .sessions import FileInfo
 from .types import Files, TextCallback
 
-log = logging.getLogger("sandbox.remote")
+if TYPE_CHECKING:  # imported when used: `sandbox run` on a warm engine loads neither (~20 ms)
+    from .limits import Limits
+    from .sessions import FileInfo
+
 
 
 class RemoteError(SandboxError):
@@ -55,11 +55,14 @@ class _Connections:
     """Keep-alive HTTP/1.1 connections, one per concurrent caller, reused (the standard library's client:
     a quarter of the CPU per call of the heavier clients, which matters when the run itself is 1 ms)."""
 
-    def __init__(self, url: str, connect_timeout: float) -> None:
+    def __init__(self, url: str, connect_timeout: float, unix_socket: str | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInputError(f"not an http(s) URL: {url!r}")
-        self.cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self.cls: Callable[..., http.client.HTTPConnection] = \
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        if unix_socket is not None:
+            self.cls = lambda host, port, timeout: _UnixConnection(unix_socket, timeout)
         self.host, self.port, self.prefix = parts.hostname, parts.port, parts.path.rstrip("/")
         self.connect_timeout = connect_timeout
         self.idle: queue.SimpleQueue[http.client.HTTPConnection] = queue.SimpleQueue()
@@ -79,7 +82,8 @@ class _Connections:
                 if not reused:
                     conn.connect()
                     conn.sock.settimeout(None)  # no read timeout: the server's wall clock ends every run
-                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if conn.sock.family != socket.AF_UNIX:
+                        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.request(method, self.prefix + path, body, headers)
                 r = conn.getresponse()
                 if on_line is not None and r.status == 200:
@@ -112,10 +116,33 @@ class _Connections:
                 return
 
 
-class RemoteSandbox:
-    """A client of a `sandbox serve` server. Thread-safe; keeps its connections alive between calls."""
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a `sandbox serve --unix-socket`: connected only if the server runs as this user or
+    root (engine_socket.connect checks its SO_PEERCRED)."""
 
-    def __init__(self, url: str | None = None, *, api_key: str | None = None, connect_timeout: float = 10.0) -> None:
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_socket = path
+
+    def connect(self) -> None:
+        from .engine_socket import EngineSocketError, connect
+
+        try:
+            self.sock = connect(self.unix_socket, self.timeout)
+        except EngineSocketError as exc:
+            raise PermissionError(str(exc)) from None
+
+
+class RemoteSandbox:
+    """A client of a `sandbox serve` server. Thread-safe; keeps its connections alive between calls.
+    With `unix_socket=PATH`, it talks to a `sandbox serve --unix-socket PATH` (no key: the socket's
+    mode and the server's peer check are the access control; `url` is then only the Host header)."""
+
+    def __init__(self, url: str | None = None, *, api_key: str | None = None, connect_timeout: float = 10.0,
+                 unix_socket: str | None = None) -> None:
+        if unix_socket is not None:
+            url = url or "http://localhost"
+            api_key = api_key or ""
         url = url or os.environ.get("SANDBOX_URL")
         if not url:
             raise InvalidInputError("give the server's URL (or set SANDBOX_URL)")
@@ -123,8 +150,8 @@ class RemoteSandbox:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._http = _Connections(url, connect_timeout)
-        self.url = url
+        self._http = _Connections(url, connect_timeout, unix_socket)
+        self.url = url if unix_socket is None else f"unix:{unix_socket}"
 
     def run(self, code: str, files: Files | None = None, *, stdin: bytes | str | None = None,
             timeout: float | None = None, limits: Limits | Mapping[str, Any] | None = None,
@@ -144,7 +171,7 @@ class RemoteSandbox:
     def session(self, ttl: float | None = None, *, limits: Limits | Mapping[str, Any] | None = None,
                 packages: list[str] | None = None) -> RemoteSession:
         """A stateful session on the server (Sandbox.session() remotely); a context manager that closes it."""
-        body: dict[str, Any] = {"ttl": ttl, "limits": Limits.changes(limits)}
+        body: dict[str, Any] = {"ttl": ttl, "limits": _limit_changes(limits)}
         if packages:
             body["packages"] = list(packages)
         doc = self._request("POST", "/v1/sessions", body)
@@ -168,7 +195,7 @@ class RemoteSandbox:
                 raise InvalidInputError("stdin must be UTF-8 text for a remote run") from None
         body: dict[str, Any] = {
             "code": code, "filename": filename, "stdin": stdin, "timeout": timeout,
-            "limits": Limits.changes(limits),
+            "limits": _limit_changes(limits),
             "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else bytes(data)).decode()
                       for name, data in (files or {}).items()},
         }
@@ -222,7 +249,8 @@ class RemoteSandbox:
                     try:
                         callback(value)
                     except Exception:  # noqa: BLE001 - the caller's bug must not break the run
-                        log.exception("the %s callback raised; it gets no more output of this run", kind)
+                        import logging
+                        logging.getLogger("sandbox.remote").exception("the %s callback raised; it gets no more output of this run", kind)
                         callbacks[kind] = None
             elif kind == "result":
                 final.update(event)
@@ -283,6 +311,14 @@ class RemoteSandbox:
         self.close()
 
 
+def _limit_changes(limits: Limits | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if limits is None:
+        return None
+    from .limits import Limits
+
+    return Limits.changes(limits)
+
+
 def _display(event: dict, url: str) -> DisplayOutput:
     """A streamed `{"type": "output", ...}` event as a DisplayOutput, checked as a result's are."""
     try:
@@ -328,6 +364,8 @@ class RemoteSession:
             raise RemoteError(f"{self._sb.url} answered with a malformed package list ({exc!r})") from None
 
     def files(self) -> list[FileInfo]:
+        from .sessions import FileInfo
+
         doc = self._call(lambda: self._sb._request("GET", self._path + "/files"))
         try:
             return [FileInfo(_checked(f["path"], "a file name from the server"), int(f["size"]), str(f["mime_type"]))

@@ -2,6 +2,7 @@
 route, parser or the MCP SDK reads one byte of the body.
 
     request head ──► which route class? (public / keyed; its body cap)
+                 ──► on the Unix socket (its peer's uid already checked, unix.py): no key, no Host check
                  ──► no keys configured: loopback client and a loopback Host, for every route, or 403
                  ──► keyed route: a valid key (bearer, X-API-Key, or /k/KEY/ in the path), or 401
                  ──► Content-Length over the route's cap: 413; a body without one: 413 once it passes it
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
 from .settings import Settings, is_loopback
+from .unix import UNIX_PEER
 
 OWNER = "sandbox_owner"     # the caller's owner id in the request's scope["state"]
 KIB = 1 << 10
@@ -110,12 +112,14 @@ class Gate:
             await self.app(scope, receive, send)
             return
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        if not self.settings.auth_required:
+        if scope.get(UNIX_PEER) is not None:  # on our Unix socket: mode 0600 and the peer's uid checked (unix.py)
+            owner: str | None = "local"
+        elif not self.settings.auth_required:
             if not local_only(scope):
                 await reply(send, 403, "forbidden", "this server has no API key configured and answers only loopback "
                             "clients addressing it as localhost, 127.0.0.1 or [::1]")
                 return
-            owner: str | None = "local"
+            owner = "local"
         elif is_public(path):
             owner = None
         else:

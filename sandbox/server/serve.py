@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import socket
@@ -15,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidInputError, SandboxError
-from . import connections, logs
+from . import connections, logs, unix
 from .settings import Settings
 
 _PATH_KEY = re.compile(r"/k/[^/?\s\"']+")
@@ -91,8 +92,12 @@ def scrub_keys(keys: tuple[str, ...]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs a key)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; any other needs a key)")
+    p.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--unix-socket", nargs="?", const="", metavar="PATH",
+                   help="serve on a Unix socket (mode 0600, no key; only this uid or root may connect), where "
+                        "`sandbox run` finds it; without PATH the per-user path `sandbox run` looks at "
+                        "(docs/cli.md). TCP too only if --host or --port is given")
     p.add_argument("--slots", type=int, help="jails in the pool (default: one per core)")
     p.add_argument("--image", default="default", help="image to run in")
     p.add_argument("--api-key-file", help="file of API keys, one a line (also: SANDBOX_API_KEYS, comma separated)")
@@ -149,7 +154,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for flag in ("max_waiting_per_key", "max_waiting_per_session"):
         if getattr(args, flag) < 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be 0 or more")
-    settings = Settings(host=args.host, port=args.port, slots=args.slots, image=args.image, max_queue=args.max_queue,
+    unix_socket = None
+    if args.unix_socket is not None:
+        from ..engine_socket import socket_path
+        unix_socket = args.unix_socket or socket_path(args.image)
+        if not unix_socket:
+            raise InvalidInputError("SANDBOX_SOCKET is set and empty: give --unix-socket PATH")
+    tcp = unix_socket is None or args.host is not None or args.port is not None
+    settings = Settings(host=args.host or "127.0.0.1", port=8080 if args.port is None else args.port,
+                        unix_socket=unix_socket, tcp=tcp, slots=args.slots, image=args.image, max_queue=args.max_queue,
                         max_body_bytes=args.max_body_mb << 20, shutdown_grace_seconds=args.grace,
                         mcp=not args.no_mcp, max_sessions_per_key=args.max_sessions_per_key,
                         max_runs_per_key=args.max_runs_per_key, max_waiting_per_key=args.max_waiting_per_key,
@@ -161,7 +174,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         write_stall_seconds=args.write_stall_timeout,
                         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                         insecure_http=args.insecure_http).with_keys_from(args.api_key_file)
-    settings.check_bind()
+    if settings.tcp:
+        settings.check_bind()
     return settings
 
 
@@ -187,6 +201,8 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "info", log_co
         extra.update(ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     http = connections.protocol_class(settings.head_timeout_seconds, settings.body_timeout_seconds,
                                       settings.write_stall_seconds)
+    if settings.unix_socket is not None:
+        http = unix.peer_checked(http)  # SO_PEERCRED on each connection of the Unix socket
     return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,
                           **extra, http=http,
                           lifespan="on", server_header=False, limit_concurrency=settings.max_connections,
@@ -213,17 +229,25 @@ def reload_keys(app: Any) -> None:
     log.info("SIGHUP: %d API key(s) loaded", len(new.api_keys), extra={"event": "keys_reloaded", "keys": len(new.api_keys)})
 
 
-def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "info", log_format: str = "text") -> None:
-    """Run the app on `sock` until SIGINT/SIGTERM (SIGHUP: reload the keys); runs still in flight after
-    the grace period are killed."""
+def serve(app: Any, settings: Settings, sock: socket.socket | list[socket.socket], log_level: str = "info",
+          log_format: str = "text") -> None:
+    """Run the app on `sock` (a TCP socket, a Unix one, or both in a list) until SIGINT/SIGTERM (SIGHUP:
+    reload the keys); runs still in flight after the grace period are killed."""
     import uvicorn
 
-    host, port = sock.getsockname()[:2]
+    socks = sock if isinstance(sock, list) else [sock]
+    tcp = next((s for s in socks if s.family != socket.AF_UNIX), None)
     scrub_keys(settings.api_keys)
     config = uvicorn_config(app, settings, log_level, logs.configure(log_format, log_level))
     server = uvicorn.Server(config)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.auth_required else "no API key (loopback only)"
-    url = f"{'https' if settings.tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+    where = [f"unix:{s.getsockname()} (no key; uid {os.geteuid()} or root only)" for s in socks
+             if s.family == socket.AF_UNIX]
+    url = ""
+    if tcp is not None:
+        host, port = tcp.getsockname()[:2]
+        url = f"{'https' if settings.tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+        where.insert(0, f"{url} ({auth})")
 
     def busy() -> int:
         """Runs in flight: the pool's, and calls in sessions (which run in the session jail)."""
@@ -250,13 +274,13 @@ def serve(app: Any, settings: Settings, sock: socket.socket, log_level: str = "i
     async def main() -> None:
         if settings.auth_required:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, app)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
+        task = asyncio.create_task(server.serve(sockets=socks))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
             mcp = f", MCP {url}/mcp" if settings.mcp else ""
-            print(f"sandbox: serving on {url} ({auth}); playground {url}/{mcp}, OpenAPI {url}/openapi.json",
-                  file=sys.stderr, flush=True)
+            pages = f"; playground {url}/{mcp}, OpenAPI {url}/openapi.json" if url else ""
+            print(f"sandbox: serving on {' and '.join(where)}{pages}", file=sys.stderr, flush=True)
         reaper = asyncio.create_task(reap())
         try:
             await task
@@ -283,22 +307,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..client import check_host
     from .app import create_app
 
+    socks: list[socket.socket] = []
+    made = None
     try:
         settings = settings_from(args)
         check_tls(settings)
-        sock = bind(settings.host, settings.port, settings.backlog)
+        if settings.tcp:
+            socks.append(bind(settings.host, settings.port, settings.backlog))
+        if settings.unix_socket is not None:
+            unix_sock, made = unix.bind_unix(settings.unix_socket, settings.backlog)
+            socks.append(unix_sock)
     except InvalidInputError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
+        for s in socks:
+            s.close()
         return 2
     except OSError as exc:
-        print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(f"sandbox: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        check_host()  # the engine checks again at start; failing here gives a clear message
-        app = create_app(settings)
-    except SandboxError as exc:
-        print(f"sandbox: {exc}", file=sys.stderr)
-        sock.close()
-        return 3
-    serve(app, settings, sock, args.log_level, args.log_format)
+        try:
+            check_host()  # the engine checks again at start; failing here gives a clear message
+            app = create_app(settings)
+        except SandboxError as exc:
+            print(f"sandbox: {exc}", file=sys.stderr)
+            for s in socks:
+                s.close()
+            return 3
+        serve(app, settings, socks, args.log_level, args.log_format)
+    finally:
+        if made is not None:
+            unix.remove(settings.unix_socket, made)
     return 0

@@ -55,6 +55,8 @@ class Settings:
     ssl_certfile: str | None = None       # TLS: uvicorn serves HTTPS with these
     ssl_keyfile: str | None = None
     insecure_http: bool = False           # the operator's explicit yes to plain HTTP beyond loopback
+    unix_socket: str | None = None        # also (or only: tcp=False) serve on this Unix socket (unix.py)
+    tcp: bool = True                      # listen on host:port
 
     @property
     def tls(self) -> bool:
