@@ -236,6 +236,9 @@ def serve(app: Any, settings: Settings, sock: socket.socket | list[socket.socket
     import uvicorn
 
     socks = sock if isinstance(sock, list) else [sock]
+    # Our socket files, removed as soon as the server begins to stop (new `sandbox run`s then start their
+    # own engine); not after it has stopped: uvicorn re-raises SIGTERM then, and the process ends there.
+    made = [(s.getsockname(), os.lstat(s.getsockname())) for s in socks if s.family == socket.AF_UNIX]
     tcp = next((s for s in socks if s.family != socket.AF_UNIX), None)
     scrub_keys(settings.api_keys)
     config = uvicorn_config(app, settings, log_level, logs.configure(log_format, log_level))
@@ -261,6 +264,8 @@ def serve(app: Any, settings: Settings, sock: socket.socket | list[socket.socket
         loop = asyncio.get_running_loop()
         while not server.should_exit:
             await asyncio.sleep(0.1)
+        for path, st in made:
+            unix.remove(path, st)
         if busy():
             print(f"sandbox: shutting down: {busy()} run(s) in flight get {settings.shutdown_grace_seconds:g} s to finish",
                   file=sys.stderr, flush=True)
@@ -308,15 +313,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     socks: list[socket.socket] = []
-    made = None
     try:
         settings = settings_from(args)
         check_tls(settings)
         if settings.tcp:
             socks.append(bind(settings.host, settings.port, settings.backlog))
         if settings.unix_socket is not None:
-            unix_sock, made = unix.bind_unix(settings.unix_socket, settings.backlog)
-            socks.append(unix_sock)
+            socks.append(unix.bind_unix(settings.unix_socket, settings.backlog))
     except InvalidInputError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         for s in socks:
@@ -326,16 +329,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"sandbox: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        try:
-            check_host()  # the engine checks again at start; failing here gives a clear message
-            app = create_app(settings)
-        except SandboxError as exc:
-            print(f"sandbox: {exc}", file=sys.stderr)
-            for s in socks:
-                s.close()
-            return 3
-        serve(app, settings, socks, args.log_level, args.log_format)
-    finally:
-        if made is not None:
-            unix.remove(settings.unix_socket, made)
+        check_host()  # the engine checks again at start; failing here gives a clear message
+        app = create_app(settings)
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        for s in socks:
+            s.close()
+            if s.family == socket.AF_UNIX:
+                os.unlink(s.getsockname())
+        return 3
+    serve(app, settings, socks, args.log_level, args.log_format)
     return 0

@@ -28,9 +28,8 @@ log = logging.getLogger("sandbox.server")
 UNIX_PEER = "sandbox_unix_peer_uid"   # in a request's scope: the uid of the peer on the Unix socket
 
 
-def bind_unix(path: str, backlog: int) -> tuple[socket.socket, os.stat_result]:
-    """A listening AF_UNIX socket at `path`, mode 0600, and the stat of its file (to remove only that
-    file at shutdown). InvalidInputError for a path that must not be used."""
+def bind_unix(path: str, backlog: int) -> socket.socket:
+    """A listening AF_UNIX socket at `path`, mode 0600. InvalidInputError for a path that must not be used."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     uid = os.geteuid()
@@ -57,7 +56,7 @@ def bind_unix(path: str, backlog: int) -> tuple[socket.socket, os.stat_result]:
     finally:
         os.umask(old)
     sock.set_inheritable(True)
-    return sock, os.lstat(path)
+    return sock
 
 
 def _remove_stale(path: str, uid: int) -> None:
