@@ -33,7 +33,7 @@ class Plan:
     memory_extra_slot: bool = True
     b2b_n: int = 5000                  # back-to-back sandbox calls (the stall target is per 5,000)
     b2b_baseline_n: int = 300
-    oneshot_n: int = 10
+    oneshot_n: int = 20
 
     @classmethod
     def quick(cls) -> Plan:

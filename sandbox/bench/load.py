@@ -7,11 +7,15 @@
    to back. Interleaved in chunks, so drift cancels in the ratios; reports max and the calls over
    50 ms, because a stall every few hundred calls hides below p99.
 9. `sandbox run` as a whole command (host interpreter start, pool start, run, teardown) against
-   `python3 -c` for `print(1)`, and against the image's interpreter for a script importing pandas.
+   `python3 -c` for `print(1)`, and against the image's interpreter for a script importing pandas;
+   and the same two commands sent to a warm engine (`sandbox serve --unix-socket` on a socket of the
+   workload's own, found through SANDBOX_SOCKET): the client's start, one request, its exit.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,36 +63,76 @@ def back_to_back(ctx: Context) -> dict:
 PANDAS_SCRIPT = "import pandas as pd\nprint(pd.DataFrame({'a': [1, 2, 3]}).a.sum())\n"
 
 
-def _timed(cmd: list[str], expect: str) -> dict:
+def _timed(cmd: list[str], expect: str, env: dict[str, str] | None = None) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     ms = (time.perf_counter() - t0) * 1000
     ok = proc.returncode == 0 and proc.stdout.strip() == expect
     return {"ok": ok, "ms": ms, "error": None if ok else f"exit {proc.returncode}: {proc.stderr[-300:]}"}
 
 
+WARM_PRINT, WARM_PANDAS = "sandbox run -c 'print(1)', warm engine", "sandbox run uses_pandas.py, warm engine"
+
+
+def _start_engine(sandbox_cmd: str, tmp: str) -> tuple[subprocess.Popen | None, str, str | None]:
+    """`sandbox serve --unix-socket` on a socket in `tmp` (one slot): (process, socket, error)."""
+    sock, log = os.path.join(tmp, "engine.sock"), os.path.join(tmp, "engine.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sandbox_cmd, "serve", "--unix-socket", sock, "--slots", "1", "--no-mcp",
+                                 "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "serving on" in Path(log).read_text():
+            return proc, sock, None
+        time.sleep(0.1)
+    _stop_engine(proc)
+    return None, sock, f"the engine did not start: {Path(log).read_text()[-300:]}"
+
+
+def _stop_engine(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def one_shot(ctx: Context) -> dict:
-    """`sandbox run` as a command, interleaved with its unsandboxed equivalents."""
+    """`sandbox run` as a command, with no engine and with a warm one, interleaved with its
+    unsandboxed equivalents."""
     sandbox_cmd = str(Path(sys.executable).with_name("sandbox"))
     python = str(ctx.image.python)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "uses_pandas.py"
         script.write_text(PANDAS_SCRIPT)
-        cases = {
-            "sandbox run -c 'print(1)'": ([sandbox_cmd, "run", "-c", "print(1)"], "1"),
-            "python3 -c 'print(1)'": (["/usr/bin/python3", "-c", "print(1)"], "1"),
-            "sandbox run uses_pandas.py": ([sandbox_cmd, "run", str(script)], "6"),
-            "image python uses_pandas.py": ([python, str(script)], "6"),
+        engine, sock, engine_error = _start_engine(sandbox_cmd, tmp)
+        warm_env = {**os.environ, "SANDBOX_SOCKET": sock}
+        cases: dict[str, tuple[list[str], str, dict[str, str] | None]] = {
+            "sandbox run -c 'print(1)'": ([sandbox_cmd, "run", "--no-engine", "-c", "print(1)"], "1", None),
+            WARM_PRINT: ([sandbox_cmd, "run", "-c", "print(1)"], "1", warm_env),
+            "python3 -c 'print(1)'": (["/usr/bin/python3", "-c", "print(1)"], "1", None),
+            "sandbox run uses_pandas.py": ([sandbox_cmd, "run", "--no-engine", str(script)], "6", None),
+            WARM_PANDAS: ([sandbox_cmd, "run", str(script)], "6", warm_env),
+            "image python uses_pandas.py": ([python, str(script)], "6", None),
         }
         samples: dict[str, list[dict]] = {k: [] for k in cases}
         n = ctx.plan.oneshot_n
-        with ctx.progress("one-shot commands", n * len(cases)) as bar:
-            for i in range(n + 1):
-                for name, (cmd, expect) in cases.items():
-                    s = _timed(cmd, expect)
-                    if i:  # the first round warms the page cache
-                        samples[name].append(s)
-                    bar.advance()
+        try:
+            with ctx.progress("one-shot commands", n * len(cases)) as bar:
+                for i in range(n + 1):
+                    for name, (cmd, expect, env) in cases.items():
+                        if env is not None and engine_error:
+                            s = {"ok": False, "ms": 0.0, "error": engine_error}
+                        else:
+                            s = _timed(cmd, expect, env)
+                        if i:  # the first round warms the page cache (and the engine)
+                            samples[name].append(s)
+                        bar.advance()
+        finally:
+            _stop_engine(engine)
     blocks = {}
     for name, ss in samples.items():
         ok = [s for s in ss if s["ok"]]
@@ -101,4 +145,6 @@ def one_shot(ctx: Context) -> dict:
         "runners": blocks,
         "ratio_print": ratio(p50["sandbox run -c 'print(1)'"], p50["python3 -c 'print(1)'"]),
         "ratio_pandas": ratio(p50["sandbox run uses_pandas.py"], p50["image python uses_pandas.py"]),
+        "ratio_print_warm": ratio(p50[WARM_PRINT], p50["python3 -c 'print(1)'"]),
+        "ratio_pandas_warm": ratio(p50[WARM_PANDAS], p50["image python uses_pandas.py"]),
     }
