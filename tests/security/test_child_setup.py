@@ -91,16 +91,16 @@ def test_a_run_finds_nothing_of_the_spare_s_rehearsal(sb):
     # Expected: ok; before its request a spare runs a fixed program through the runner once
     # (runner._rehearse, so the pages a run writes are copied ahead of the caller's clock). The
     # run sees none of it: its work dir holds its own script only (the rehearsal's main.py is
-    # gone), /tmp is empty, stdin is empty, linecache and __main__ know only this program, and its
+    # gone), /tmp holds only the `mnt/data` link every run gets (/mnt's target), stdin is empty, linecache and __main__ know only this program, and its
     # stdout is its own output alone.
     r = sb.run(
         "import linecache, os, sys\n"
-        "print(sorted(os.listdir('.')), os.listdir('/tmp'), sys.stdin.read() == '',\n"
+        "print(sorted(os.listdir('.')), os.listdir('/tmp'), os.listdir('/tmp/mnt'), sys.stdin.read() == '',\n"
         "      sorted(k for k in linecache.cache if not k.startswith('/')),\n"
         "      sys.argv, sys.modules['__main__'].__file__, 'x' in vars(sys.modules['__main__']))\n",
         filename="prog.py")
     expect(r, Outcome.OK)
-    assert r.stdout == "['prog.py'] [] True ['prog.py'] ['prog.py'] prog.py False\n", r.stdout
+    assert r.stdout == "['prog.py'] ['mnt'] ['data'] True ['prog.py'] ['prog.py'] prog.py False\n", r.stdout
     assert r.stderr == "", r.stderr
 
 
