@@ -249,21 +249,21 @@ def test_the_hosts_processes_move_to_a_leaf_of_their_delegated_cgroup(cgroup2_mo
 UNIT_HOST = """
 import json, os, sys
 from pathlib import Path
-unit = sys.argv[1]
-for c in ("memory", "pids", "cpu"):        # as systemd places a unit's process on v1 with Delegate=yes
-    d = Path("/sys/fs/cgroup") / c / unit
+unit, dirs = sys.argv[1], [Path(d) for d in sys.argv[2:]]
+for d in dirs:                             # as systemd places a unit's process with Delegate=yes
     (d / "cgroup.procs").write_text(str(os.getpid()))
 from sandbox import Sandbox
 with Sandbox(slots=1, preload=False) as sb:
     out = sb.run("print(6 * 7)").stdout
-    below = sorted(str(p) for c in ("memory", "pids", "cpu") for p in (Path("/sys/fs/cgroup") / c / unit / "sandbox").glob("NSJAIL.*"))
+    below = sorted(str(p) for d in dirs for p in (d / "sandbox").glob("NSJAIL.*"))
     jail_cgroup = Path(f"/proc/{next(iter(sb._pool._live.values())).jail_pid}/cgroup").read_text()
 print(json.dumps({"stdout": out, "below": below, "jail_cgroup": jail_cgroup}))
 """
 
 
-@pytest.mark.skipif(V2, reason="a v1 hierarchy per controller (the v2 VM runs the v2 twin above)")
 def test_an_engine_in_a_delegated_unit_cgroup_makes_its_jails_below_it(tmp_path):
+    # v1: a unit's cgroup in each controller's hierarchy; v2 (the VM of `make test-cgroup2`): one
+    # directory, where the engine first moves itself to the unit's supervisor leaf.
     import json
     import os
     import subprocess
@@ -272,18 +272,20 @@ def test_an_engine_in_a_delegated_unit_cgroup_makes_its_jails_below_it(tmp_path)
     from sandbox.host import cgroups
 
     unit = f"sandbox-test-{os.getpid()}.service"
-    dirs = [CGROUP_ROOT / c / unit for c in ("memory", "pids", "cpu")]
+    dirs = [CGROUP_ROOT / unit] if V2 else [CGROUP_ROOT / c / unit for c in ("memory", "pids", "cpu")]
     for d in dirs:
         d.mkdir()
         os.setxattr(d, "trusted.delegate", b"1")
     try:
         env = {k: v for k, v in os.environ.items() if k != cgroups.ENV}
-        p = subprocess.run([sys.executable, "-c", UNIT_HOST, unit], capture_output=True, text=True, timeout=300, env=env)
+        p = subprocess.run([sys.executable, "-c", UNIT_HOST, unit, *map(str, dirs)], capture_output=True, text=True,
+                           timeout=300, env=env)
         assert p.returncode == 0, p.stderr
         got = json.loads(p.stdout.splitlines()[-1])
         assert got["stdout"] == "42\n"
-        assert len(got["below"]) == 3 and all(f"/{unit}/sandbox/NSJAIL." in b for b in got["below"]), got
-        assert f"memory:/{unit}/sandbox/NSJAIL." in got["jail_cgroup"], got["jail_cgroup"]
+        assert len(got["below"]) == len(dirs) and all(f"/{unit}/sandbox/NSJAIL." in b for b in got["below"]), got
+        mark = f"0::/{unit}/sandbox/NSJAIL." if V2 else f"memory:/{unit}/sandbox/NSJAIL."
+        assert mark in got["jail_cgroup"], got["jail_cgroup"]
         assert not [p for d in dirs for p in (d / "sandbox").glob("NSJAIL.*")]  # closed: nothing left
     finally:
         for d in dirs:
