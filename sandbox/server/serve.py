@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidInputError, SandboxError
 from . import connections, logs, unix
@@ -143,17 +143,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow plain HTTP beyond loopback (a TLS proxy in front on another host, a private network)")
 
 
+# The numeric flags' ranges, checked before anything is built: (flags, "is out of range", what they must be).
+FLAG_RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("max_sessions_per_key", "max_runs_per_key", "max_mcp_sessions_per_key", "peer_spaces_per_key",
+      "peer_store_mb_per_key", "max_connections"), lambda v: v is not None and v < 1, "must be at least 1"),
+    (("head_timeout", "body_timeout", "write_stall_timeout"), lambda v: not v > 0, "must be more than 0 seconds"),
+    (("max_waiting_per_key", "max_waiting_per_session"), lambda v: v < 0, "must be 0 or more"),
+)
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """InvalidInputError naming the first flag out of its range (FLAG_RANGES)."""
+    for flags, out_of_range, must in FLAG_RANGES:
+        for flag in flags:
+            if out_of_range(getattr(args, flag)):
+                raise InvalidInputError(f"--{flag.replace('_', '-')} {must}")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
-    for flag in ("max_sessions_per_key", "max_runs_per_key", "max_mcp_sessions_per_key", "peer_spaces_per_key",
-                 "peer_store_mb_per_key", "max_connections"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise InvalidInputError(f"--{flag.replace('_', '-')} must be at least 1")
-    for flag in ("head_timeout", "body_timeout", "write_stall_timeout"):
-        if not getattr(args, flag) > 0:
-            raise InvalidInputError(f"--{flag.replace('_', '-')} must be more than 0 seconds")
-    for flag in ("max_waiting_per_key", "max_waiting_per_session"):
-        if getattr(args, flag) < 0:
-            raise InvalidInputError(f"--{flag.replace('_', '-')} must be 0 or more")
+    check_ranges(args)
     unix_socket = None
     if args.unix_socket is not None:
         from ..engine_socket import socket_path
