@@ -33,42 +33,52 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _list(st: PackageStore, args: argparse.Namespace) -> None:
+    """One line a set (key, size, last use, packages) and a total on stderr; `--json`: the sets as JSON."""
+    sets = st.sets()
+    if args.json:
+        print(json.dumps(sets, indent=2))
+        return
+    for s in sets:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["last_used"]))
+        pkgs = " ".join(f"{n}=={v}" for n, v in sorted(s["packages"].items()))
+        print(f"{s['key'][:12]}  {_size(s['size']).rjust(10)}  used {used}  {pkgs}")
+    total = sum(s["size"] for s in sets)
+    _say(f"{len(sets)} set(s), {_size(total)} in {st.root} (cap {_size(st.settings.max_cache_bytes)})")
+
+
+def _add(st: PackageStore, args: argparse.Namespace) -> None:
+    """Resolve and cache the named packages as the operator (downloads even with `download` off)."""
+    found = st.prepare(args.names, progress=lambda line: _say(line), operator=True)
+    if found is None:
+        _say("nothing to add: the image already has every package named")
+    else:
+        _say(f"set {found.key[:12]} ({_size(found.size)}, {'cached' if found.cached else 'new'}): "
+             + ", ".join(f"{n}=={v}" for n, v in sorted(found.packages.items())))
+
+
+def _remove(st: PackageStore, args: argparse.Namespace) -> None:
+    gone = st.remove(args.names)
+    _say(f"removed {len(gone)} set(s)" + (": " + ", ".join(k[:12] for k in gone) if gone else ""))
+
+
+def _prune(st: PackageStore, args: argparse.Namespace) -> None:
+    gone = st.prune(args.days)
+    _say(f"pruned {len(gone)} set(s) unused for {args.days:g} days")
+
+
+SUBCOMMANDS = {"list": _list, "add": _add, "remove": _remove, "prune": _prune}
+
+
 def cmd_packages(args: argparse.Namespace) -> int:
+    """Run one subcommand. Exit status: 0 done; 2 bad input (a name the policy refuses, ...); 3 any
+    other engine error (no image, a failed download, ...), said on stderr."""
     try:
-        st = store(args.image)
-        if args.packages_command == "list":
-            sets = st.sets()
-            if args.json:
-                print(json.dumps(sets, indent=2))
-                return EXIT_OK
-            for s in sets:
-                used = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["last_used"]))
-                pkgs = " ".join(f"{n}=={v}" for n, v in sorted(s["packages"].items()))
-                print(f"{s['key'][:12]}  {_size(s['size']).rjust(10)}  used {used}  {pkgs}")
-            total = sum(s["size"] for s in sets)
-            _say(f"{len(sets)} set(s), {_size(total)} in {st.root} (cap {_size(st.settings.max_cache_bytes)})")
-            return EXIT_OK
-        if args.packages_command == "add":
-            found = st.prepare(args.names, progress=lambda line: _say(line), operator=True)
-            if found is None:
-                _say("nothing to add: the image already has every package named")
-            else:
-                _say(f"set {found.key[:12]} ({_size(found.size)}, {'cached' if found.cached else 'new'}): "
-                     + ", ".join(f"{n}=={v}" for n, v in sorted(found.packages.items())))
-            return EXIT_OK
-        if args.packages_command == "remove":
-            gone = st.remove(args.names)
-            _say(f"removed {len(gone)} set(s)" + (": " + ", ".join(k[:12] for k in gone) if gone else ""))
-            return EXIT_OK
-        gone = st.prune(args.days)
-        _say(f"pruned {len(gone)} set(s) unused for {args.days:g} days")
-        return EXIT_OK
-    except InvalidInputError as exc:
-        _say(str(exc))
-        return EXIT_USAGE
+        SUBCOMMANDS[args.packages_command](store(args.image), args)
     except SandboxError as exc:
         _say(str(exc))
-        return EXIT_OTHER
+        return EXIT_USAGE if isinstance(exc, InvalidInputError) else EXIT_OTHER
+    return EXIT_OK
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
