@@ -20,10 +20,10 @@ import binascii
 import json
 import mimetypes
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -48,6 +48,7 @@ TRACEBACK_LINES = 6
 READ_MAX = 4 << 20        # largest file read_file returns (a model's context is far smaller anyway)
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 OWNER = "sandbox_owner"   # the key's owner id, in the request's scope state (set by Mounted)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,48 @@ def caller(ctx: Context[Engine, Any]) -> str:
     return owner
 
 
-def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[Engine]], manifest: dict[str, Any],
-          limits: Limits) -> MCPServer[Engine]:
-    """The MCP server with its tools; `lifespan` provides the sandbox and the session registry."""
-    server: MCPServer[Engine] = MCPServer("sandbox", version=__version__, lifespan=lifespan, log_level="WARNING",
-                                          instructions="Run Python in an isolated sandbox with the scientific stack. "
-                                                       "Use a session to keep state between runs.")
-    max_timeout = float(limits.timeout_seconds)
-    SessionId = Annotated[str, Field(min_length=1, max_length=128, description="a session_id from create_session")]
+# ---- the tools ------------------------------------------------------------------------------------
+# Each tool's type hints are its schema. A refusal (bad input, no such session, a quota, a full queue)
+# is a tool error a model can read, never a protocol error.
+
+SessionId = Annotated[str, Field(min_length=1, max_length=128, description="a session_id from create_session")]
+SessionPath = Annotated[str, Field(min_length=1, max_length=4096, description="relative path in the working directory")]
+
+
+def _engine(ctx: Context[Engine, Any]) -> Engine:
+    return ctx.request_context.lifespan_context
+
+
+def refusal(exc: ApiError | SandboxError, what: str = "") -> CallToolResult:
+    """A tool error for a refused call: an ApiError's own message (no such session, a quota), or the
+    engine's reason after `what`."""
+    if isinstance(exc, ApiError):
+        return tool_error(exc.message)
+    return tool_error(f"{what}{exc}")
+
+
+async def _in_session(ctx: Context[Engine, Any], session_id: str, op: Callable[[Any], Awaitable[T]]) -> T:
+    """`op(session)` on the caller's session, in its turn (one call at a time per session)."""
+    engine = _engine(ctx)
+    with engine.sessions.call(caller(ctx), session_id) as session:
+        async with engine.sessions.turn(caller(ctx), session):
+            return await op(session)
+
+
+async def _run_in_session(engine: Engine, owner: str, session_id: str, code: str, files: dict[str, str] | None,
+                          timeout: float | None, packages: list[str] | None) -> tuple[Result, Any]:
+    """Install `packages` in the session (in its turn), then run `code` there: the result, and the
+    session (closed if this call ended it)."""
+    with engine.sessions.call(owner, session_id) as session:
+        if packages:
+            async with engine.sessions.turn(owner, session):
+                await session.install(packages)
+        result = await engine.sessions.run(session, code, files, owner=owner, timeout=timeout)
+    return result, session
+
+
+def run_python_tool(max_timeout: float) -> Callable[..., Awaitable[CallToolResult]]:
+    """The `run_python` tool; its `timeout` hint carries this server's limit, so it is made per server."""
 
     async def run_python(
         code: Annotated[str, Field(description="Python source to run, as a script (print what you want to see)")],
@@ -159,18 +194,14 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
             max_length=64, description="extra Python packages to install first, e.g. [\"humanize\"], from the "
                                        "sandbox's allow-list (in a session: kept for its later runs)")] = None,
     ) -> CallToolResult:
-        engine = ctx.request_context.lifespan_context
+        engine = _engine(ctx)
         try:
             owner = caller(ctx)
             if session_id is None:
                 result = await engine.sessions.engine_call(owner, lambda: engine.sandbox.run(
                     code, files, timeout=timeout, packages=packages))
             else:
-                with engine.sessions.call(owner, session_id) as session:
-                    if packages:
-                        async with engine.sessions.turn(owner, session):
-                            await session.install(packages)
-                    result = await engine.sessions.run(session, code, files, owner=owner, timeout=timeout)
+                result, session = await _run_in_session(engine, owner, session_id, code, files, timeout, packages)
                 if session.closed:  # this call ended it (timeout, memory, crash): say so, the next call fails
                     content = result_content(result)
                     content.content[0] = TextContent(text=content.content[0].text + (
@@ -179,121 +210,123 @@ def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[En
                     return content
         except QueueFullError as exc:
             return tool_error(f"the sandbox is busy ({exc}); try again in a moment")
-        except ApiError as exc:
-            return tool_error(exc.message)
-        except SandboxError as exc:
-            return tool_error(f"the run was refused: {exc}")
+        except (ApiError, SandboxError) as exc:
+            return refusal(exc, "the run was refused: ")
         return result_content(result)
 
-    async def create_session(
-        ctx: Context[Engine, Any],
-        ttl: Annotated[float | None, Field(gt=0, le=7 * 86400, description=(
-            "idle seconds before the session closes by itself (default 600)"))] = None,
-        packages: Annotated[list[str] | None, Field(
-            max_length=64, description="extra Python packages for the whole session, from the sandbox's allow-list")] = None,
-    ) -> CallToolResult:
-        engine = ctx.request_context.lifespan_context
-        try:
-            session = await engine.sessions.create(engine.sandbox, caller(ctx), ttl, packages=packages)
-        except ApiError as exc:
-            return tool_error(exc.message)
-        except SandboxError as exc:
-            return tool_error(f"no session: {exc}")
-        doc = {"session_id": session.id, "expires_at": session.expires_at, "ttl": session.ttl}
+    return run_python
+
+
+async def create_session(
+    ctx: Context[Engine, Any],
+    ttl: Annotated[float | None, Field(gt=0, le=7 * 86400, description=(
+        "idle seconds before the session closes by itself (default 600)"))] = None,
+    packages: Annotated[list[str] | None, Field(
+        max_length=64, description="extra Python packages for the whole session, from the sandbox's allow-list")] = None,
+) -> CallToolResult:
+    engine = _engine(ctx)
+    try:
+        session = await engine.sessions.create(engine.sandbox, caller(ctx), ttl, packages=packages)
+    except (ApiError, SandboxError) as exc:
+        return refusal(exc, "no session: ")
+    doc = {"session_id": session.id, "expires_at": session.expires_at, "ttl": session.ttl}
+    return CallToolResult(content=[TextContent(text=(
+        f"session_id: {session.id}\nPass it to run_python, list_files, read_file and upload_file. It closes "
+        f"after {session.ttl:g} s without a call, or with close_session."))], structured_content=doc)
+
+
+async def close_session(session_id: SessionId, ctx: Context[Engine, Any]) -> CallToolResult:
+    try:
+        await _engine(ctx).sessions.close(caller(ctx), session_id)
+    except ApiError as exc:
+        return refusal(exc)
+    return CallToolResult(content=[TextContent(text=f"session {session_id} is closed")],
+                          structured_content={"session_id": session_id, "closed": True})
+
+
+async def list_files(session_id: SessionId, ctx: Context[Engine, Any]) -> CallToolResult:
+    try:
+        found = await _in_session(ctx, session_id, lambda session: session.files())
+    except (ApiError, SandboxError) as exc:
+        return refusal(exc)
+    lines = [f"{f.path} ({f.size} bytes, {f.mime_type})" for f in found] or ["(no files)"]
+    return CallToolResult(content=[TextContent(text="\n".join(lines))],
+                          structured_content={"files": [f.to_dict() for f in found]})
+
+
+async def read_file(session_id: SessionId, path: SessionPath, ctx: Context[Engine, Any]) -> CallToolResult:
+    try:
+        data = await _in_session(ctx, session_id, lambda session: session.read_file(path))
+    except (ApiError, SandboxError) as exc:
+        return refusal(exc)
+    if len(data) > READ_MAX:
+        return tool_error(f"{path} is {len(data)} bytes, more than the {READ_MAX} this tool returns: "
+                          "print the part you need with run_python instead")
+    return file_content(path, data)
+
+
+def file_content(path: str, data: bytes) -> CallToolResult:
+    """A session's file as MCP content: an image as an image block, UTF-8 text as text, anything else
+    as base64 text; its path, size and type as structured content."""
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    doc = {"path": path, "size": len(data), "mime_type": mime}
+    if mime in IMAGE_TYPES:
+        return CallToolResult(content=[ImageContent(data=base64.b64encode(data).decode(), mime_type=mime)],
+                              structured_content=doc)
+    try:
+        return CallToolResult(content=[TextContent(text=data.decode("utf-8"))], structured_content=doc)
+    except UnicodeDecodeError:
         return CallToolResult(content=[TextContent(text=(
-            f"session_id: {session.id}\nPass it to run_python, list_files, read_file and upload_file. It closes "
-            f"after {session.ttl:g} s without a call, or with close_session."))], structured_content=doc)
+            f"{path}: {len(data)} bytes of binary data ({mime}), base64:\n{base64.b64encode(data).decode()}"))],
+            structured_content=doc)
 
-    async def close_session(session_id: SessionId, ctx: Context[Engine, Any]) -> CallToolResult:
-        engine = ctx.request_context.lifespan_context
-        try:
-            await engine.sessions.close(caller(ctx), session_id)
-        except ApiError as exc:
-            return tool_error(exc.message)
-        return CallToolResult(content=[TextContent(text=f"session {session_id} is closed")],
-                              structured_content={"session_id": session_id, "closed": True})
 
-    async def list_files(session_id: SessionId, ctx: Context[Engine, Any]) -> CallToolResult:
-        engine = ctx.request_context.lifespan_context
-        try:
-            with engine.sessions.call(caller(ctx), session_id) as session:
-                async with engine.sessions.turn(caller(ctx), session):
-                    found = await session.files()
-        except ApiError as exc:
-            return tool_error(exc.message)
-        except SandboxError as exc:
-            return tool_error(str(exc))
-        lines = [f"{f.path} ({f.size} bytes, {f.mime_type})" for f in found] or ["(no files)"]
-        return CallToolResult(content=[TextContent(text="\n".join(lines))],
-                              structured_content={"files": [f.to_dict() for f in found]})
+async def upload_file(
+    session_id: SessionId,
+    path: SessionPath,
+    content: Annotated[str, Field(description="the file's content: text, or base64 when encoding is base64")],
+    ctx: Context[Engine, Any],
+    encoding: Annotated[Literal["text", "base64"], Field(
+        description="how content is given: text (written as UTF-8), or base64 for binary files")] = "text",
+) -> CallToolResult:
+    try:
+        data = base64.b64decode(content, validate=True) if encoding == "base64" else content.encode()
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        return tool_error("content is not valid base64" if encoding == "base64" else "content is not valid text")
+    try:
+        await _in_session(ctx, session_id, lambda session: session.write_file(path, data))
+    except (ApiError, SandboxError) as exc:
+        return refusal(exc, "not written: ")
+    return CallToolResult(content=[TextContent(text=f"wrote {path} ({len(data)} bytes)")],
+                          structured_content={"path": path, "size": len(data)})
 
-    async def read_file(
-        session_id: SessionId,
-        path: Annotated[str, Field(min_length=1, max_length=4096, description="relative path in the working directory")],
-        ctx: Context[Engine, Any],
-    ) -> CallToolResult:
-        engine = ctx.request_context.lifespan_context
-        try:
-            with engine.sessions.call(caller(ctx), session_id) as session:
-                async with engine.sessions.turn(caller(ctx), session):
-                    data = await session.read_file(path)
-        except ApiError as exc:
-            return tool_error(exc.message)
-        except SandboxError as exc:
-            return tool_error(str(exc))
-        if len(data) > READ_MAX:
-            return tool_error(f"{path} is {len(data)} bytes, more than the {READ_MAX} this tool returns: "
-                              "print the part you need with run_python instead")
-        mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        doc = {"path": path, "size": len(data), "mime_type": mime}
-        if mime in IMAGE_TYPES:
-            return CallToolResult(content=[ImageContent(data=base64.b64encode(data).decode(), mime_type=mime)],
-                                  structured_content=doc)
-        try:
-            return CallToolResult(content=[TextContent(text=data.decode("utf-8"))], structured_content=doc)
-        except UnicodeDecodeError:
-            return CallToolResult(content=[TextContent(text=(
-                f"{path}: {len(data)} bytes of binary data ({mime}), base64:\n{base64.b64encode(data).decode()}"))],
-                structured_content=doc)
 
-    async def upload_file(
-        session_id: SessionId,
-        path: Annotated[str, Field(min_length=1, max_length=4096, description="relative path in the working directory")],
-        content: Annotated[str, Field(description="the file's content: text, or base64 when encoding is base64")],
-        ctx: Context[Engine, Any],
-        encoding: Annotated[Literal["text", "base64"], Field(
-            description="how content is given: text (written as UTF-8), or base64 for binary files")] = "text",
-    ) -> CallToolResult:
-        engine = ctx.request_context.lifespan_context
-        try:
-            data = base64.b64decode(content, validate=True) if encoding == "base64" else content.encode()
-        except (ValueError, binascii.Error, UnicodeEncodeError):
-            return tool_error("content is not valid base64" if encoding == "base64" else "content is not valid text")
-        try:
-            with engine.sessions.call(caller(ctx), session_id) as session:
-                async with engine.sessions.turn(caller(ctx), session):
-                    await session.write_file(path, data)
-        except ApiError as exc:
-            return tool_error(exc.message)
-        except SandboxError as exc:
-            return tool_error(f"not written: {exc}")
-        return CallToolResult(content=[TextContent(text=f"wrote {path} ({len(data)} bytes)")],
-                              structured_content={"path": path, "size": len(data)})
+# The session tools, in the order a client lists them: (tool, title, description).
+SESSION_TOOLS = (
+    (create_session, "Create a session",
+     "Open a stateful Python session: runs given its session_id share variables, imports and files, "
+     "like cells of one notebook. Returns the session_id. Close it with close_session when done."),
+    (close_session, "Close a session", "Close a session: its interpreter and files are gone."),
+    (list_files, "List a session's files", "The files in a session's working directory: path, size, type."),
+    (read_file, "Read a session's file",
+     "Read one file of a session's working directory: text as text, an image as an image, other "
+     "binary data as base64."),
+    (upload_file, "Upload a file to a session",
+     "Write a file into a session's working directory (text, or base64 with encoding=base64), for "
+     "run_python to open by its relative path."),
+)
 
-    server.add_tool(run_python, description=describe_environment(manifest, limits), title="Run Python")
-    server.add_tool(create_session, title="Create a session", description=(
-        "Open a stateful Python session: runs given its session_id share variables, imports and files, "
-        "like cells of one notebook. Returns the session_id. Close it with close_session when done."))
-    server.add_tool(close_session, title="Close a session",
-                    description="Close a session: its interpreter and files are gone.")
-    server.add_tool(list_files, title="List a session's files",
-                    description="The files in a session's working directory: path, size, type.")
-    server.add_tool(read_file, title="Read a session's file", description=(
-        "Read one file of a session's working directory: text as text, an image as an image, other "
-        "binary data as base64."))
-    server.add_tool(upload_file, title="Upload a file to a session", description=(
-        "Write a file into a session's working directory (text, or base64 with encoding=base64), for "
-        "run_python to open by its relative path."))
+
+def build(lifespan: Callable[[MCPServer[Engine]], AbstractAsyncContextManager[Engine]], manifest: dict[str, Any],
+          limits: Limits) -> MCPServer[Engine]:
+    """The MCP server with its tools; `lifespan` provides the sandbox and the session registry."""
+    server: MCPServer[Engine] = MCPServer("sandbox", version=__version__, lifespan=lifespan, log_level="WARNING",
+                                          instructions="Run Python in an isolated sandbox with the scientific stack. "
+                                                       "Use a session to keep state between runs.")
+    server.add_tool(run_python_tool(float(limits.timeout_seconds)), description=describe_environment(manifest, limits),
+                    title="Run Python")
+    for tool, title, description in SESSION_TOOLS:
+        server.add_tool(tool, title=title, description=description)
     return server
 
 
@@ -347,15 +380,22 @@ class Mounted:
                                  "allows one key: end one (DELETE /mcp with its Mcp-Session-Id) or let it expire",
                                  {"Retry-After": str(self.retry_after)})(scope, receive, send)
             return
-        self._opening[owner] = self._opening.get(owner, 0) + 1
-        try:
+        with _counted(self._opening, owner):
             await self.server.session_manager.handle_request(scope, receive, send)
-        finally:
-            left = self._opening[owner] - 1
-            if left:
-                self._opening[owner] = left
-            else:
-                del self._opening[owner]
+
+
+@contextmanager
+def _counted(counts: dict[str, int], key: str) -> Iterator[None]:
+    """`counts[key]` one higher while the block runs; the key goes when its count is back to 0."""
+    counts[key] = counts.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        left = counts[key] - 1
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
 
 
 def _bearer(scope: Scope) -> str | None:
