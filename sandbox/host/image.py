@@ -126,12 +126,53 @@ def load(name: str = "default") -> Image:
 def build(name: str = "default", requirements: Path | None = None, python: str | None = None,
           force: bool = False, preload: Path | None = None, log: Callable[[str], None] = print) -> Image:
     """Build (or verify) an image. A custom image is a `requirements` file (and optionally a
-    `preload` file of modules to import in the zygote) under a new `name`."""
+    `preload` file of modules to import in the zygote) under a new `name`.
+
+    The steps: find (or write) the definition; stop if the built image has the same lock; check the
+    interpreter and the state dir; build a venv beside the target; install and probe it; write its
+    manifest; swap it in for the old image in one rename."""
+    definition = _definition(name, requirements, preload)
+    interpreter = choose_python(python)
+    lock = _lock_hash(definition, interpreter)
+    target = state_dir() / "images" / name
+    if not force and _is_built(target, lock):
+        log(f"image {name!r} is up to date ({lock}) at {target}")
+        return load(name) if requirements is None else _load_at(name, target)
+
+    facts = _check_interpreter(interpreter)
+    root = _prepare_state_dir()
+    work = root / "images" / f".{name}.build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.monotonic()
+    log(f"building image {name!r} with {interpreter} (Python {facts['version']}) into {target}")
+    _install(work, interpreter, definition, log)
+    modules = _preload_list(definition)
+    packages = _probe(work, modules, log)
+    manifest = {
+        "name": name,
+        "lock": lock,
+        "interpreter": interpreter,
+        "python_version": facts["version"],
+        "base_prefix": facts["base_prefix"],
+        "preload": modules,
+        "packages": dict(sorted(packages.items())),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - t0, 1),
+    }
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _make_world_readable(work)
+    _swap_in(work, target)
+    log(f"image {name!r} built in {manifest['build_seconds']} s: {len(packages)} packages")
+    return _load_at(name, target)
+
+
+def _definition(name: str, requirements: Path | None, preload: Path | None) -> Path:
+    """The image's definition folder: `images/<name>/`, or for a custom image one written under the
+    state dir from the given files. ImageError for a bad name or a missing file."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ImageError(f"image name {name!r} must be letters, digits, '-' or '_'")
     definition = definitions_dir() / name
     if requirements is not None:
-        # A custom image: its own definition folder under the state dir.
         requirements = Path(requirements)
         if not requirements.is_file():
             raise ImageError(f"requirements file not found: {requirements}")
@@ -143,18 +184,23 @@ def build(name: str = "default", requirements: Path | None = None, python: str |
         (definition / "preload.txt").write_text(Path(preload).read_text() if preload else "")
     if not (definition / "requirements.txt").is_file():
         raise ImageError(f"no image definition {definition}/requirements.txt")
-    interpreter = choose_python(python)
-    lock = _lock_hash(definition, interpreter)
-    target = state_dir() / "images" / name
-    manifest_file = target / "manifest.json"
-    if not force and manifest_file.exists():
-        try:
-            if json.loads(manifest_file.read_text()).get("lock") == lock and (target / "venv/bin/python").exists():
-                log(f"image {name!r} is up to date ({lock}) at {target}")
-                return load(name) if requirements is None else _load_at(name, target)
-        except ValueError:
-            pass
+    return definition
 
+
+def _is_built(target: Path, lock: str) -> bool:
+    """True if the image at `target` was built from this lock and has its interpreter (a corrupt
+    manifest: not built)."""
+    manifest_file = target / "manifest.json"
+    if not manifest_file.exists():
+        return False
+    try:
+        return json.loads(manifest_file.read_text()).get("lock") == lock and (target / "venv/bin/python").exists()
+    except ValueError:
+        return False
+
+
+def _check_interpreter(interpreter: str) -> dict:
+    """The interpreter's facts, if it is 3.11 or newer and installed where the jail's uid can read it."""
     facts = _python_facts(interpreter)
     if facts["hexversion"] < 0x030B0000:
         raise ImageError(f"{interpreter} is Python {facts['version']}; the image needs 3.11 or newer")
@@ -162,6 +208,12 @@ def build(name: str = "default", requirements: Path | None = None, python: str |
         raise ImageError(
             f"{interpreter} lives under {facts['base_prefix']}, which the sandbox's unprivileged uid cannot read; "
             "install Debian's python3 (apt-get install python3 python3-venv) or pass --python PATH")
+    return facts
+
+
+def _prepare_state_dir() -> Path:
+    """The state dir and its images/ folder, made and opened to every uid; refused where the jail
+    mounts a tmpfs or where another uid cannot reach it."""
     root = state_dir()
     check_bindable(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -170,48 +222,48 @@ def build(name: str = "default", requirements: Path | None = None, python: str |
         os.chmod(d, 0o755)
     if not _world_readable(root):
         raise ImageError(f"state dir {root} is not traversable by other users; set SANDBOX_HOME to a path that is")
+    return root
 
-    work = root / "images" / f".{name}.build-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    t0 = time.monotonic()
-    log(f"building image {name!r} with {interpreter} (Python {facts['version']}) into {target}")
+
+def _install(work: Path, interpreter: str, definition: Path, log: Callable[[str], None]) -> None:
+    """A venv at `work/venv` with the pinned requirements and the guest's own."""
     _run([interpreter, "-m", "venv", str(work / "venv")], "create the venv")
     pip = [str(work / "venv/bin/python"), "-m", "pip", "--disable-pip-version-check"]
     log("installing pinned requirements (this takes a few minutes the first time)")
     _run([*pip, "install", "--no-input", "--progress-bar", "off", "-r", str(definition / "requirements.txt"),
           *GUEST_REQUIREMENTS], "install the requirements", stream=log)
-    preload = [m.strip() for m in (definition / "preload.txt").read_text().splitlines()
-               if m.strip() and not m.startswith("#")] if (definition / "preload.txt").exists() else []
+
+
+def _preload_list(definition: Path) -> list[str]:
+    """The modules of the definition's preload.txt (blank lines and comments skipped)."""
+    if not (definition / "preload.txt").exists():
+        return []
+    return [m.strip() for m in (definition / "preload.txt").read_text().splitlines()
+            if m.strip() and not m.startswith("#")]
+
+
+def _probe(work: Path, modules: list[str], log: Callable[[str], None]) -> dict[str, str]:
+    """Import every preload module in the new venv (which also prebuilds matplotlib's font cache in
+    `work/mplconfig`); the installed distributions, name -> version."""
     log("checking every preload module imports and prebuilding the matplotlib font cache")
     env = {"PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(work / "mplconfig"), "MPLBACKEND": "Agg", "HOME": str(work),
            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     probe = ("import importlib, json, sys, importlib.metadata as md\n"
-             f"mods = {preload!r}\n"
+             f"mods = {modules!r}\n"
              "for m in mods: importlib.import_module(m)\n"
              "if 'matplotlib' in sys.modules: import matplotlib.font_manager\n"
              "print(json.dumps({d.metadata['Name'].lower(): d.version for d in md.distributions()}))\n")
     out = _run([str(work / "venv/bin/python"), "-I", "-c", probe], "import the preload modules", env=env)
-    packages = json.loads(out.strip().splitlines()[-1])
-    manifest = {
-        "name": name,
-        "lock": lock,
-        "interpreter": interpreter,
-        "python_version": facts["version"],
-        "base_prefix": facts["base_prefix"],
-        "preload": preload,
-        "packages": dict(sorted(packages.items())),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": round(time.monotonic() - t0, 1),
-    }
-    (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _make_world_readable(work)
-    old = root / "images" / f".{name}.old-{os.getpid()}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _swap_in(work: Path, target: Path) -> None:
+    """The new image at `target`: the old one moved aside, the new one renamed in, the old one removed."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
     if target.exists():
         target.rename(old)
     work.rename(target)
     shutil.rmtree(old, ignore_errors=True)
-    log(f"image {name!r} built in {manifest['build_seconds']} s: {len(packages)} packages")
-    return _load_at(name, target)
 
 
 def _load_at(name: str, target: Path) -> Image:
