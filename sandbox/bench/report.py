@@ -236,10 +236,20 @@ def issue20_rows(results: dict) -> list[list[str]]:
 
 
 # -- Markdown ---------------------------------------------------------------------------------------------
+# One function per section; each returns its chunks of Markdown (joined by newlines in `markdown`).
 
-def markdown(results: dict) -> str:
+def _runner_cells(name: str, block: dict) -> list[Any]:
+    """The first cells of a runner's row: its name, whether it is isolated, its sample count."""
+    return [f"`{name}`", "yes" if block["isolated"] else "no", block["summary_ms"].get("n", 0)]
+
+
+def _quantiles(summary: dict, *qs: str) -> list[str]:
+    return [ms(summary.get(q)) for q in qs]
+
+
+def _header(results: dict) -> list[str]:
+    """The title, the command and commit, and the machine the run was on."""
     meta = results["meta"]
-    w = results.get("workloads", {})
     mode = "quick (smoke counts: not for publishing)" if results.get("quick") else "full"
     lines = [f"# sandbox benchmark: {meta['date_utc']}, {mode}\n"]
     git = meta.get("git") or {}
@@ -273,7 +283,12 @@ def markdown(results: dict) -> str:
     busy = meta.get("busy_note")
     if busy:
         lines.append(f"> **{busy}**\n")
+    return lines
 
+
+def _targets(results: dict) -> list[str]:
+    """The targets of issues #3, #6 and #7, then issue #20's table (each measure beside its baseline)."""
+    lines = []
     trows = targets(results)
     if trows:
         lines.append("## Targets\n")
@@ -282,183 +297,188 @@ def markdown(results: dict) -> str:
     if irows:
         lines.append("## Issue #20: each measure beside its baseline (same run, interleaved)\n")
         lines.append(table(["measure", "sandbox", "baseline", "ratio", "target", "met"], irows))
+    return lines
 
-    if "latency" in w:
-        lw = w["latency"]
-        sb50 = lw["runners"]["sandbox"]["summary_ms"].get("p50")
-        lines.append("## 1. `print(1)` latency, idle pool\n")
-        lines.append(f"{lw['description']}. Milliseconds, measured by the caller around the whole call.\n")
-        rows = []
-        for name, b in lw["runners"].items():
-            s = b["summary_ms"]
-            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), ms(s.get("p50")),
-                         ms(s.get("p95")), ms(s.get("p99")), ms(s.get("max")),
-                         times(s["p50"] / sb50) if s.get("p50") and sb50 else "–"])
-        lines.append(table(["runner", "isolated", "n", "p50", "p95", "p99", "max", "p50 / sandbox p50"], rows))
-        ov = lw["overhead_ms"]
-        parts = [f"over `{k}`: p50 {ms(v['p50'])} ms, p95 {ms(v['p95'])} ms, p99 {ms(v['p99'])} ms"
-                 for k, v in ov.items()]
-        lines.append("Sandbox overhead (sandbox percentile minus the warm unsandboxed runner's): " + "; ".join(parts) + ".\n")
-        e, c = lw["engine_outside_child_ms"], lw["child_wall_ms"]
-        if e.get("n"):
-            lines.append(f"Of the sandbox's p50, the child's own run (request in to child exit, as the zygote "
-                         f"timed it) took p50 {ms(c['p50'])} ms; the rest (client encode/decode, pipes, zygote "
-                         f"hand-off and reaping) p50 {ms(e['p50'])} ms, p99 {ms(e['p99'])} ms.\n")
 
-    if "chart" in w:
-        cw = w["chart"]
-        lines.append("## 2. Data task: CSV → pandas groupby → matplotlib PNG\n")
-        lines.append(f"{cw['description']} ({cw['csv_bytes'] / 1024:.0f} KiB CSV). Milliseconds per program.\n")
-        rows = []
-        for name, b in cw["runners"].items():
-            s, f = b["summary_ms"], cw["fidelity"].get(name) or {}
-            sp = cw["speedup_vs_runner_p50"].get(name)
-            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), ms(s.get("p50")),
-                         ms(s.get("p95")), ms(s.get("max")), "1×" if name == "sandbox" else times(sp),
-                         yes(f.get("png_identical")), yes(f.get("stdout_identical"))])
-        lines.append(table(["runner", "isolated", "n", "p50", "p95", "max", "p50 / sandbox p50",
-                            "PNG identical to sandbox's", "table identical"], rows))
-        lines.append("`jupyter-warm` and `warm-exec` keep pandas and matplotlib imported between programs (the "
-                     "first, discarded warm-up run pays the import); `fresh-import` and `nsjail-cold` import "
-                     "them on every program. Each runner's PNG is saved as `chart_<runner>.png`.\n")
+def _latency(lw: dict, results: dict) -> list[str]:
+    sb50 = lw["runners"]["sandbox"]["summary_ms"].get("p50")
+    lines = ["## 1. `print(1)` latency, idle pool\n",
+             f"{lw['description']}. Milliseconds, measured by the caller around the whole call.\n"]
+    rows = []
+    for name, b in lw["runners"].items():
+        s = b["summary_ms"]
+        rows.append([*_runner_cells(name, b), *_quantiles(s, "p50", "p95", "p99", "max"),
+                     times(s["p50"] / sb50) if s.get("p50") and sb50 else "–"])
+    lines.append(table(["runner", "isolated", "n", "p50", "p95", "p99", "max", "p50 / sandbox p50"], rows))
+    parts = [f"over `{k}`: p50 {ms(v['p50'])} ms, p95 {ms(v['p95'])} ms, p99 {ms(v['p99'])} ms"
+             for k, v in lw["overhead_ms"].items()]
+    lines.append("Sandbox overhead (sandbox percentile minus the warm unsandboxed runner's): " + "; ".join(parts) + ".\n")
+    e, c = lw["engine_outside_child_ms"], lw["child_wall_ms"]
+    if e.get("n"):
+        lines.append(f"Of the sandbox's p50, the child's own run (request in to child exit, as the zygote "
+                     f"timed it) took p50 {ms(c['p50'])} ms; the rest (client encode/decode, pipes, zygote "
+                     f"hand-off and reaping) p50 {ms(e['p50'])} ms, p99 {ms(e['p99'])} ms.\n")
+    return lines
 
-    if "humaneval" in w:
-        hw = w["humaneval"]
-        lines.append("## 3. HumanEval (164 canonical solutions + tests)\n")
-        lines.append(f"Each problem is one program (prompt + canonical solution + tests + `check(entry_point)`); "
-                     f"concurrency c = c client threads calling the runner at once. The sandbox pool has "
-                     f"{hw['pool_slots']} slots. Medians over {results['plan']['humaneval_rounds']} round(s).\n")
-        runners = list(hw["runners"])
-        head = ["concurrency"]
+
+def _chart(cw: dict, results: dict) -> list[str]:
+    lines = ["## 2. Data task: CSV → pandas groupby → matplotlib PNG\n",
+             f"{cw['description']} ({cw['csv_bytes'] / 1024:.0f} KiB CSV). Milliseconds per program.\n"]
+    rows = []
+    for name, b in cw["runners"].items():
+        s, f = b["summary_ms"], cw["fidelity"].get(name) or {}
+        sp = cw["speedup_vs_runner_p50"].get(name)
+        rows.append([*_runner_cells(name, b), *_quantiles(s, "p50", "p95", "max"),
+                     "1×" if name == "sandbox" else times(sp),
+                     yes(f.get("png_identical")), yes(f.get("stdout_identical"))])
+    lines.append(table(["runner", "isolated", "n", "p50", "p95", "max", "p50 / sandbox p50",
+                        "PNG identical to sandbox's", "table identical"], rows))
+    lines.append("`jupyter-warm` and `warm-exec` keep pandas and matplotlib imported between programs (the "
+                 "first, discarded warm-up run pays the import); `fresh-import` and `nsjail-cold` import "
+                 "them on every program. Each runner's PNG is saved as `chart_<runner>.png`.\n")
+    return lines
+
+
+def _humaneval(hw: dict, results: dict) -> list[str]:
+    lines = ["## 3. HumanEval (164 canonical solutions + tests)\n",
+             f"Each problem is one program (prompt + canonical solution + tests + `check(entry_point)`); "
+             f"concurrency c = c client threads calling the runner at once. The sandbox pool has "
+             f"{hw['pool_slots']} slots. Medians over {results['plan']['humaneval_rounds']} round(s).\n"]
+    runners = list(hw["runners"])
+    head = ["concurrency"]
+    for r in runners:
+        head += [f"`{r}` passed", f"`{r}` wall s", f"`{r}` programs/s"]
+    head.append("sandbox / subprocess programs/s")
+    rows = []
+    for c in hw["levels"]:
+        row: list[Any] = [c]
         for r in runners:
-            head += [f"`{r}` passed", f"`{r}` wall s", f"`{r}` programs/s"]
-        head.append("sandbox / subprocess programs/s")
-        rows = []
-        for c in hw["levels"]:
-            row: list[Any] = [c]
-            for r in runners:
-                t = hw["table"][r][str(c)]
-                row += [f"{t['passed_min']}/{t['total']}", f"{t['wall_s_median']:.2f}", f"{t['programs_per_s_median']:.1f}"]
-            sb, sp = hw["table"]["sandbox"][str(c)], hw["table"]["subprocess"][str(c)]
-            row.append(times(sb["programs_per_s_median"] / sp["programs_per_s_median"]))
-            rows.append(row)
-        lines.append(table(head, rows))
+            t = hw["table"][r][str(c)]
+            row += [f"{t['passed_min']}/{t['total']}", f"{t['wall_s_median']:.2f}", f"{t['programs_per_s_median']:.1f}"]
+        sb, sp = hw["table"]["sandbox"][str(c)], hw["table"]["subprocess"][str(c)]
+        row.append(times(sb["programs_per_s_median"] / sp["programs_per_s_median"]))
+        rows.append(row)
+    lines.append(table(head, rows))
+    return lines
 
-    if "saturation" in w:
-        sw = w["saturation"]
-        lines.append(f"## 4. Saturation: `x = sum(range(100)); print(1)` from {sw['clients']} client threads\n")
-        lines.append(f"{sw['description']}. Latency is per call, queueing included.\n")
-        rows = []
-        sbr = sw["runners"]["sandbox"].get("runs_per_s")
-        for name, b in sw["runners"].items():
-            s = b["summary_ms"]
-            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), b.get("runs_per_s"),
-                         times(sbr / b["runs_per_s"]) if sbr and b.get("runs_per_s") else "–",
-                         ms(s.get("p50")), ms(s.get("p99")), ms(s.get("max"))])
-        lines.append(table(["runner", "isolated", "runs", "runs/s", "sandbox runs/s ÷ this", "p50 ms", "p99 ms",
-                            "max ms"], rows))
 
-    if "memory" in w:
-        mw = w["memory"]
-        lines.append("## 5. Memory\n")
-        lines.append("MiB, from `/proc/<pid>/smaps_rollup` via psutil. PSS shares each shared page among the "
-                     "processes mapping it (it adds up); USS is memory only that process holds.\n")
-        rows = []
-        for s in mw["slots"]:
-            for label, m in [("nsjail", s["nsjail"]), ("zygote", s["zygote"])] + list(zip(s.get("child_roles") or ["pre-forked child"] * len(s["children"]), s["children"])):
-                if m:
-                    rows.append([s["slot"], label, m["pid"], mib(m["rss"]), mib(m["pss"]), mib(m["uss"])])
-            rows.append([s["slot"], "slot cgroup (memory charged)", "", mib(s["cgroup_bytes"]), "", ""])
-        lines.append(table(["slot", "process", "host pid", "RSS", "PSS", "USS"], rows))
-        ex = mw.get("extra_slot")
-        if ex:
-            lines.append(f"**One more warm slot costs {mib(ex['marginal_pss'])} MiB** (rise in the total PSS of all "
-                         f"jail processes when a one-slot pool started beside the main pool); its processes' USS "
-                         f"sum is {mib(ex['slot_uss'])} MiB and its cgroup was charged {mib(ex['slot_cgroup_bytes'])} "
-                         f"MiB. MemAvailable fell by {mib(ex['mem_available_delta'])} MiB (whole machine, noisy).\n")
-        ref = mw["reference_interpreter"]["mem"]
-        if ref:
-            lines.append(f"For scale, {mw['reference_interpreter']['description']}: RSS {mib(ref['rss'])}, "
-                         f"PSS {mib(ref['pss'])}, USS {mib(ref['uss'])} MiB.\n")
-        for name, m in mw.get("baseline_processes", {}).items():
-            lines.append(f"- `{name}` process: RSS {mib(m['rss'])}, PSS {mib(m['pss'])}, USS {mib(m['uss'])} MiB "
-                         "(with whatever the workloads before it imported)\n")
-        lines.append("")
+def _saturation(sw: dict, results: dict) -> list[str]:
+    lines = [f"## 4. Saturation: `x = sum(range(100)); print(1)` from {sw['clients']} client threads\n",
+             f"{sw['description']}. Latency is per call, queueing included.\n"]
+    rows = []
+    sbr = sw["runners"]["sandbox"].get("runs_per_s")
+    for name, b in sw["runners"].items():
+        rows.append([*_runner_cells(name, b), b.get("runs_per_s"),
+                     times(sbr / b["runs_per_s"]) if sbr and b.get("runs_per_s") else "–",
+                     *_quantiles(b["summary_ms"], "p50", "p99", "max")])
+    lines.append(table(["runner", "isolated", "runs", "runs/s", "sandbox runs/s ÷ this", "p50 ms", "p99 ms",
+                        "max ms"], rows))
+    return lines
 
-    if "setup" in w:
-        st = w["setup"]
-        lines.append("## 6. Child setup breakdown\n")
-        lines.append(f"Microseconds per step, {st['n']} forks. **Measured by replication, not instrumentation:** "
-                     "a cold jail with the slot's own config runs a probe as its pid 1 (uid 0 in its user "
-                     "namespace, like the zygote) that imports the same preload list with the zygote's own "
-                     "functions, then forks children that run `guest.isolation`'s steps one call at a time "
-                     "(every other child calls `isolation.isolate()` whole, as a cross-check). "
-                     f"Zygote-sized process: imports took {st['zygote_import_ms']:,.0f} ms; compiling the seccomp "
-                     f"policy (once per zygote) {st['seccomp_compile_ms']:.1f} ms.\n")
-        lean = st.get("lean") or {"steps": {}, "isolate_split_sum_us": {}, "isolate_whole_us": {}}
-        lean_p50 = lambda block: ms(block.get("p50")) if block else "–"  # noqa: E731
-        rows = [[v["label"], ms(v["us"].get("p50")), ms(v["us"].get("p95")), ms(v["us"].get("max")),
-                 lean_p50(lean["steps"].get(k, {}).get("us"))] for k, v in st["steps"].items()]
-        rows.append(["sum of the isolation steps (unshare … chdir)", ms(st["isolate_split_sum_us"].get("p50")),
-                     ms(st["isolate_split_sum_us"].get("p95")), ms(st["isolate_split_sum_us"].get("max")),
-                     lean_p50(lean["isolate_split_sum_us"])])
-        rows.append(["`isolation.isolate()` as one call (cross-check)", ms(st["isolate_whole_us"].get("p50")),
-                     ms(st["isolate_whole_us"].get("p95")), ms(st["isolate_whole_us"].get("max")),
-                     lean_p50(lean["isolate_whole_us"])])
-        lines.append(table(["step", "p50 µs (full)", "p95 µs (full)", "max µs (full)", "p50 µs (lean)"], rows))
-        lines.append("*full*: a child of the full fork server (the whole preload list imported); *lean*: a "
-                     "child of the lean one (the standard library set of `guest/preload.py`), where programs "
-                     "that import nothing else run.\n")
 
-    if "backtoback" in w:
-        bw = w["backtoback"]
-        lines.append("## 8. `print(1)` back to back: one caller, no pause\n")
-        rows = []
-        for name, b in bw["runners"].items():
-            s = b["summary_ms"]
-            rows.append([f"`{name}`", "yes" if b["isolated"] else "no", s.get("n", 0), ms(s.get("p50")),
-                         ms(s.get("p99")), ms(s.get("max")), b["over_50ms"]])
-        lines.append(table(["runner", "isolated", "n", "p50 ms", "p99 ms", "max ms", "calls over 50 ms"], rows))
-        lines.append(f"Sandbox / fresh interpreter: p50 {times(bw['ratio_p50'])}, p99 {times(bw['ratio_p99'])}. "
-                     f"The child's own run: p50 {ms(bw['child_wall_ms'].get('p50'))} ms.\n")
+def _memory(mw: dict, results: dict) -> list[str]:
+    lines = ["## 5. Memory\n",
+             "MiB, from `/proc/<pid>/smaps_rollup` via psutil. PSS shares each shared page among the "
+             "processes mapping it (it adds up); USS is memory only that process holds.\n"]
+    rows = []
+    for s in mw["slots"]:
+        children = list(zip(s.get("child_roles") or ["pre-forked child"] * len(s["children"]), s["children"]))
+        for label, m in [("nsjail", s["nsjail"]), ("zygote", s["zygote"])] + children:
+            if m:
+                rows.append([s["slot"], label, m["pid"], mib(m["rss"]), mib(m["pss"]), mib(m["uss"])])
+        rows.append([s["slot"], "slot cgroup (memory charged)", "", mib(s["cgroup_bytes"]), "", ""])
+    lines.append(table(["slot", "process", "host pid", "RSS", "PSS", "USS"], rows))
+    ex = mw.get("extra_slot")
+    if ex:
+        lines.append(f"**One more warm slot costs {mib(ex['marginal_pss'])} MiB** (rise in the total PSS of all "
+                     f"jail processes when a one-slot pool started beside the main pool); its processes' USS "
+                     f"sum is {mib(ex['slot_uss'])} MiB and its cgroup was charged {mib(ex['slot_cgroup_bytes'])} "
+                     f"MiB. MemAvailable fell by {mib(ex['mem_available_delta'])} MiB (whole machine, noisy).\n")
+    ref = mw["reference_interpreter"]["mem"]
+    if ref:
+        lines.append(f"For scale, {mw['reference_interpreter']['description']}: RSS {mib(ref['rss'])}, "
+                     f"PSS {mib(ref['pss'])}, USS {mib(ref['uss'])} MiB.\n")
+    for name, m in mw.get("baseline_processes", {}).items():
+        lines.append(f"- `{name}` process: RSS {mib(m['rss'])}, PSS {mib(m['pss'])}, USS {mib(m['uss'])} MiB "
+                     "(with whatever the workloads before it imported)\n")
+    lines.append("")
+    return lines
 
-    if "oneshot" in w:
-        ow = w["oneshot"]
-        lines.append("## 9. One-shot commands, whole process\n")
-        rows = [[f"`{name}`", b["summary_ms"].get("n", 0), ms(b["summary_ms"].get("p50")),
-                 ms(b["summary_ms"].get("max"))] for name, b in ow["runners"].items()]
-        lines.append(table(["command", "n", "p50 ms", "max ms"], rows))
 
-    if "sessions" in w:
-        from .session_workload import markdown as session_markdown
+def _setup(st: dict, results: dict) -> list[str]:
+    lines = ["## 6. Child setup breakdown\n",
+             f"Microseconds per step, {st['n']} forks. **Measured by replication, not instrumentation:** "
+             "a cold jail with the slot's own config runs a probe as its pid 1 (uid 0 in its user "
+             "namespace, like the zygote) that imports the same preload list with the zygote's own "
+             "functions, then forks children that run `guest.isolation`'s steps one call at a time "
+             "(every other child calls `isolation.isolate()` whole, as a cross-check). "
+             f"Zygote-sized process: imports took {st['zygote_import_ms']:,.0f} ms; compiling the seccomp "
+             f"policy (once per zygote) {st['seccomp_compile_ms']:.1f} ms.\n"]
+    lean = st.get("lean") or {"steps": {}, "isolate_split_sum_us": {}, "isolate_whole_us": {}}
 
-        lines += session_markdown(w["sessions"], ms)
+    def lean_p50(block: dict | None) -> str:
+        return ms(block.get("p50")) if block else "–"
 
-    if "startup" in w:
-        sw = w["startup"]
-        lines.append("## 7. Pool start: `Sandbox()` to the first result\n")
-        rows = []
-        for n, b in sw["by_slots"].items():
-            rows.append([n, b["n"], f"{b['construct_s_median']:.2f}", f"{b['first_result_s_median']:.2f}",
-                         f"{b['max_first_result_s']:.2f}", ms(b["first_run_ms_median"]),
-                         f"{b['zygote_import_ms_median']:,.0f}"])
-        lines.append(table(["slots", "n", "Sandbox() s (median)", "first result s (median)", "first result s (max)",
-                            "first run ms", "zygote imports ms (median)"], rows))
-        lines.append("Slots start in parallel; each zygote imports the whole preload list before it is ready.\n")
+    rows = [[v["label"], *_quantiles(v["us"], "p50", "p95", "max"), lean_p50(lean["steps"].get(k, {}).get("us"))]
+            for k, v in st["steps"].items()]
+    rows.append(["sum of the isolation steps (unshare … chdir)", *_quantiles(st["isolate_split_sum_us"], "p50", "p95", "max"),
+                 lean_p50(lean["isolate_split_sum_us"])])
+    rows.append(["`isolation.isolate()` as one call (cross-check)", *_quantiles(st["isolate_whole_us"], "p50", "p95", "max"),
+                 lean_p50(lean["isolate_whole_us"])])
+    lines.append(table(["step", "p50 µs (full)", "p95 µs (full)", "max µs (full)", "p50 µs (lean)"], rows))
+    lines.append("*full*: a child of the full fork server (the whole preload list imported); *lean*: a "
+                 "child of the lean one (the standard library set of `guest/preload.py`), where programs "
+                 "that import nothing else run.\n")
+    return lines
 
-    if "rich" in w:
-        rw = w["rich"]
-        lines.append("## Rich outputs: free when unused; `display(df)` within `to_html()` + 1 ms\n")
-        prior = {"print(1)": w.get("latency", {}).get("child_wall_ms", {}),
-                 "chart task": {}}
-        rows = [[f"`{name}`", c.get("n", 0), ms(c.get("p50")), ms(c.get("p95")), ms(prior.get(name, {}).get("p50"))]
-                for name, c in rw["child_wall_ms"].items()]
-        lines.append(table(["program", "n", "child p50 ms", "child p95 ms", "same run's latency row p50 ms"], rows))
-        lines.append(f"`display(df)` minus `df.to_html()`: {ms(rw['display_minus_to_html_ms'])} ms "
-                     f"(budget {rw['budget_ms']} ms: {'met' if rw['display_within_budget'] else 'NOT met'}). "
-                     "Compare print(1) and the chart task with the `latency` and `chart` rows of a run "
-                     "before rich outputs.\n")
 
+def _backtoback(bw: dict, results: dict) -> list[str]:
+    lines = ["## 8. `print(1)` back to back: one caller, no pause\n"]
+    rows = [[*_runner_cells(name, b), *_quantiles(b["summary_ms"], "p50", "p99", "max"), b["over_50ms"]]
+            for name, b in bw["runners"].items()]
+    lines.append(table(["runner", "isolated", "n", "p50 ms", "p99 ms", "max ms", "calls over 50 ms"], rows))
+    lines.append(f"Sandbox / fresh interpreter: p50 {times(bw['ratio_p50'])}, p99 {times(bw['ratio_p99'])}. "
+                 f"The child's own run: p50 {ms(bw['child_wall_ms'].get('p50'))} ms.\n")
+    return lines
+
+
+def _oneshot(ow: dict, results: dict) -> list[str]:
+    rows = [[f"`{name}`", b["summary_ms"].get("n", 0), *_quantiles(b["summary_ms"], "p50", "max")]
+            for name, b in ow["runners"].items()]
+    return ["## 9. One-shot commands, whole process\n", table(["command", "n", "p50 ms", "max ms"], rows)]
+
+
+def _sessions(sw: dict, results: dict) -> list[str]:
+    from .session_workload import markdown as session_markdown
+
+    return session_markdown(sw, ms)
+
+
+def _startup(sw: dict, results: dict) -> list[str]:
+    rows = [[n, b["n"], f"{b['construct_s_median']:.2f}", f"{b['first_result_s_median']:.2f}",
+             f"{b['max_first_result_s']:.2f}", ms(b["first_run_ms_median"]), f"{b['zygote_import_ms_median']:,.0f}"]
+            for n, b in sw["by_slots"].items()]
+    return ["## 7. Pool start: `Sandbox()` to the first result\n",
+            table(["slots", "n", "Sandbox() s (median)", "first result s (median)", "first result s (max)",
+                   "first run ms", "zygote imports ms (median)"], rows),
+            "Slots start in parallel; each zygote imports the whole preload list before it is ready.\n"]
+
+
+def _rich(rw: dict, results: dict) -> list[str]:
+    prior = {"print(1)": results.get("workloads", {}).get("latency", {}).get("child_wall_ms", {}), "chart task": {}}
+    rows = [[f"`{name}`", c.get("n", 0), *_quantiles(c, "p50", "p95"), ms(prior.get(name, {}).get("p50"))]
+            for name, c in rw["child_wall_ms"].items()]
+    return ["## Rich outputs: free when unused; `display(df)` within `to_html()` + 1 ms\n",
+            table(["program", "n", "child p50 ms", "child p95 ms", "same run's latency row p50 ms"], rows),
+            f"`display(df)` minus `df.to_html()`: {ms(rw['display_minus_to_html_ms'])} ms "
+            f"(budget {rw['budget_ms']} ms: {'met' if rw['display_within_budget'] else 'NOT met'}). "
+            "Compare print(1) and the chart task with the `latency` and `chart` rows of a run "
+            "before rich outputs.\n"]
+
+
+def _errors_and_checks(results: dict) -> list[str]:
+    """The workloads that raised, and the smoke checks' verdict."""
+    lines = []
     if results.get("errors"):
         lines.append("## Errors\n")
         for name, err in results["errors"].items():
@@ -467,4 +487,31 @@ def markdown(results: dict) -> str:
     lines.append("## Checks\n")
     lines.append("Every runner produced results and HumanEval passed 164/164 everywhere.\n" if not fails else
                  "\n".join(f"- {f}" for f in fails) + "\n")
+    return lines
+
+
+# The workloads' sections, in the report's order: (workload, its section).
+SECTIONS = (
+    ("latency", _latency),
+    ("chart", _chart),
+    ("humaneval", _humaneval),
+    ("saturation", _saturation),
+    ("memory", _memory),
+    ("setup", _setup),
+    ("backtoback", _backtoback),
+    ("oneshot", _oneshot),
+    ("sessions", _sessions),
+    ("startup", _startup),
+    ("rich", _rich),
+)
+
+
+def markdown(results: dict) -> str:
+    """The whole report: the machine, the targets, a section per workload that ran, errors and checks."""
+    w = results.get("workloads", {})
+    lines = _header(results) + _targets(results)
+    for name, section in SECTIONS:
+        if name in w:
+            lines += section(w[name], results)
+    lines += _errors_and_checks(results)
     return "\n".join(lines)
