@@ -84,37 +84,27 @@ def display_pretty(*objs, raw=False, metadata=None):
         _display.display({"text/plain": obj} if raw else {"text/plain": _display._safe_repr(obj)}, raw=True)
 
 
-def display_html(*objs, raw=False, metadata=None):
-    _display_as("text/html", objs, raw)
+def _display_function(name, mime, doc=None):
+    """IPython's `display_<kind>(*objs, raw=False, metadata=None)`: show only each object's `mime` data
+    (with raw=True each object is that data already); `metadata` has no effect here."""
+
+    def show(*objs, raw=False, metadata=None):
+        _display_as(mime, objs, raw)
+
+    show.__name__ = show.__qualname__ = name
+    show.__doc__ = doc or f"Show each object's {mime} (raw=True: each object is that data already)."
+    return show
 
 
-def display_markdown(*objs, raw=False, metadata=None):
-    _display_as("text/markdown", objs, raw)
-
-
-def display_svg(*objs, raw=False, metadata=None):
-    _display_as("image/svg+xml", objs, raw)
-
-
-def display_png(*objs, raw=False, metadata=None):
-    _display_as("image/png", objs, raw)
-
-
-def display_jpeg(*objs, raw=False, metadata=None):
-    _display_as("image/jpeg", objs, raw)
-
-
-def display_latex(*objs, raw=False, metadata=None):
-    _display_as("text/latex", objs, raw)
-
-
-def display_json(*objs, raw=False, metadata=None):
-    _display_as("application/json", objs, raw)
-
-
-def display_javascript(*objs, raw=False, metadata=None):
-    """JavaScript is not a kind of output here: only its text/plain goes."""
-    _display_as("text/plain", objs, raw)
+display_html = _display_function("display_html", "text/html")
+display_markdown = _display_function("display_markdown", "text/markdown")
+display_svg = _display_function("display_svg", "image/svg+xml")
+display_png = _display_function("display_png", "image/png")
+display_jpeg = _display_function("display_jpeg", "image/jpeg")
+display_latex = _display_function("display_latex", "text/latex")
+display_json = _display_function("display_json", "application/json")
+display_javascript = _display_function("display_javascript", "text/plain",
+                                       "JavaScript is not a kind of output here: only its text/plain goes.")
 
 
 # ---- display objects -----------------------------------------------------------------------------
@@ -142,12 +132,17 @@ class DisplayObject:
     def __repr__(self):
         return f"<IPython.core.display.{type(self).__name__} object>"
 
-
-class TextDisplayObject(DisplayObject):
     def _text(self):
+        """The data as text (bytes decoded as UTF-8), or None when it is neither."""
         if isinstance(self.data, bytes):
             return self.data.decode("utf-8", "replace")
         return self.data if isinstance(self.data, str) else None
+
+
+# The text kinds: each shows its data, as text, under its own `_repr_*_` method.
+
+class TextDisplayObject(DisplayObject):
+    """IPython's base of the text kinds."""
 
 
 class Pretty(TextDisplayObject):
@@ -156,21 +151,15 @@ class Pretty(TextDisplayObject):
 
 
 class HTML(TextDisplayObject):
-    def _repr_html_(self):
-        return self._text()
-
-    def __html__(self):
-        return self._text()
+    _repr_html_ = __html__ = DisplayObject._text
 
 
 class Markdown(TextDisplayObject):
-    def _repr_markdown_(self):
-        return self._text()
+    _repr_markdown_ = DisplayObject._text
 
 
 class Latex(TextDisplayObject):
-    def _repr_latex_(self):
-        return self._text()
+    _repr_latex_ = DisplayObject._text
 
 
 class Math(TextDisplayObject):
@@ -181,12 +170,7 @@ class Math(TextDisplayObject):
 
 class SVG(DisplayObject):
     _read_binary = True
-
-    def _repr_svg_(self):
-        data = self.data
-        if isinstance(data, bytes):
-            data = data.decode("utf-8", "replace")
-        return data if isinstance(data, str) else None
+    _repr_svg_ = DisplayObject._text
 
 
 class Code(TextDisplayObject):
