@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -11,9 +13,10 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from sandbox.limits import policy_dir
+from sandbox.limits import PackageSettings, policy_dir
 
 # Names no image has: the tests check that against the image's manifest too.
 HELLO = "sbtest-hello"
@@ -113,29 +116,46 @@ def cache_entries(cache: Path) -> tuple[list[str], list[str]]:
 
 class PackageWorld:
     """A wheelhouse, a cache and a policy directory for one test module; `env()` points a Sandbox or
-    a `sandbox` command at them."""
+    a `sandbox` command at them. As a context manager, the cache is removed at the end (the rest
+    lives in pytest's tmp directory)."""
 
     def __init__(self, tmp: Path, **policy: object) -> None:
         self.wheelhouse = build_wheelhouse(tmp / "wheelhouse")
         self.cache = bindable_dir("sandbox-pkgtest-")
         self.policy = write_policy(tmp / "policy", self.wheelhouse, self.cache, **policy)
 
+    def __enter__(self) -> PackageWorld:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
     def env(self) -> dict[str, str]:
         return {"SANDBOX_POLICY_DIR": str(self.policy)}
 
-    def sandbox(self, **kwargs: object):
-        """A Sandbox started under this world's policy (the environment is restored at once)."""
-        from sandbox import Sandbox
-
+    @contextlib.contextmanager
+    def policy_env(self) -> Iterator[None]:
+        """This world's policy in the environment for the block (what a Sandbox reads as it starts)."""
         old = os.environ.get("SANDBOX_POLICY_DIR")
         os.environ["SANDBOX_POLICY_DIR"] = str(self.policy)
         try:
-            return Sandbox(**kwargs)
+            yield
         finally:
             if old is None:
                 os.environ.pop("SANDBOX_POLICY_DIR", None)
             else:
                 os.environ["SANDBOX_POLICY_DIR"] = old
+
+    def sandbox(self, **kwargs: object):
+        """A Sandbox started under this world's policy (the environment is restored at once)."""
+        from sandbox import Sandbox
+
+        with self.policy_env():
+            return Sandbox(**kwargs)
+
+    def settings(self, **changes: object) -> PackageSettings:
+        """The package settings of this world's policy, with `changes`."""
+        return dataclasses.replace(PackageSettings.from_policy(self.policy / "default.toml"), **changes)
 
     def entries(self) -> tuple[list[str], list[str]]:
         return cache_entries(self.cache)

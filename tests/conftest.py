@@ -19,3 +19,11 @@ def run_ok(sb, code, **kw):
     r = sb.run(code, **kw)
     assert r.outcome.value == "ok", (r.outcome, r.stderr, r.error)
     return r
+
+
+@pytest.fixture(scope="module")
+def psb(world):
+    """The packages tests' one-slot Sandbox, under the policy of the module's own `world` fixture (a
+    tests/_packages.PackageWorld with the wheels and allow list that module needs)."""
+    with world.sandbox(slots=1) as s:
+        yield s

@@ -27,15 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = PackageWorld(tmp_path_factory.mktemp("packages"), allow=[HELLO, DEPENDENT, BIG, SOURCE_ONLY, OLD_NUMPY, "humanize"])
-    yield w
-    w.remove()
-
-
-@pytest.fixture(scope="module")
-def psb(world):
-    with world.sandbox(slots=1) as s:
-        yield s
+    with PackageWorld(tmp_path_factory.mktemp("packages"),
+                      allow=[HELLO, DEPENDENT, BIG, SOURCE_ONLY, OLD_NUMPY, "humanize"]) as w:
+        yield w
 
 
 def test_the_test_packages_are_not_in_the_image(psb):
@@ -131,7 +125,7 @@ def test_malformed_requests_are_refused(psb, bad, message):
 
 
 def test_concurrent_requests_for_one_set_resolve_once(psb, world):
-    store = PackageStore(psb.image, PackageSettings.from_policy(world.policy / "default.toml"))
+    store = PackageStore(psb.image, world.settings())
     spec = [f"{HELLO}>=1.0,<2"]
     barrier = threading.Barrier(4)
     got, errors = [], []
@@ -154,9 +148,8 @@ def test_concurrent_requests_for_one_set_resolve_once(psb, world):
 
 
 def test_download_off_serves_only_the_cache(psb, world):
-    settings = PackageSettings.from_policy(world.policy / "default.toml")
     psb.run("print(1)", packages=[f"{HELLO}==1.0"])    # in the cache now
-    offline = PackageStore(psb.image, PackageSettings(**{**settings.__dict__, "download": False}))
+    offline = PackageStore(psb.image, world.settings(download=False))
     assert offline.prepare([f"{HELLO}==1.0"]).packages == {HELLO: "1.0"}
     with pytest.raises(InvalidInputError, match="on-demand download is off"):
         offline.prepare([f"{HELLO}<1.0"])
@@ -208,15 +201,11 @@ def test_the_cli(world):
 
 def test_a_real_download_from_the_index(tmp_path):
     # PyPI is reachable wherever `make test` runs (it installs the venv from there).
-    w = PackageWorld(tmp_path, allow=["humanize"], wheelhouse="")
-    try:
-        with w.sandbox(slots=1) as s:
-            assert "humanize" not in images.load_any("default").manifest["packages"]
-            r = s.run("import humanize; print(humanize.naturalsize(3000000))", packages=["humanize"])
-            assert r.outcome.value == "ok" and r.stdout == "3.0 MB\n", (r.stderr, r.error)
-            assert r.usage.packages_ms > 0
-    finally:
-        w.remove()
+    with PackageWorld(tmp_path, allow=["humanize"], wheelhouse="") as w, w.sandbox(slots=1) as s:
+        assert "humanize" not in images.load_any("default").manifest["packages"]
+        r = s.run("import humanize; print(humanize.naturalsize(3000000))", packages=["humanize"])
+        assert r.outcome.value == "ok" and r.stdout == "3.0 MB\n", (r.stderr, r.error)
+        assert r.usage.packages_ms > 0
 
 
 def test_the_cache_cap_evicts_idle_sets_and_refuses_when_all_are_busy(psb, world, tmp_path):
@@ -224,11 +213,8 @@ def test_the_cache_cap_evicts_idle_sets_and_refuses_when_all_are_busy(psb, world
 
     cache = bindable_dir("sandbox-pkgcap-")
     try:
-        base = PackageSettings.from_policy(world.policy / "default.toml")
-        first = PackageStore(psb.image, PackageSettings(**{**base.__dict__, "cache_dir": str(cache)})
-                             ).prepare([f"{HELLO}==1.0"])
-        store = PackageStore(psb.image, PackageSettings(**{**base.__dict__, "cache_dir": str(cache),
-                                                           "max_cache_bytes": first.size + 100}))
+        first = PackageStore(psb.image, world.settings(cache_dir=str(cache))).prepare([f"{HELLO}==1.0"])
+        store = PackageStore(psb.image, world.settings(cache_dir=str(cache), max_cache_bytes=first.size + 100))
         with pytest.raises(InvalidInputError, match="package cache is full"):
             store.prepare([f"{HELLO}==2.0"])    # the first set was used just now: it stays
         assert [s["key"] for s in store.sets()] == [first.key]
@@ -247,15 +233,8 @@ def test_async_sandbox_takes_packages(world):
     from sandbox import AsyncSandbox
 
     async def main():
-        old = os.environ.get("SANDBOX_POLICY_DIR")
-        os.environ["SANDBOX_POLICY_DIR"] = str(world.policy)
-        try:
+        with world.policy_env():
             asb = await AsyncSandbox(slots=1).start()
-        finally:
-            if old is None:
-                os.environ.pop("SANDBOX_POLICY_DIR", None)
-            else:
-                os.environ["SANDBOX_POLICY_DIR"] = old
         try:
             r = await asb.run("import sbtest_hello; print(sbtest_hello.greet('a'))", packages=[f"{HELLO}==1.0"])
             assert r.stdout == "hello a\n", (r.stderr, r.error)

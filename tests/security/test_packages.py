@@ -51,17 +51,9 @@ def _hostile_wheels(directory):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = PackageWorld(tmp_path_factory.mktemp("packages-sec"),
-                     allow=[HELLO, DEPENDENT, NOSY, SYMLINK, *ESCAPES])
-    _hostile_wheels(w.wheelhouse)
-    yield w
-    w.remove()
-
-
-@pytest.fixture(scope="module")
-def psb(world):
-    with world.sandbox(slots=1) as s:
-        yield s
+    with PackageWorld(tmp_path_factory.mktemp("packages-sec"), allow=[HELLO, DEPENDENT, NOSY, SYMLINK, *ESCAPES]) as w:
+        _hostile_wheels(w.wheelhouse)
+        yield w
 
 
 def test_a_set_cannot_be_written_from_the_jail(psb):

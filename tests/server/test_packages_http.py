@@ -17,9 +17,8 @@ from .conftest import KEY, Server
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = PackageWorld(tmp_path_factory.mktemp("packages-http"), allow=[HELLO, DEPENDENT])
-    yield w
-    w.remove()
+    with PackageWorld(tmp_path_factory.mktemp("packages-http"), allow=[HELLO, DEPENDENT]) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")
