@@ -107,30 +107,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds runs in flight get at shutdown before they are killed (default 5)")
     d = Settings()
     q = p.add_argument_group("quotas per API key (beyond one: 429 with Retry-After; see docs/threat-model.md)")
-    q.add_argument("--max-sessions-per-key", type=int, default=d.max_sessions_per_key,
-                   help=f"sessions one key may hold open (default {d.max_sessions_per_key})")
+    _numeric(q, "--max-sessions-per-key", int, d.max_sessions_per_key, "sessions one key may hold open")
     q.add_argument("--max-runs-per-key", type=int, default=d.max_runs_per_key,
                    help="one key's calls in the engine at once, running or queued for a slot (default: the number of "
                         "slots, so another key's first call waits at most one run per slot)")
-    q.add_argument("--max-waiting-per-key", type=int, default=d.max_waiting_per_key,
-                   help=f"one key's calls waiting for one of those (default {d.max_waiting_per_key})")
-    q.add_argument("--max-waiting-per-session", type=int, default=d.max_waiting_per_session,
-                   help=f"calls waiting behind a session's running one (default {d.max_waiting_per_session})")
-    q.add_argument("--max-mcp-sessions-per-key", type=int, default=d.max_mcp_sessions_per_key,
-                   help=f"MCP sessions one key may hold open (default {d.max_mcp_sessions_per_key})")
-    q.add_argument("--peer-spaces-per-key", type=int, default=d.peer_spaces_per_key,
-                   help=f"E2B contexts and LibreChat sessions one key keeps (default {d.peer_spaces_per_key})")
-    q.add_argument("--peer-store-mb-per-key", type=int, default=d.peer_bytes_per_key >> 20,
-                   help=f"MiB of peer files one key keeps (default {d.peer_bytes_per_key >> 20})")
-    p.add_argument("--max-connections", type=int, default=d.max_connections,
-                   help=f"connections served at once; beyond, 503 (default {d.max_connections})")
+    _numeric(q, "--max-waiting-per-key", int, d.max_waiting_per_key, "one key's calls waiting for one of those")
+    _numeric(q, "--max-waiting-per-session", int, d.max_waiting_per_session,
+             "calls waiting behind a session's running one")
+    _numeric(q, "--max-mcp-sessions-per-key", int, d.max_mcp_sessions_per_key, "MCP sessions one key may hold open")
+    _numeric(q, "--peer-spaces-per-key", int, d.peer_spaces_per_key, "E2B contexts and LibreChat sessions one key keeps")
+    _numeric(q, "--peer-store-mb-per-key", int, d.peer_bytes_per_key >> 20, "MiB of peer files one key keeps")
+    _numeric(p, "--max-connections", int, d.max_connections, "connections served at once; beyond, 503")
     c = p.add_argument_group("slow clients (a connection that misses one is closed; docs/threat-model.md)")
-    c.add_argument("--head-timeout", type=float, default=d.head_timeout_seconds,
-                   help=f"seconds for a request's head to arrive (default {d.head_timeout_seconds:g})")
-    c.add_argument("--body-timeout", type=float, default=d.body_timeout_seconds,
-                   help=f"seconds for its body to arrive after the head (default {d.body_timeout_seconds:g})")
-    c.add_argument("--write-stall-timeout", type=float, default=d.write_stall_seconds,
-                   help=f"seconds a response may go unread (default {d.write_stall_seconds:g})")
+    _numeric(c, "--head-timeout", float, d.head_timeout_seconds, "seconds for a request's head to arrive")
+    _numeric(c, "--body-timeout", float, d.body_timeout_seconds, "seconds for its body to arrive after the head")
+    _numeric(c, "--write-stall-timeout", float, d.write_stall_seconds, "seconds a response may go unread")
     p.add_argument("--no-mcp", action="store_true", help="do not serve MCP at /mcp")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -141,6 +132,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ssl-keyfile", help="PEM private key of --ssl-certfile")
     t.add_argument("--insecure-http", action="store_true",
                    help="allow plain HTTP beyond loopback (a TLS proxy in front on another host, a private network)")
+
+
+def _numeric(group: Any, flag: str, kind: type, default: float, what: str) -> None:
+    """A numeric flag whose help ends with its default (Settings' own), so the default is written once."""
+    group.add_argument(flag, type=kind, default=default, help=f"{what} (default {default:g})")
 
 
 # The numeric flags' ranges, checked before anything is built: (flags, "is out of range", what they must be).
