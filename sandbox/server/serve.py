@@ -112,6 +112,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--max-runs-per-key", type=int, default=d.max_runs_per_key,
                    help="one key's calls in the engine at once, running or queued for a slot (default: the number of "
                         "slots, so another key's first call waits at most one run per slot)")
+    q.add_argument("--share-window", type=float, default=d.share_window_seconds,
+                   help="those places are shared out among the keys that called within this many seconds, so a "
+                        f"key's flood leaves the other keys their share of the slots; 0: off (default {d.share_window_seconds:g})")
     q.add_argument("--max-waiting-per-key", type=int, default=d.max_waiting_per_key,
                    help=f"one key's calls waiting for one of those (default {d.max_waiting_per_key})")
     q.add_argument("--max-waiting-per-session", type=int, default=d.max_waiting_per_session,
@@ -151,7 +154,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for flag in ("head_timeout", "body_timeout", "write_stall_timeout"):
         if not getattr(args, flag) > 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be more than 0 seconds")
-    for flag in ("max_waiting_per_key", "max_waiting_per_session"):
+    for flag in ("max_waiting_per_key", "max_waiting_per_session", "share_window"):
         if getattr(args, flag) < 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be 0 or more")
     unix_socket = None
@@ -165,7 +168,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         unix_socket=unix_socket, tcp=tcp, slots=args.slots, image=args.image, max_queue=args.max_queue,
                         max_body_bytes=args.max_body_mb << 20, shutdown_grace_seconds=args.grace,
                         mcp=not args.no_mcp, max_sessions_per_key=args.max_sessions_per_key,
-                        max_runs_per_key=args.max_runs_per_key, max_waiting_per_key=args.max_waiting_per_key,
+                        max_runs_per_key=args.max_runs_per_key, share_window_seconds=args.share_window,
+                        max_waiting_per_key=args.max_waiting_per_key,
                         max_waiting_per_session=args.max_waiting_per_session,
                         max_mcp_sessions_per_key=args.max_mcp_sessions_per_key,
                         peer_spaces_per_key=args.peer_spaces_per_key, peer_bytes_per_key=args.peer_store_mb_per_key << 20,

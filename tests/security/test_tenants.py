@@ -401,6 +401,40 @@ def test_by_default_another_key_waits_at_most_one_run_per_slot(tmp_path):
         s.stop()
 
 
+def test_while_another_key_calls_a_flood_keeps_its_share_of_the_slots(tmp_path):
+    """Row 6, fair share: on a two-slot server key A keeps 30 calls of 3 s queued. Once key B is
+    calling, A holds only its share (one slot), so B's later calls find the other slot free. Without
+    the share, A's next run takes every slot B's call frees, and B's calls alternate with A's 3 s
+    runs: of two calls in a row, one waits 1.5 s or more."""
+    s = Server(tmp_path, "--slots", "2")
+    try:
+        async def main() -> list[float]:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
+                ok = await c.post("/v1/execute", json={"code": "print(0)"}, headers=B)  # warm
+                assert ok.status_code == 200
+                flood = [asyncio.create_task(c.post("/v1/execute", headers=A,
+                                                    json={"code": "import time; time.sleep(3)"}))
+                         for _ in range(30)]
+                await asyncio.sleep(1.0)
+                took = []
+                for _ in range(6):
+                    t0 = time.monotonic()
+                    mine = await c.post("/v1/execute", json={"code": "print(1)"}, headers=B)
+                    took.append(time.monotonic() - t0)
+                    assert mine.status_code == 200 and mine.json()["stdout"] == "1\n", mine.text
+                for t in flood:
+                    t.cancel()
+                await asyncio.gather(*flood, return_exceptions=True)
+                return took
+
+        took = asyncio.run(main())
+        # The first call may wait for one of A's runs (it found both slots A's); none after it does.
+        assert took[0] < 4.0, took
+        assert max(took[1:]) < 1.2, f"key B's calls waited for key A's runs: {[round(t, 2) for t in took]}"
+    finally:
+        s.stop()
+
+
 def test_runs_per_key_are_capped_and_the_other_key_goes_first(srv):
     async def main() -> tuple[list[httpx.Response], float]:
         limits = httpx.Limits(max_connections=100)
