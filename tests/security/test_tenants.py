@@ -482,6 +482,48 @@ def test_a_flood_on_one_session_does_not_starve_another_key(srv):
     assert took < 3.0, f"key B's print(1) took {took:.1f} s"
 
 
+def _refusal_times(srv: Server, calls: list[tuple[str, dict, dict]]) -> list[float]:
+    """Send every (path, body, headers) call at once; when each refused one (429 or 401) came back."""
+    async def main() -> list[float]:
+        t0, times = time.monotonic(), []
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120, limits=limits) as c:
+            async def one(path: str, body: dict, headers: dict) -> None:
+                r = await c.post(path, json=body, headers=headers)
+                if r.status_code in (401, 429):
+                    assert r.status_code == 401 or r.headers.get("retry-after"), r.headers
+                    times.append(time.monotonic() - t0)
+            await asyncio.gather(*(one(*call) for call in calls))
+        return sorted(times)
+    return asyncio.run(main())
+
+
+def test_a_key_asking_again_at_once_gets_its_refusals_paced(srv):
+    """Row 7's sibling: a key that answers each 429 by asking again at once, on many connections,
+    costs the server a refusal per request. Its 429s go out at most 50 a second (gate.py), so 95 of
+    them take about 1.9 s; unpaced they all come back within a few tenths of a second."""
+    sid = httpx.post(srv.url + "/v1/sessions", json={}, headers=A, timeout=120).json()["session_id"]
+    try:
+        times = _refusal_times(srv, [(f"/v1/sessions/{sid}/execute", {"code": "import time; time.sleep(3)"}, A)] * 100)
+    finally:
+        httpx.delete(srv.url + f"/v1/sessions/{sid}", headers=A, timeout=60)
+    assert len(times) >= 90, len(times)
+    assert times[-1] - times[0] >= 1.5, f"{len(times)} refusals within {times[-1] - times[0]:.2f} s"
+    # A polite key's first refusal is not held: B's own session, busy, refuses B at once.
+    sid_b = httpx.post(srv.url + "/v1/sessions", json={}, headers=B, timeout=120).json()["session_id"]
+    try:
+        times_b = _refusal_times(srv, [(f"/v1/sessions/{sid_b}/execute", {"code": "import time; time.sleep(2)"}, B)] * 6)
+        assert times_b and times_b[0] < 1.0, times_b
+    finally:
+        httpx.delete(srv.url + f"/v1/sessions/{sid_b}", headers=B, timeout=60)
+
+
+def test_wrong_keys_from_one_address_get_their_refusals_paced(srv):
+    times = _refusal_times(srv, [("/v1/execute", {"code": "print(1)"}, {"Authorization": "Bearer wrong"})] * 80)
+    assert len(times) == 80
+    assert times[-1] - times[0] >= 1.2, f"80 refusals within {times[-1] - times[0]:.2f} s"
+
+
 def test_peer_store_spaces_and_bytes_are_per_key(srv):
     mine = httpx.post(srv.url + "/e2b/contexts", json={}, headers=B, timeout=60).json()["id"]
     up = httpx.post(srv.url + "/librechat/upload", files={"file": ("b.txt", b"B" * 1000)}, headers={"X-API-Key": OTHER_KEY},
