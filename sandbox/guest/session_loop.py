@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 from .forkserver import Child, ForkServer
-from .supervise import Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
+from .supervise import Live, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 @dataclass
 class _Session:
@@ -162,16 +162,14 @@ def _supervise(live: _Session, request: bytes, header: dict, host: _Host, server
     _signal_group(child, signal.SIGCONT)
     cpu0 = cpu_time_ns(child.pid)
 
-    def relay(stream: str):
-        return lambda data: host.send({protocol.OP: protocol.OUTPUT, "sid": sid, "stream": stream}, [data])
-
-    live_output = header.get("stream")
+    output = Live(lambda stream, data: host.send({protocol.OP: protocol.OUTPUT, "sid": sid, "stream": stream}, [data])) \
+        if header.get("stream") else None
     w = Watch(child, request,
-              out=Stream(limits["max_stdout_bytes"], relay("stdout") if live_output else None),
-              err=Stream(limits["max_stderr_bytes"], relay("stderr") if live_output else None),
+              out=Stream(limits["max_stdout_bytes"], output and (lambda data: output.add("stdout", data))),
+              err=Stream(limits["max_stderr_bytes"], output and (lambda data: output.add("stderr", data))),
               res=Stream(limits["max_result_bytes"]),
               deadline=time.monotonic() + limits["timeout"], stays=True,
-              cpu_limit_ns=cpu_limit_ns, cpu0=cpu0).run()
+              cpu_limit_ns=cpu_limit_ns, cpu0=cpu0, live=output).run()
     if w.finished:
         # Output written before the result frame is in the pipes already; what the session's
         # other threads write until they are stopped counts for this call too.

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from . import preload, protocol, seccomp
 from .forkserver import Child, ForkServer
-from .supervise import Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
+from .supervise import Live, Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 SMALL_BODY = 1 << 16  # a request body up to this size is read with its header
 
@@ -55,16 +55,16 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
     # The child's own setup, not the user's. It has forked nothing yet (isolation and the
     # runner's preparation make no process), so its clock alone is its CPU time.
     cpu0 = cpu_time_ns(child.pid, children=False)
-    live = relay if header.get("stream") else None
+    live = Live(relay) if relay is not None and header.get("stream") else None
     show = None
     if live is not None and header.get("live_outputs") is True:
-        show = lambda head, body: live("display", (head, body))  # noqa: E731
+        show = lambda head, body: live.display((head, body))  # noqa: E731
     w = Watch(child, request,
-              out=Stream(limits["max_stdout_bytes"], live and (lambda data: live("stdout", data))),
-              err=Stream(limits["max_stderr_bytes"], live and (lambda data: live("stderr", data))),
+              out=Stream(limits["max_stdout_bytes"], live and (lambda data: live.add("stdout", data))),
+              err=Stream(limits["max_stderr_bytes"], live and (lambda data: live.add("stderr", data))),
               res=Results(limits["max_result_bytes"], show, limits.get("max_outputs", 0),
                           limits.get("max_output_bytes", 0)),
-              deadline=time.monotonic() + limits["timeout"], control=control).run()
+              deadline=time.monotonic() + limits["timeout"], control=control, live=live).run()
     if w.finished:
         w.drain_rest()
         frame = result_frame(w.res)

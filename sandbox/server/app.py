@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, sandbox: AsyncSandbox | None = 
     app.state.sessions = sessions.Sessions(
         settings.max_sessions_per_key, metrics, runs_per_owner=settings.max_runs_per_key or 1,
         waiting_per_owner=settings.max_waiting_per_key, waiting_per_session=settings.max_waiting_per_session,
-        retry_after=settings.retry_after_seconds)
+        retry_after=settings.retry_after_seconds, share_window=settings.share_window_seconds)
     app.state.lifespan_hooks = []
 
     def open_sessions() -> int:

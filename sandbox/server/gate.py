@@ -10,11 +10,19 @@ route, parser or the MCP SDK reads one byte of the body.
 
 Refusals are answered from here with `Connection: close`, so an unread body is dropped with the
 connection, never buffered. The key is never echoed, logged or kept: only its owner id is.
+
+Refusals are paced: a key's 429s (from any route) and a client address's 401s go out at most
+REFUSALS_PER_SECOND a second, each later one held until its turn. A polite client (one that honours
+Retry-After) never waits for this; one that answers a 429 by asking again at once, on many
+connections, gets its refusals at that rate, so the server's work for it stays small beside other
+keys' calls (issue 17: the noisy neighbour's flood of refused calls).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -32,6 +40,7 @@ SMALL_BODY = 64 * KIB       # routes that take a few fields (session create, con
 PUBLIC = frozenset({"/", "/v1/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
                     "/favicon.ico", "/librechat/health"})
 PUBLIC_PREFIX = "/static/"
+REFUSALS_PER_SECOND = 50    # per key (429) and per client address (401)
 
 
 class BodyTooLarge(HTTPException):
@@ -102,10 +111,29 @@ def local_only(scope: Scope) -> bool:
     return (not client or is_loopback(client[0])) and is_loopback(hostname)
 
 
+class Pacer:
+    """Turns at most `rate` a second per name: `await pacer.turn(name)` returns at once if the name's
+    last turn was long enough ago, else when its next turn comes."""
+
+    def __init__(self, rate: float) -> None:
+        self.spacing = 1.0 / rate
+        self._next: dict[str, float] = {}   # name -> when its next turn may be
+
+    async def turn(self, name: str) -> None:
+        now = time.monotonic()
+        at = max(now, self._next.get(name, 0.0))
+        self._next[name] = at + self.spacing
+        if len(self._next) > 4096:   # many addresses: forget the ones whose turn is free again
+            self._next = {k: t for k, t in self._next.items() if t > now}
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
 class Gate:
     def __init__(self, app: ASGIApp, settings: Settings, check_key: Callable[[str | None], str | None],
                  cap: Callable[[str, str], int]) -> None:
         self.app, self.settings, self.check_key, self.cap = app, settings, check_key, cap
+        self.refusals = Pacer(REFUSALS_PER_SECOND)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,6 +154,8 @@ class Gate:
             given = path_key(path) if path.startswith("/k/") else header_key(scope)
             owner = self.check_key(given)
             if owner is None:
+                client = scope.get("client")
+                await self.refusals.turn("address " + (client[0] if client else "?"))
                 await reply(send, 401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)"
                             if given is None else "the API key is not valid", {"WWW-Authenticate": "Bearer"})
                 return
@@ -140,6 +170,7 @@ class Gate:
                     return
         if owner is not None:
             scope["state"] = {**scope.get("state", {}), OWNER: owner}
+            send = self._paced(owner, send)
         scope["sandbox_body_cap"] = limit
         seen = 0
 
@@ -153,6 +184,15 @@ class Gate:
             return message
 
         await self.app(scope, capped_receive, send)
+
+
+    def _paced(self, owner: str, send: Send) -> Send:
+        """`send`, with this key's 429 answers paced (see the module's docstring)."""
+        async def paced_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 429:
+                await self.refusals.turn("key " + owner)
+            await send(message)
+        return paced_send
 
 
 async def reply(send: Send, status: int, type: str, message: str, headers: dict[str, str] | None = None) -> None:

@@ -5,6 +5,13 @@ await between them), so concurrent callers can never both slip under a cap.
 A waiter is a future on the event loop, not a thread: a key can queue its `waiting` calls and no more,
 so it cannot park the engine's worker threads that other keys' calls need (issue 17, row 7).
 
+With `share_window` set, the places are shared out among the keys active within that many seconds
+(holding, waiting, or done with a call that recently): each gets `places // active` (at least one). A
+key alone has them all; once a second key calls, the first stops taking new places beyond its share,
+so after at most one of its runs per slot the second key always finds a place free (issue 17: a
+tenant's flood does not slow another's calls). No run is ever cut short: a key over its share keeps
+what it holds and queues its next calls until it is back within it.
+
     runs = Places(8, 32, "calls of this key")
     async with runs.hold(owner):        # waits its turn, or ApiError 429
         result = await sb.run(...)
@@ -13,6 +20,7 @@ so it cannot park the engine's worker threads that other keys' calls need (issue
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import aclosing, asynccontextmanager
@@ -24,10 +32,22 @@ T = TypeVar("T")
 
 
 class Places:
-    def __init__(self, places: int, waiting: int, what: str, retry_after: int = 1) -> None:
+    def __init__(self, places: int, waiting: int, what: str, retry_after: int = 1, share_window: float = 0) -> None:
         self.places, self.waiting, self.what, self.retry_after = max(1, places), max(0, waiting), what, retry_after
+        self.share_window = share_window
         self._held: dict[Hashable, int] = {}
         self._queue: dict[Hashable, deque[asyncio.Future[None]]] = {}
+        self._seen: dict[Hashable, float] = {}   # key -> when it last took or gave back a place
+
+    def share(self, key: Hashable) -> int:
+        """How many places `key` may hold now: all of them, or its share among the active keys."""
+        if not self.share_window:
+            return self.places
+        cutoff = time.monotonic() - self.share_window
+        for k in [k for k, t in self._seen.items() if t < cutoff and k not in self._held and k not in self._queue]:
+            del self._seen[k]   # bounded by the keys active in the window
+        active = len(self._seen.keys() | self._held.keys() | self._queue.keys() | {key})
+        return max(1, self.places // active)
 
     def held(self, key: Hashable) -> int:
         return self._held.get(key, 0)
@@ -57,7 +77,9 @@ class Places:
 
     async def _take(self, key: Hashable) -> None:
         queue = self._queue.get(key)
-        if self._held.get(key, 0) < self.places and not queue:
+        if self.share_window:
+            self._seen[key] = time.monotonic()
+        if self._held.get(key, 0) < self.share(key) and not queue:
             self._held[key] = self._held.get(key, 0) + 1
             return
         if queue is None:
@@ -83,17 +105,22 @@ class Places:
             raise
 
     def _give(self, key: Hashable) -> None:
+        """A holder of `key` left: its place goes to the key's next waiters while the key is within its
+        share (handed over: a woken waiter holds it at once), else back to everyone."""
+        if self.share_window:
+            self._seen[key] = time.monotonic()
+        held = self._held.get(key, 0) - 1
         queue = self._queue.get(key)
-        while queue:
-            turn = queue.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                if not queue:
-                    del self._queue[key]
-                return
-        self._queue.pop(key, None)
-        left = self._held.get(key, 0) - 1
-        if left > 0:
-            self._held[key] = left
+        if queue:
+            share = self.share(key)
+            while queue and held < share:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    held += 1
+            if not queue:
+                del self._queue[key]
+        if held > 0:
+            self._held[key] = held
         else:
             self._held.pop(key, None)

@@ -111,6 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--max-runs-per-key", type=int, default=d.max_runs_per_key,
                    help="one key's calls in the engine at once, running or queued for a slot (default: the number of "
                         "slots, so another key's first call waits at most one run per slot)")
+    _numeric(q, "--share-window", float, d.share_window_seconds, "those places are shared out among the keys that "
+             "called within this many seconds, so a key's flood leaves the other keys their share of the slots; 0: off")
     _numeric(q, "--max-waiting-per-key", int, d.max_waiting_per_key, "one key's calls waiting for one of those")
     _numeric(q, "--max-waiting-per-session", int, d.max_waiting_per_session,
              "calls waiting behind a session's running one")
@@ -144,7 +146,7 @@ FLAG_RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("max_sessions_per_key", "max_runs_per_key", "max_mcp_sessions_per_key", "peer_spaces_per_key",
       "peer_store_mb_per_key", "max_connections"), lambda v: v is not None and v < 1, "must be at least 1"),
     (("head_timeout", "body_timeout", "write_stall_timeout"), lambda v: not v > 0, "must be more than 0 seconds"),
-    (("max_waiting_per_key", "max_waiting_per_session"), lambda v: v < 0, "must be 0 or more"),
+    (("max_waiting_per_key", "max_waiting_per_session", "share_window"), lambda v: v < 0, "must be 0 or more"),
 )
 
 
@@ -169,7 +171,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         unix_socket=unix_socket, tcp=tcp, slots=args.slots, image=args.image, max_queue=args.max_queue,
                         max_body_bytes=args.max_body_mb << 20, shutdown_grace_seconds=args.grace,
                         mcp=not args.no_mcp, max_sessions_per_key=args.max_sessions_per_key,
-                        max_runs_per_key=args.max_runs_per_key, max_waiting_per_key=args.max_waiting_per_key,
+                        max_runs_per_key=args.max_runs_per_key, share_window_seconds=args.share_window,
+                        max_waiting_per_key=args.max_waiting_per_key,
                         max_waiting_per_session=args.max_waiting_per_session,
                         max_mcp_sessions_per_key=args.max_mcp_sessions_per_key,
                         peer_spaces_per_key=args.peer_spaces_per_key, peer_bytes_per_key=args.peer_store_mb_per_key << 20,

@@ -62,7 +62,8 @@ class Sessions:
     per `sandbox mcp`); the routes and the MCP tools share it. `metrics`, when given, counts the runs."""
 
     def __init__(self, max_per_owner: int = 0, metrics: Metrics | None = None, *, runs_per_owner: int = 0,
-                 waiting_per_owner: int = 0, waiting_per_session: int = 4, retry_after: int = 1) -> None:
+                 waiting_per_owner: int = 0, waiting_per_session: int = 4, retry_after: int = 1,
+                 share_window: float = 0) -> None:
         self.max_per_owner = max_per_owner      # 0: only the engine's own cap
         self.metrics = metrics
         self._open: dict[str, _Owned] = {}
@@ -76,7 +77,7 @@ class Sessions:
         # Every stateless call a key makes into the pool holds one of its `runs` places; a session's
         # calls queue for their session's one turn instead (on the loop, not a thread).
         self.runs: Places | None = Places(runs_per_owner, waiting_per_owner, "calls of this key in the engine",
-                                          retry_after) if runs_per_owner else None
+                                          retry_after, share_window) if runs_per_owner else None
         self.turns = Places(1, waiting_per_session, "calls of this session", retry_after)
 
     async def create(self, sb: AsyncSandbox, owner: str, ttl: float | None = None,

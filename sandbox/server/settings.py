@@ -39,6 +39,9 @@ class Settings:
     # slots, so a key's flood never holds more than the slots and another key's first call waits
     # at most one run per slot (the pool's own queue is first come, first served).
     max_runs_per_key: int | None = None
+    # ...shared out among the keys active within this many seconds: each gets its share of those
+    # places, so while another key is calling, a flood keeps a slot free for it (quotas.py). 0: off.
+    share_window_seconds: float = 30.0
     max_waiting_per_key: int = 32         # one key's calls waiting (without a thread) for one of those places
     max_waiting_per_session: int = 4      # calls waiting behind the one a session runs (each session runs one at a time)
     max_mcp_sessions_per_key: int = 8     # MCP sessions (Mcp-Session-Id) one key may hold open

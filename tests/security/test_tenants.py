@@ -401,6 +401,40 @@ def test_by_default_another_key_waits_at_most_one_run_per_slot(tmp_path):
         s.stop()
 
 
+def test_while_another_key_calls_a_flood_keeps_its_share_of_the_slots(tmp_path):
+    """Row 6, fair share: on a two-slot server key A keeps 30 calls of 3 s queued. Once key B is
+    calling, A holds only its share (one slot), so B's later calls find the other slot free. Without
+    the share, A's next run takes every slot B's call frees, and B's calls alternate with A's 3 s
+    runs: of two calls in a row, one waits 1.5 s or more."""
+    s = Server(tmp_path, "--slots", "2")
+    try:
+        async def main() -> list[float]:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
+                ok = await c.post("/v1/execute", json={"code": "print(0)"}, headers=B)  # warm
+                assert ok.status_code == 200
+                flood = [asyncio.create_task(c.post("/v1/execute", headers=A,
+                                                    json={"code": "import time; time.sleep(3)"}))
+                         for _ in range(30)]
+                await asyncio.sleep(1.0)
+                took = []
+                for _ in range(6):
+                    t0 = time.monotonic()
+                    mine = await c.post("/v1/execute", json={"code": "print(1)"}, headers=B)
+                    took.append(time.monotonic() - t0)
+                    assert mine.status_code == 200 and mine.json()["stdout"] == "1\n", mine.text
+                for t in flood:
+                    t.cancel()
+                await asyncio.gather(*flood, return_exceptions=True)
+                return took
+
+        took = asyncio.run(main())
+        # The first call may wait for one of A's runs (it found both slots A's); none after it does.
+        assert took[0] < 4.0, took
+        assert max(took[1:]) < 1.2, f"key B's calls waited for key A's runs: {[round(t, 2) for t in took]}"
+    finally:
+        s.stop()
+
+
 def test_runs_per_key_are_capped_and_the_other_key_goes_first(srv):
     async def main() -> tuple[list[httpx.Response], float]:
         limits = httpx.Limits(max_connections=100)
@@ -446,6 +480,48 @@ def test_a_flood_on_one_session_does_not_starve_another_key(srv):
     assert len(refused) > 600, [getattr(r, "status_code", r) for r in answers][:20]
     assert all(r.headers.get("retry-after") for r in refused)
     assert took < 3.0, f"key B's print(1) took {took:.1f} s"
+
+
+def _refusal_times(srv: Server, calls: list[tuple[str, dict, dict]]) -> list[float]:
+    """Send every (path, body, headers) call at once; when each refused one (429 or 401) came back."""
+    async def main() -> list[float]:
+        t0, times = time.monotonic(), []
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120, limits=limits) as c:
+            async def one(path: str, body: dict, headers: dict) -> None:
+                r = await c.post(path, json=body, headers=headers)
+                if r.status_code in (401, 429):
+                    assert r.status_code == 401 or r.headers.get("retry-after"), r.headers
+                    times.append(time.monotonic() - t0)
+            await asyncio.gather(*(one(*call) for call in calls))
+        return sorted(times)
+    return asyncio.run(main())
+
+
+def test_a_key_asking_again_at_once_gets_its_refusals_paced(srv):
+    """Row 7's sibling: a key that answers each 429 by asking again at once, on many connections,
+    costs the server a refusal per request. Its 429s go out at most 50 a second (gate.py), so 95 of
+    them take about 1.9 s; unpaced they all come back within a few tenths of a second."""
+    sid = httpx.post(srv.url + "/v1/sessions", json={}, headers=A, timeout=120).json()["session_id"]
+    try:
+        times = _refusal_times(srv, [(f"/v1/sessions/{sid}/execute", {"code": "import time; time.sleep(3)"}, A)] * 100)
+    finally:
+        httpx.delete(srv.url + f"/v1/sessions/{sid}", headers=A, timeout=60)
+    assert len(times) >= 90, len(times)
+    assert times[-1] - times[0] >= 1.5, f"{len(times)} refusals within {times[-1] - times[0]:.2f} s"
+    # A polite key's first refusal is not held: B's own session, busy, refuses B at once.
+    sid_b = httpx.post(srv.url + "/v1/sessions", json={}, headers=B, timeout=120).json()["session_id"]
+    try:
+        times_b = _refusal_times(srv, [(f"/v1/sessions/{sid_b}/execute", {"code": "import time; time.sleep(2)"}, B)] * 6)
+        assert times_b and times_b[0] < 1.0, times_b
+    finally:
+        httpx.delete(srv.url + f"/v1/sessions/{sid_b}", headers=B, timeout=60)
+
+
+def test_wrong_keys_from_one_address_get_their_refusals_paced(srv):
+    times = _refusal_times(srv, [("/v1/execute", {"code": "print(1)"}, {"Authorization": "Bearer wrong"})] * 80)
+    assert len(times) == 80
+    assert times[-1] - times[0] >= 1.2, f"80 refusals within {times[-1] - times[0]:.2f} s"
 
 
 def test_peer_store_spaces_and_bytes_are_per_key(srv):
