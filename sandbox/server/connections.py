@@ -7,7 +7,11 @@ response) for ever: uvicorn's keep-alive timeout covers only the idle time betwe
   client, key or no key, would get 503;
 - its body within `body_seconds` of the head;
 - a response whose reader stops reading is dropped after `write_stall_seconds` without progress: the
-  whole result document (up to tens of MiB of files and images) sits in the send buffer meanwhile.
+  whole result document (up to tens of MiB of files and images) sits in the send buffer meanwhile;
+- one client address holds at most `per_client` connections at once (0: no cap); beyond, a new
+  connection gets 503 and is closed before anything of it is parsed, so one address cannot take
+  every place of `--max-connections` even while paying each deadline (behind a proxy on this host
+  every client has the proxy's address: give 0 and let the proxy cap per client).
 
 The deadlines live in uvicorn's own protocol class (the `http=` hook of its config): only there are a
 connection's bytes and its write buffer visible; the ASGI app sees neither.
@@ -16,29 +20,60 @@ connection's bytes and its write buffer visible; the ASGI app sees neither.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("sandbox.server")
 
 
-def protocol_class(head_seconds: float, body_seconds: float, write_stall_seconds: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with these deadlines (a class per server, since uvicorn builds
-    one protocol instance per connection from the class alone)."""
+_BUSY = json.dumps({"error": {"type": "unavailable", "message": "this client address has as many connections "
+                               "open as the server allows one address: reuse them, or retry later"}}).encode()
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"retry-after: 1\r\ncontent-length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
+
+
+def protocol_class(head_seconds: float, body_seconds: float, write_stall_seconds: float,
+                   per_client: int = 0) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with these deadlines and this cap per client address (a class
+    per server, since uvicorn builds one protocol instance per connection from the class alone)."""
+    open_by_address: Counter[str] = Counter()
 
     class DeadlineProtocol(HttpToolsProtocol):
         _timers: dict[str, asyncio.TimerHandle]
+        _address: str | None = None   # counted against its address's cap
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._timers = {}
             super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if isinstance(peer, tuple) and peer else None   # None: a Unix socket
+            if per_client and address is not None:
+                if open_by_address[address] >= per_client:
+                    self._refused = True
+                    transport.write(BUSY)
+                    transport.close()
+                    return
+                open_by_address[address] += 1
+                self._address = address
             self._arm("head", head_seconds)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:  # a refused connection's bytes are never parsed
+                super().data_received(data)
 
         def connection_lost(self, exc: Exception | None) -> None:
             for timer in self._timers.values():
                 timer.cancel()
             self._timers.clear()
+            if self._address is not None:
+                open_by_address[self._address] -= 1
+                if open_by_address[self._address] <= 0:
+                    del open_by_address[self._address]
+                self._address = None
             super().connection_lost(exc)
 
         # The parser's callbacks, in the order a request's bytes arrive.

@@ -120,6 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _numeric(q, "--peer-spaces-per-key", int, d.peer_spaces_per_key, "E2B contexts and LibreChat sessions one key keeps")
     _numeric(q, "--peer-store-mb-per-key", int, d.peer_bytes_per_key >> 20, "MiB of peer files one key keeps")
     _numeric(p, "--max-connections", int, d.max_connections, "connections served at once; beyond, 503")
+    _numeric(p, "--max-connections-per-client", int, d.max_connections_per_client,
+             "of them from one client address; beyond, 503 at once. 0: no cap (behind a proxy on this host, "
+             "where every client has the proxy's address: let the proxy cap per client)")
     c = p.add_argument_group("slow clients (a connection that misses one is closed; docs/threat-model.md)")
     _numeric(c, "--head-timeout", float, d.head_timeout_seconds, "seconds for a request's head to arrive")
     _numeric(c, "--body-timeout", float, d.body_timeout_seconds, "seconds for its body to arrive after the head")
@@ -146,7 +149,8 @@ FLAG_RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("max_sessions_per_key", "max_runs_per_key", "max_mcp_sessions_per_key", "peer_spaces_per_key",
       "peer_store_mb_per_key", "max_connections"), lambda v: v is not None and v < 1, "must be at least 1"),
     (("head_timeout", "body_timeout", "write_stall_timeout"), lambda v: not v > 0, "must be more than 0 seconds"),
-    (("max_waiting_per_key", "max_waiting_per_session", "share_window"), lambda v: v < 0, "must be 0 or more"),
+    (("max_waiting_per_key", "max_waiting_per_session", "share_window", "max_connections_per_client"),
+     lambda v: v < 0, "must be 0 or more"),
 )
 
 
@@ -176,7 +180,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         max_waiting_per_session=args.max_waiting_per_session,
                         max_mcp_sessions_per_key=args.max_mcp_sessions_per_key,
                         peer_spaces_per_key=args.peer_spaces_per_key, peer_bytes_per_key=args.peer_store_mb_per_key << 20,
-                        max_connections=args.max_connections, key_file=args.api_key_file,
+                        max_connections=args.max_connections,
+                        max_connections_per_client=args.max_connections_per_client, key_file=args.api_key_file,
                         head_timeout_seconds=args.head_timeout, body_timeout_seconds=args.body_timeout,
                         write_stall_seconds=args.write_stall_timeout,
                         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
@@ -207,7 +212,7 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "info", log_co
     if settings.tls:
         extra.update(ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     http = connections.protocol_class(settings.head_timeout_seconds, settings.body_timeout_seconds,
-                                      settings.write_stall_seconds)
+                                      settings.write_stall_seconds, settings.max_connections_per_client)
     if settings.unix_socket is not None:
         http = unix.peer_checked(http)  # SO_PEERCRED on each connection of the Unix socket
     return uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30,

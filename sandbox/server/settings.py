@@ -49,6 +49,8 @@ class Settings:
     peer_bytes_per_key: int = 64 << 20    # bytes of files they keep for one key (its oldest spaces go first)
     # The HTTP server itself.
     max_connections: int = 1024           # connections and tasks uvicorn serves at once (beyond: 503)
+    # ...of them from one client address (beyond: 503 at once; 0: no cap, for a proxy on this host).
+    max_connections_per_client: int = 256
     backlog: int = 2048                   # connections the kernel queues before uvicorn accepts them
     keep_alive_seconds: int = 5           # an idle keep-alive connection is closed after this
     head_timeout_seconds: float = 10.0    # a request's head must arrive within this (connections.py: slowloris)

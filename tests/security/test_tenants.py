@@ -41,7 +41,8 @@ def srv(tmp_path_factory):
     """One slot; quotas set low enough to reach in a test (their defaults are in sandbox/server/settings.py)."""
     s = Server(tmp_path_factory.mktemp("tenants"), "--slots", "1", "--max-sessions-per-key", "3",
                "--max-waiting-per-session", "2", "--max-runs-per-key", "2", "--max-waiting-per-key", "2",
-               "--peer-spaces-per-key", "5", "--peer-store-mb-per-key", "1", "--max-mcp-sessions-per-key", "2")
+               "--peer-spaces-per-key", "5", "--peer-store-mb-per-key", "1", "--max-mcp-sessions-per-key", "2",
+               "--max-connections-per-client", "1000")   # row 7's test opens 700 at once
     yield s
     s.stop()
 
@@ -192,6 +193,48 @@ def test_silent_and_trickling_connections_cannot_take_every_place(slow_srv):
         for sock in silent + trickle:
             sock.close()
     assert "no complete request head within 1 s" in slow_srv.output()
+
+
+def _connect_from(url: str, source: str) -> socket.socket:
+    u = urllib.parse.urlsplit(url)
+    return socket.create_connection((u.hostname, u.port), timeout=10, source_address=(source, 0))
+
+
+def _health_on(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_one_client_address_cannot_take_every_connection(tmp_path):
+    """Slowloris from one address that pays every deadline: it may hold at most
+    --max-connections-per-client connections; the next one from it gets 503 at once, unparsed,
+    while another address (127.0.0.2, also loopback) is served. Uncapped, the fifth connection
+    below was served like the others (and with 8 of them every other client got 503)."""
+    s = Server(tmp_path, "--slots", "1", "--max-connections", "8", "--max-connections-per-client", "4")
+    held = [_connect_from(s.url, "127.0.0.1") for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        extra = _connect_from(s.url, "127.0.0.1")
+        with extra:
+            answer = _health_on(extra)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+            assert _closed_by_server(extra, 2)
+        with _connect_from(s.url, "127.0.0.2") as other:
+            assert _health_on(other).startswith(b"HTTP/1.1 200"), "another address was refused"
+        held.pop().close()
+        time.sleep(0.2)
+        with _connect_from(s.url, "127.0.0.1") as again:
+            assert _health_on(again).startswith(b"HTTP/1.1 200"), "a freed place was not given back"
+    finally:
+        for sock in held:
+            sock.close()
+        s.stop()
 
 
 def test_a_body_that_never_finishes_is_dropped(slow_srv):
