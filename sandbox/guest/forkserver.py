@@ -38,6 +38,7 @@ from __future__ import annotations
 import array
 import collections
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -53,6 +54,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 CLONE_NEWPID = 0x20000000
 MAX_COMMAND = 1 << 16
+OUTPUT_PIPE = 1 << 20  # a stateless child's stdout and stderr pipes (pipe-max-size's default)
 FD_SIZE = array.array("i").itemsize
 
 
@@ -309,12 +311,20 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
                 break
             if not raw:
                 return
+            # A reap that is done is answered before a fork is made: the zygote's next request
+            # waits for it (ForkServer.settle), a fork takes half a millisecond.
+            _answer_reaps(sock, reaping, owners)
             _command(sock, raw, bpf, cfg, reaping, owners, namespaces)
-        for pid, job in list(reaping.items()):
-            if job.collect():
-                del reaping[pid]
-                owners.release(pid)
-                _send(sock, job.answer())
+        _answer_reaps(sock, reaping, owners)
+
+
+def _answer_reaps(sock: socket.socket, reaping: dict[int, _Reaping], owners: _Uids) -> None:
+    """Answer every reap whose execution is entirely gone (never blocks)."""
+    for pid, job in list(reaping.items()):
+        if job.collect():
+            del reaping[pid]
+            owners.release(pid)
+            _send(sock, job.answer())
 
 
 def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: dict[int, _Reaping],
@@ -370,6 +380,15 @@ class Child:
         self.pid = pid
         self.profile = profile
         self.req_w, self.out_r, self.err_r, self.res_r = fds
+        if not profile.get("session"):
+            # Room for a short run's output while the zygote does not listen (supervise.Watch's
+            # `quiet`). Set here, off the request path; a session's pipes (hundreds of idle
+            # sessions) keep the default size, which the user's pipe-page allowance can afford.
+            for fd in (self.out_r, self.err_r):
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE)
+                except OSError:  # the user's pipe pages are used up: 64 KiB still work
+                    pass
         try:
             self.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:  # already gone (setup failed); the result pipe says why
