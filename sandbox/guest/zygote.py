@@ -36,7 +36,7 @@ from .forkserver import Child, ForkServer
 from .supervise import Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 SMALL_BODY = 1 << 16  # a request body up to this size is read with its header
-QUIET = 0.002        # a run's first seconds in which its output wakes nobody (supervise.Watch.quiet)
+QUIET = 0.010        # a run's first seconds in which its output wakes nobody (supervise.Watch.quiet)
 
 
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
