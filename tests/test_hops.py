@@ -85,3 +85,11 @@ def test_live_output_is_still_relayed_as_it_comes(box):
     r = box.run("import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')\n", on_stdout=on_stdout)
     assert r.stdout == "first\nsecond\n"
     assert seen and seen[0] - t0 < 0.8, seen
+
+
+def test_a_stateless_runs_output_pipes_hold_a_short_runs_output(box):
+    """1 MiB each (forkserver.OUTPUT_PIPE): what a short run writes while the zygote is not
+    listening fits, so it never waits for the quiet time to end."""
+    r = box.run("import fcntl\nprint(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ), fcntl.fcntl(2, fcntl.F_GETPIPE_SZ))\n")
+    assert r.outcome.value == "ok", (r.outcome, r.error)
+    assert r.stdout.split() == [str(1 << 20)] * 2

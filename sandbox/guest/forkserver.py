@@ -311,20 +311,12 @@ def serve(sock: socket.socket, bpf: bytes, cfg: dict, uids: range) -> None:
                 break
             if not raw:
                 return
-            # A reap that is done is answered before a fork is made: the zygote's next request
-            # waits for it (ForkServer.settle), a fork takes half a millisecond.
-            _answer_reaps(sock, reaping, owners)
             _command(sock, raw, bpf, cfg, reaping, owners, namespaces)
-        _answer_reaps(sock, reaping, owners)
-
-
-def _answer_reaps(sock: socket.socket, reaping: dict[int, _Reaping], owners: _Uids) -> None:
-    """Answer every reap whose execution is entirely gone (never blocks)."""
-    for pid, job in list(reaping.items()):
-        if job.collect():
-            del reaping[pid]
-            owners.release(pid)
-            _send(sock, job.answer())
+        for pid, job in list(reaping.items()):
+            if job.collect():
+                del reaping[pid]
+                owners.release(pid)
+                _send(sock, job.answer())
 
 
 def _command(sock: socket.socket, raw: bytes, bpf: bytes, cfg: dict, reaping: dict[int, _Reaping],
