@@ -38,6 +38,7 @@ from __future__ import annotations
 import array
 import collections
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -53,6 +54,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 CLONE_NEWPID = 0x20000000
 MAX_COMMAND = 1 << 16
+OUTPUT_PIPE = 1 << 20  # a stateless child's stdout and stderr pipes (pipe-max-size's default)
 FD_SIZE = array.array("i").itemsize
 
 
@@ -370,6 +372,15 @@ class Child:
         self.pid = pid
         self.profile = profile
         self.req_w, self.out_r, self.err_r, self.res_r = fds
+        if not profile.get("session"):
+            # Room for a short run's output while the zygote does not listen (supervise.Watch's
+            # `quiet`). Set here, off the request path; a session's pipes (hundreds of idle
+            # sessions) keep the default size, which the user's pipe-page allowance can afford.
+            for fd in (self.out_r, self.err_r):
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE)
+                except OSError:  # the user's pipe pages are used up: 64 KiB still work
+                    pass
         try:
             self.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:  # already gone (setup failed); the result pipe says why

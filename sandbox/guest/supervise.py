@@ -148,6 +148,13 @@ class Watch:
     process has ended (`exited`), or the wall clock, the CPU limit or a cancel ended it (the
     child is killed, and its pipes drained to EOF).
 
+    `quiet`: for its first `quiet` seconds the stdout and stderr pipes are not polled (only the
+    result pipe, the child's exit, the control fd and the clocks wake the loop); they are drained
+    when that time is up, when the result frame is in, or when the run ends, whichever is first.
+    A short run's output then costs no wake-up of this process per write (print(1) wrote twice,
+    and each write woke it); a run that fills a pipe within that time (1 MiB for a stateless
+    child, forkserver.OUTPUT_PIPE) waits for the rest of it, once. Not with live output, which is
+    relayed as it comes.
     `stays`: the child outlives its call (a session): garbage on its result channel ends it at
     once, since it would otherwise wait for the next call. `control`: an fd the host writes a
     cancel frame to. `cpu_limit_ns`: the call's CPU time, checked every CPU_CHECK seconds (a
@@ -164,6 +171,7 @@ class Watch:
     cpu_limit_ns: int | None = None
     cpu0: int = 0
     live: Live | None = None
+    quiet: float = 0.0
     finished: bool = False
     exited: bool = False
     timed_out: bool = False
@@ -178,12 +186,16 @@ class Watch:
         self._poller = poller = select.poll()
         for fd in self._streams:
             os.set_blocking(fd, False)
-            poller.register(fd, select.POLLIN)
+        poller.register(child.res_r, select.POLLIN)
+        self._listening = False
         poller.register(child.pidfd, select.POLLIN)
         if self.control is not None:
             poller.register(self.control, select.POLLIN)
         self._open = set(self._streams)
         t0 = time.monotonic()
+        quiet_until = t0 + self.quiet
+        if self.quiet <= 0:
+            self._listen()
         t_end = None
         # The request goes in as the child takes it, beside the draining of its output.
         os.set_blocking(child.req_w, False)
@@ -196,12 +208,16 @@ class Watch:
         # pipes and spins must still meet the wall clock); or for a complete result frame.
         while self._open or not self.exited:
             ending = self.exited or self.timed_out or self.cpu_out or self.cancelled
+            if not self._listening and (ending or time.monotonic() >= quiet_until):
+                self._listen()
             if ending:
                 timeout_ms = None  # everything is dead or dying: drain to EOF
             else:
                 timeout_ms = max(0, int((self.deadline - time.monotonic()) * 1000) + 1)
                 if tick is not None:
                     timeout_ms = min(timeout_ms, tick)
+                if not self._listening:
+                    timeout_ms = min(timeout_ms, max(0, int((quiet_until - time.monotonic()) * 1000) + 1))
             if self.live is not None:
                 timeout_ms = self.live.timeout_ms(timeout_ms)
             for fd, _ in poller.poll(timeout_ms):
@@ -273,8 +289,17 @@ class Watch:
             child.req_w = -1
         return pending
 
+    def _listen(self) -> None:
+        """Poll the stdout and stderr pipes from now on (see `quiet`)."""
+        self._listening = True
+        for fd in (self.child.out_r, self.child.err_r):
+            if fd in self._open:
+                self._poller.register(fd, select.POLLIN)
+
     def drain_rest(self) -> None:
         """After a finished call: what the child wrote before its result frame is in the pipes now."""
+        if not self._listening:
+            self._listen()
         for fd in (self.child.out_r, self.child.err_r):
             if fd in self._open:
                 drain(fd, self._streams[fd], self._poller, self._open)

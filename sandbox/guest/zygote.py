@@ -36,6 +36,7 @@ from .forkserver import Child, ForkServer
 from .supervise import Live, Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 SMALL_BODY = 1 << 16  # a request body up to this size is read with its header
+QUIET = 0.010        # a run's first seconds in which its output wakes nobody (supervise.Watch.quiet)
 
 
 def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
@@ -64,7 +65,8 @@ def supervise(child: Child, server: ForkServer, request: bytes, header: dict,
               err=Stream(limits["max_stderr_bytes"], live and (lambda data: live.add("stderr", data))),
               res=Results(limits["max_result_bytes"], show, limits.get("max_outputs", 0),
                           limits.get("max_output_bytes", 0)),
-              deadline=time.monotonic() + limits["timeout"], control=control, live=live).run()
+              deadline=time.monotonic() + limits["timeout"], control=control, live=live,
+              quiet=0.0 if live is not None else QUIET).run()
     if w.finished:
         w.drain_rest()
         frame = result_frame(w.res)
