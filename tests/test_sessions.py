@@ -284,9 +284,10 @@ def test_an_idle_session_is_stopped(sb):
             return {Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in procs}
 
         # SIGSTOP takes effect as each process is next scheduled: on a busy machine, a moment
-        # after the reply; the cgroup freezer then holds them (v1 shows a frozen task as "D").
-        deadline = time.monotonic() + 2
-        while not states() <= {"T", "D"} and time.monotonic() < deadline:
+        # after the reply; the cgroup freezer then holds them (v1 shows a frozen task as "D", and
+        # its state reads FREEZING until every task is caught).
+        deadline = time.monotonic() + 5
+        while not (states() <= {"T", "D"} and s._cgroup.frozen()) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert states() <= {"T", "D"}, states()  # stopped or frozen, every process of the session
         assert s._cgroup.frozen()
