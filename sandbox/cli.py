@@ -5,45 +5,33 @@ Exit status of `sandbox run`: 0 ok, 1 error, 2 usage error, 3 any other outcome 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+
+from .warmrun import EXIT_ERROR, EXIT_OK, EXIT_OTHER, EXIT_USAGE
 
 # Each command imports what it needs when it runs: `sandbox run` must not pay for the server's
-# FastAPI, the agent or the image builder (tens to hundreds of milliseconds of imports).
+# FastAPI, the agent or the image builder (tens to hundreds of milliseconds of imports), and on a
+# warm engine not even argparse (warmrun.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .results import Result
+    import argparse
+    from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
+    from .results import Result
 
 
 def _say(msg: str) -> None:
     print(f"sandbox: {msg}", file=sys.stderr, flush=True)
 
 
-def _write_outputs(result: Result, out: Path) -> list[str]:
-    """Write figures and files under `out`. Paths were validated by the engine; links in
-    `out` are still never followed for the final component."""
-    written: list[str] = []
+def _write_outputs(result: Result, out: str) -> list[str]:
+    """Write figures and files under `out` (warmrun.write_files: one writer for both paths)."""
+    from .warmrun import write_files
+
     items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files] \
         + result.output_files()
-    for rel, data in items:
-        target = out / rel
-        if str(target) in written:
-            _say(f"not writing {rel}: a figure of the same name was written")
-            continue
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        except OSError as exc:
-            _say(f"could not write {target}: {exc.strerror}")
-            continue
-        written.append(str(target))
-    return written
+    return write_files(items, str(out))
 
 
 def _engine(args: argparse.Namespace, overrides: dict) -> str | None:
@@ -76,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code, filename = args.code, "main.py"
     else:
         try:
+            from pathlib import Path
             code, filename = Path(args.script).read_text(), os.path.basename(args.script)
         except (OSError, UnicodeDecodeError) as exc:
             _say(f"cannot read {args.script}: {exc}")
@@ -133,7 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return EXIT_OTHER
 
+    return render(result, args)
+
+
+def render(result: Result, args: argparse.Namespace) -> int:
+    """Print a run's result (text or --json), write its files under --out; the exit status."""
     from .results import Outcome
+
     if args.json:
         print(result.to_json(indent=2 if sys.stdout.isatty() else None))
     else:
@@ -147,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.stdout_truncated or result.stderr_truncated:
             _say("output was truncated at the configured cap")
     if args.out is not None and (result.images or result.files or result.outputs):
-        written = _write_outputs(result, Path(args.out))
+        written = _write_outputs(result, args.out)
         if not args.json:
             _say(f"wrote {len(written)} file(s) to {args.out}/: {', '.join(os.path.basename(w) for w in written)}")
     return {Outcome.OK: EXIT_OK, Outcome.ERROR: EXIT_ERROR}.get(result.outcome, EXIT_OTHER)
@@ -203,6 +198,9 @@ def cmd_bench(argv: list[str]) -> int:
 def parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; `only="run"` builds the run command alone (the other commands' parsers
     import their modules, the server's FastAPI among them)."""
+    import argparse
+    from pathlib import Path
+
     p = argparse.ArgumentParser(prog="sandbox", description="Run untrusted Python in warm, isolated jails.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -276,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
+    if argv[:1] == ["run"]:
+        from .warmrun import main as warm_run
+        status = warm_run(argv[1:])   # None: not a form it takes, or no warm engine (nothing was sent)
+        if status is not None:
+            return status
     args = parser(only="run" if argv[:1] == ["run"] else None).parse_args(argv)
     try:
         return args.func(args)
