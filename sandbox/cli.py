@@ -196,8 +196,8 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line; `only="run"` builds the run command alone (the other commands' parsers
-    import their modules, the server's FastAPI among them)."""
+    """The command line; `only="run"` builds the run and engine commands alone (the other commands'
+    parsers import their modules, the server's FastAPI among them)."""
     import argparse
     from pathlib import Path
 
@@ -225,6 +225,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="a package from the policy's allow-list for this run, e.g. humanize or 'polars>=1' "
                         "(repeatable; downloaded on the host on first use, the run has no network)")
     r.set_defaults(func=cmd_run)
+    from .engine_cli import add_parser as add_engine  # `sandbox engine start|stop|status`: light, as run
+    add_engine(sub)
     if only == "run":
         return p
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         status = warm_run(argv[1:])   # None: not a form it takes, or no warm engine (nothing was sent)
         if status is not None:
             return status
-    args = parser(only="run" if argv[:1] == ["run"] else None).parse_args(argv)
+    args = parser(only="run" if argv[:1] in (["run"], ["engine"]) else None).parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:

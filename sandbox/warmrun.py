@@ -115,11 +115,15 @@ def _connect(image: str):  # -> socket.socket | None
         return None
 
 
-def _exchange(sock, body: bytes) -> tuple[int, str, bytes]:
-    """Send the request, read the whole answer (Connection: close): status, reason, body."""
+def exchange(sock, body: bytes | None, method: str = "POST", path: str = "/v1/execute",
+             ) -> tuple[int, str, bytes, dict[bytes, bytes]]:
+    """Send one request (JSON `body`), read the whole answer (Connection: close): status, reason, body,
+    headers (lower-case names)."""
     sock.settimeout(None)   # no read timeout: the server's wall clock ends every run
-    sock.sendall(b"POST /v1/execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                 b"Accept: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    sock.sendall(head.encode() + b"\r\n" + (body or b""))
     chunks = []
     while chunk := sock.recv(1 << 20):
         chunks.append(chunk)
@@ -141,7 +145,7 @@ def _exchange(sock, body: bytes) -> tuple[int, str, bytes]:
         if len(rest) < n:
             raise ConnectionError("the answer ended before its Content-Length")
         rest = rest[:n]
-    return int(parts[1]), (parts[2] if len(parts) > 2 else b"").decode("latin-1"), rest
+    return int(parts[1]), (parts[2] if len(parts) > 2 else b"").decode("latin-1"), rest, headers
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -252,7 +256,7 @@ def main(argv: list[str]) -> int | None:
     url = f"unix:{path}"
     try:
         with sock:
-            status, reason, data = _exchange(sock, body)
+            status, reason, data, _ = exchange(sock, body)
     except (OSError, ValueError) as exc:
         _say(f"cannot reach {url}: {exc}")
         return EXIT_OTHER
