@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -64,6 +63,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     except OSError as exc:
         _say(f"cannot write the engine's log in {parent}: {exc.strerror}")
         return EXIT_OTHER
+    import subprocess   # here: `sandbox run`'s parser builds this command's too
+
     idle = DEFAULT_IDLE_EXIT if args.idle_exit is None else args.idle_exit
     cmd = [sys.executable, "-m", "sandbox", "serve", "--unix-socket", path, "--no-mcp", "--image", args.image]
     if idle:

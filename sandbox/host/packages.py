@@ -46,7 +46,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,6 +401,7 @@ class PackageStore:
         limit = self.settings.max_set_bytes + (1 << 20)
         digest = hashlib.sha256()
         size = 0
+        import urllib.request   # here, not at the top: every Sandbox() imports this module (~20 ms)
         if parsed.scheme == "file":
             house = Path(self.settings.wheelhouse).resolve() if self.settings.wheelhouse else None
             source = Path(urllib.request.url2pathname(parsed.path)).resolve()
