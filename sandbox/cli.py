@@ -16,22 +16,10 @@ from .warmrun import EXIT_ERROR, EXIT_OK, EXIT_OTHER, EXIT_USAGE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from pathlib import Path
-
-    from .results import Result
 
 
 def _say(msg: str) -> None:
     print(f"sandbox: {msg}", file=sys.stderr, flush=True)
-
-
-def _write_outputs(result: Result, out: str) -> list[str]:
-    """Write figures and files under `out` (warmrun.write_files: one writer for both paths)."""
-    from .warmrun import write_files
-
-    items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files] \
-        + result.output_files()
-    return write_files(items, str(out))
 
 
 def _engine(args: argparse.Namespace, overrides: dict) -> str | None:
@@ -49,6 +37,19 @@ def _engine(args: argparse.Namespace, overrides: dict) -> str | None:
         if any(value > getattr(policy, name) for name, value in overrides.items()):
             return None
     return path
+
+
+def _start_engine(args: argparse.Namespace, overrides: dict) -> str | None:
+    """`--engine auto` and no engine up: start the per-user one (`sandbox engine start`, default idle
+    exit) and use it; if it does not come up, this run takes the one-shot path."""
+    import argparse
+
+    from . import engine_cli, engine_socket
+
+    if engine_socket.find(args.image) is not None:
+        return None   # one is up, but this run's limits are looser than its policy: not for it
+    started = engine_cli.cmd_start(argparse.Namespace(image=args.image, idle_exit=None, slots=None, wait=180.0))
+    return _engine(args, overrides) if started == EXIT_OK else None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -90,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .engine_socket import EngineSocketError
         try:
             engine = _engine(args, overrides)
+            if engine is None and args.engine == "auto" and not (args.no_engine or args.package):
+                engine = _start_engine(args, overrides)
         except EngineSocketError as exc:
             _say(f"not using the engine socket: {exc}. Remove it or fix it, or run with --no-engine")
             return EXIT_OTHER
@@ -122,30 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return EXIT_OTHER
 
+    from .warmrun import render
     return render(result, args)
-
-
-def render(result: Result, args: argparse.Namespace) -> int:
-    """Print a run's result (text or --json), write its files under --out; the exit status."""
-    from .results import Outcome
-
-    if args.json:
-        print(result.to_json(indent=2 if sys.stdout.isatty() else None))
-    else:
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.write(result.stderr)
-        if result.error is not None:
-            sys.stderr.write(result.error.traceback or f"{result.error.type}: {result.error.message}\n")
-        if result.outcome not in (Outcome.OK, Outcome.ERROR):
-            _say(f"outcome: {result.outcome.value}")
-        if result.stdout_truncated or result.stderr_truncated:
-            _say("output was truncated at the configured cap")
-    if args.out is not None and (result.images or result.files or result.outputs):
-        written = _write_outputs(result, args.out)
-        if not args.json:
-            _say(f"wrote {len(written)} file(s) to {args.out}/: {', '.join(os.path.basename(w) for w in written)}")
-    return {Outcome.OK: EXIT_OK, Outcome.ERROR: EXIT_ERROR}.get(result.outcome, EXIT_OTHER)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -221,6 +202,9 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="start an engine for this run even if a warm one listens on the engine socket "
                         "($SANDBOX_SOCKET, else $XDG_RUNTIME_DIR/sandbox/engine.sock, else "
                         "/tmp/sandbox-UID/engine.sock; see `sandbox serve --unix-socket`)")
+    r.add_argument("--engine", choices=["auto"],
+                   help="auto: if no engine is up, start the per-user one first (`sandbox engine start`: it "
+                        "exits after 15 min idle) and send this run and the next ones there")
     r.add_argument("--package", action="append", default=[], metavar="NAME",
                    help="a package from the policy's allow-list for this run, e.g. humanize or 'polars>=1' "
                         "(repeatable; downloaded on the host on first use, the run has no network)")

@@ -5,12 +5,12 @@ read without argparse, one HTTP/1.1 request over the engine's Unix socket with t
     main(argv) -> exit status, or None: this path does not take the call (cli.py's full path does)
 
 It takes `sandbox run` with `-c CODE` or a script path, and any of `--json`, `--out DIR`,
-`--file PATH[=NAME]`, `--image NAME`, when `$SANDBOX_URL` is not set and a live engine of this user
+`--file PATH[=NAME]`, `--image NAME`, `--engine auto` (no engine up: the full path starts one), when `$SANDBOX_URL` is not set and a live engine of this user
 answers on the socket (engine_socket.py, whose checks apply unchanged). Anything else (another option,
 an unreadable script, no engine, a socket not to trust) goes to the full path before a byte is sent,
 and the full path gives the same messages it always has. Once the request is sent nothing falls back
 (the code must not run twice): an error status, a malformed answer or a result with rich outputs is
-handled by the full path's own functions (remote.answer, remote.result_from, cli.render), imported then.
+handled by the full path's own functions (remote.answer, remote.result_from, render), imported then.
 
 What is written is the full path's, byte for byte: the same stdout and stderr writes, the same
 `--json` document (the server's `Result.to_json()`, normalized here as `Result.from_dict` does), the
@@ -23,6 +23,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # (not `from typing import ...`: typing alone costs ~2 ms)
+    from typing import Any
+
+    from .results import Result
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
 OUTCOMES = ("ok", "error", "timeout", "memory_limit", "cpu_limit", "policy_violation", "crashed", "sandbox_error")
@@ -61,6 +67,12 @@ def preparse(argv: list[str]) -> Args | None:
             else:
                 seen.add(name)
                 setattr(a, _VALUED[name], value)
+        elif arg in ("--engine=auto", "--engine") and "--engine" not in seen:   # only auto: an engine up is used
+            seen.add("--engine")
+            if arg == "--engine":
+                i += 1
+                if i == len(argv) or argv[i] != "auto":
+                    return None
         elif arg == "--json" and "--json" not in seen:
             seen.add(arg)
             a.json = True
@@ -212,8 +224,34 @@ def write_files(items: list[tuple[str, bytes]], out: str) -> list[str]:
     return written
 
 
+def render(result: Result, args: Any) -> int:
+    """Print a Result (text or --json), write its files under --out; the exit status. The full path's
+    (cli.cmd_run), and this one's for what _render does not take (rich outputs, odd documents)."""
+    from .results import Outcome
+
+    if args.json:
+        print(result.to_json(indent=2 if sys.stdout.isatty() else None))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(result.stderr)
+        if result.error is not None:
+            sys.stderr.write(result.error.traceback or f"{result.error.type}: {result.error.message}\n")
+        if result.outcome not in (Outcome.OK, Outcome.ERROR):
+            _say(f"outcome: {result.outcome.value}")
+        if result.stdout_truncated or result.stderr_truncated:
+            _say("output was truncated at the configured cap")
+    if args.out is not None and (result.images or result.files or result.outputs):
+        items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files] \
+            + result.output_files()
+        written = write_files(items, args.out)
+        if not args.json:
+            _say(f"wrote {len(written)} file(s) to {args.out}/: {', '.join(os.path.basename(w) for w in written)}")
+    return {Outcome.OK: EXIT_OK, Outcome.ERROR: EXIT_ERROR}.get(result.outcome, EXIT_OTHER)
+
+
 def _render(doc: dict, a: Args) -> int:
-    """cli.render() for a normalized document (the same writes in the same order)."""
+    """render() for a normalized document, without the Result (the same writes in the same order)."""
     if a.json:
         print(json.dumps(doc, indent=2 if sys.stdout.isatty() else None))
     else:
@@ -280,7 +318,6 @@ def main(argv: list[str]) -> int | None:
                     _say(str(exc))
                     return EXIT_USAGE
             return _render(norm, a)
-    from .cli import render
     from .errors import InvalidInputError, SandboxError
     from .remote import answer, result_from
     try:

@@ -497,3 +497,33 @@ def test_engine_start_status_run_idle_exit_and_stop():
 def test_serve_refuses_a_bad_idle_exit(tmp_path):
     p = sandbox("serve", "--unix-socket", str(tmp_path / "e.sock"), "--idle-exit", "0", "--no-mcp")
     assert p.returncode == 2 and b"--idle-exit must be more than 0" in p.stderr
+
+
+def test_run_engine_auto_starts_the_per_user_engine_once():
+    d = Path(tempfile.mkdtemp(prefix="sandbox-auto-", dir="/tmp"))
+    env = {"SANDBOX_SOCKET": str(d / "engine.sock")}
+    try:
+        p = sandbox("run", "--engine", "auto", "-c", "print('first')", env=env)
+        assert (p.returncode, p.stdout) == (0, b"first\n") and b"engine up on unix:" in p.stderr, p.stderr
+        code, status = _status(env)
+        assert code == 0 and status["runs"] == 1 and status["idle_exit_seconds"] == 900.0
+        p = sandbox("run", "--engine=auto", "-c", "print('second')", env=env)
+        assert (p.returncode, p.stdout, p.stderr) == (0, b"second\n", b"")
+        code, again = _status(env)
+        assert again["pid"] == status["pid"] and again["runs"] == 2
+        p = sandbox("run", "-c", "print('default')", env=env)   # without --engine auto: uses the one up
+        assert (p.returncode, p.stdout) == (0, b"default\n") and _status(env)[1]["runs"] == 3
+    finally:
+        sandbox("engine", "stop", env=env)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_run_without_engine_auto_never_starts_one():
+    d = Path(tempfile.mkdtemp(prefix="sandbox-noauto-", dir="/tmp"))
+    env = {"SANDBOX_SOCKET": str(d / "engine.sock")}
+    try:
+        p = sandbox("run", "-c", "print('one-shot')", env=env)
+        assert (p.returncode, p.stdout) == (0, b"one-shot\n") and not (d / "engine.sock").exists()
+        assert _status(env)[0] == 3
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
