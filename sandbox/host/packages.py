@@ -401,15 +401,16 @@ class PackageStore:
         limit = self.settings.max_set_bytes + (1 << 20)
         digest = hashlib.sha256()
         size = 0
-        import urllib.request   # here, not at the top: every Sandbox() imports this module (~20 ms)
         if parsed.scheme == "file":
             house = Path(self.settings.wheelhouse).resolve() if self.settings.wheelhouse else None
-            source = Path(urllib.request.url2pathname(parsed.path)).resolve()
+            from urllib.request import url2pathname   # here: every Sandbox() imports this module (~20 ms)
+            source = Path(url2pathname(parsed.path)).resolve()
             if house is None or not source.is_relative_to(house):
                 raise SandboxError(f"pip resolved {item['name']} to a local file outside the wheelhouse: {source}")
             opener = lambda: open(source, "rb")  # noqa: E731
         elif parsed.scheme in ("https", "http"):
-            opener = lambda: urllib.request.urlopen(url, timeout=60)  # noqa: E731
+            from urllib.request import urlopen
+            opener = lambda: urlopen(url, timeout=60)  # noqa: E731
         else:
             raise SandboxError(f"pip resolved {item['name']} to an unsupported URL {url[:120]}")
         progress(f"downloading {name}")
