@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .engine_socket import EngineSocketError
         try:
             engine = _engine(args, overrides)
-            if engine is None and args.engine == "auto" and not (args.no_engine or args.package):
+            if engine is None and getattr(args, "engine", None) == "auto" and not (args.no_engine or args.package):
                 engine = _start_engine(args, overrides)
         except EngineSocketError as exc:
             _say(f"not using the engine socket: {exc}. Remove it or fix it, or run with --no-engine")
@@ -260,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
-    if argv[:1] == ["run"]:
-        from .warmrun import main as warm_run
-        status = warm_run(argv[1:])   # None: not a form it takes, or no warm engine (nothing was sent)
-        if status is not None:
-            return status
-    args = parser(only="run" if argv[:1] in (["run"], ["engine"]) else None).parse_args(argv)
     try:
+        if argv[:1] == ["run"]:
+            from .warmrun import main as warm_run
+            status = warm_run(argv[1:])   # None: not a form it takes, or no warm engine (nothing was sent)
+            if status is not None:
+                return status
+        args = parser(only="run" if argv[:1] in (["run"], ["engine"]) else None).parse_args(argv)
         return args.func(args)
     except BrokenPipeError:
         # stdout closed early (`sandbox doctor | head -1`): not an error of ours. Point stdout at

@@ -58,7 +58,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         return EXIT_OK
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, 0o700, exist_ok=True)   # the server checks the directory's owner and mode
+        os.makedirs(parent, 0o700, exist_ok=True)
+        why = engine_socket.safe_dir_problem(os.stat(parent), os.geteuid())
+        if why is not None:   # checked before the log is written there (the server checks it again)
+            _say(f"not starting: the directory {parent} {why}; another user could replace the socket")
+            return EXIT_OTHER
         log_fd = os.open(_log_path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         _say(f"cannot write the engine's log in {parent}: {exc.strerror}")

@@ -527,3 +527,12 @@ def test_run_without_engine_auto_never_starts_one():
         assert _status(env)[0] == 3
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_engine_start_refuses_a_directory_others_may_write(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    p = sandbox("engine", "start", env={"SANDBOX_SOCKET": str(shared / "engine.sock")})
+    assert p.returncode == 3 and b"writable by others" in p.stderr and b"Traceback" not in p.stderr
+    assert list(shared.iterdir()) == []   # no log, no socket
