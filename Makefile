@@ -66,7 +66,9 @@ vm-system:                   ## qemu and debootstrap for test-cgroup2 (skipped w
 $(STAMP): pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench,server,agent,compat,ray]'
+	# editable_mode=compat: the checkout on sys.path by a plain .pth line; the default editable mode's
+	# import finder costs every `sandbox` command ~14 ms of start-up (docs/performance.md)
+	$(BIN)/pip install -q -e '.[test,bench,server,agent,compat,ray]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 clean:

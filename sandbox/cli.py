@@ -5,45 +5,21 @@ Exit status of `sandbox run`: 0 ok, 1 error, 2 usage error, 3 any other outcome 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+
+from .warmrun import EXIT_ERROR, EXIT_OK, EXIT_OTHER, EXIT_USAGE
 
 # Each command imports what it needs when it runs: `sandbox run` must not pay for the server's
-# FastAPI, the agent or the image builder (tens to hundreds of milliseconds of imports).
+# FastAPI, the agent or the image builder (tens to hundreds of milliseconds of imports), and on a
+# warm engine not even argparse (warmrun.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .results import Result
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_OTHER = 0, 1, 2, 3
+    import argparse
 
 
 def _say(msg: str) -> None:
     print(f"sandbox: {msg}", file=sys.stderr, flush=True)
-
-
-def _write_outputs(result: Result, out: Path) -> list[str]:
-    """Write figures and files under `out`. Paths were validated by the engine; links in
-    `out` are still never followed for the final component."""
-    written: list[str] = []
-    items = [(i.name, i.data) for i in result.images] + [(f.path, f.data) for f in result.files] \
-        + result.output_files()
-    for rel, data in items:
-        target = out / rel
-        if str(target) in written:
-            _say(f"not writing {rel}: a figure of the same name was written")
-            continue
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        except OSError as exc:
-            _say(f"could not write {target}: {exc.strerror}")
-            continue
-        written.append(str(target))
-    return written
 
 
 def _engine(args: argparse.Namespace, overrides: dict) -> str | None:
@@ -63,6 +39,19 @@ def _engine(args: argparse.Namespace, overrides: dict) -> str | None:
     return path
 
 
+def _start_engine(args: argparse.Namespace, overrides: dict) -> str | None:
+    """`--engine auto` and no engine up: start the per-user one (`sandbox engine start`, default idle
+    exit) and use it; if it does not come up, this run takes the one-shot path."""
+    import argparse
+
+    from . import engine_cli, engine_socket
+
+    if engine_socket.find(args.image) is not None:
+        return None   # one is up, but this run's limits are looser than its policy: not for it
+    started = engine_cli.cmd_start(argparse.Namespace(image=args.image, idle_exit=None, slots=None, wait=180.0))
+    return _engine(args, overrides) if started == EXIT_OK else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # The warm-engine path imports only the light client (remote.py, results, limits): the engine's
     # modules (client, host) load only on the one-shot path.
@@ -76,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code, filename = args.code, "main.py"
     else:
         try:
+            from pathlib import Path
             code, filename = Path(args.script).read_text(), os.path.basename(args.script)
         except (OSError, UnicodeDecodeError) as exc:
             _say(f"cannot read {args.script}: {exc}")
@@ -101,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .engine_socket import EngineSocketError
         try:
             engine = _engine(args, overrides)
+            if engine is None and getattr(args, "engine", None) == "auto" and not (args.no_engine or args.package):
+                engine = _start_engine(args, overrides)
         except EngineSocketError as exc:
             _say(f"not using the engine socket: {exc}. Remove it or fix it, or run with --no-engine")
             return EXIT_OTHER
@@ -133,24 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return EXIT_OTHER
 
-    from .results import Outcome
-    if args.json:
-        print(result.to_json(indent=2 if sys.stdout.isatty() else None))
-    else:
-        sys.stdout.write(result.stdout)
-        sys.stdout.flush()
-        sys.stderr.write(result.stderr)
-        if result.error is not None:
-            sys.stderr.write(result.error.traceback or f"{result.error.type}: {result.error.message}\n")
-        if result.outcome not in (Outcome.OK, Outcome.ERROR):
-            _say(f"outcome: {result.outcome.value}")
-        if result.stdout_truncated or result.stderr_truncated:
-            _say("output was truncated at the configured cap")
-    if args.out is not None and (result.images or result.files or result.outputs):
-        written = _write_outputs(result, Path(args.out))
-        if not args.json:
-            _say(f"wrote {len(written)} file(s) to {args.out}/: {', '.join(os.path.basename(w) for w in written)}")
-    return {Outcome.OK: EXIT_OK, Outcome.ERROR: EXIT_ERROR}.get(result.outcome, EXIT_OTHER)
+    from .warmrun import render
+    return render(result, args)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -201,8 +177,11 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line; `only="run"` builds the run command alone (the other commands' parsers
-    import their modules, the server's FastAPI among them)."""
+    """The command line; `only="run"` builds the run and engine commands alone (the other commands'
+    parsers import their modules, the server's FastAPI among them)."""
+    import argparse
+    from pathlib import Path
+
     p = argparse.ArgumentParser(prog="sandbox", description="Run untrusted Python in warm, isolated jails.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -223,10 +202,15 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="start an engine for this run even if a warm one listens on the engine socket "
                         "($SANDBOX_SOCKET, else $XDG_RUNTIME_DIR/sandbox/engine.sock, else "
                         "/tmp/sandbox-UID/engine.sock; see `sandbox serve --unix-socket`)")
+    r.add_argument("--engine", choices=["auto"],
+                   help="auto: if no engine is up, start the per-user one first (`sandbox engine start`: it "
+                        "exits after 15 min idle) and send this run and the next ones there")
     r.add_argument("--package", action="append", default=[], metavar="NAME",
                    help="a package from the policy's allow-list for this run, e.g. humanize or 'polars>=1' "
                         "(repeatable; downloaded on the host on first use, the run has no network)")
     r.set_defaults(func=cmd_run)
+    from .engine_cli import add_parser as add_engine  # `sandbox engine start|stop|status`: light, as run
+    add_engine(sub)
     if only == "run":
         return p
 
@@ -276,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
-    args = parser(only="run" if argv[:1] == ["run"] else None).parse_args(argv)
     try:
+        if argv[:1] == ["run"]:
+            from .warmrun import main as warm_run
+            status = warm_run(argv[1:])   # None: not a form it takes, or no warm engine (nothing was sent)
+            if status is not None:
+                return status
+        args = parser(only="run" if argv[:1] in (["run"], ["engine"]) else None).parse_args(argv)
         return args.func(args)
     except BrokenPipeError:
         # stdout closed early (`sandbox doctor | head -1`): not an error of ours. Point stdout at

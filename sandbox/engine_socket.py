@@ -54,6 +54,13 @@ def peer_uid(sock: socket.socket) -> int:
     return uid
 
 
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of a connected AF_UNIX socket (SO_PEERCRED): the
+    engine's, for `sandbox engine stop` and `status` (no pid file that could go stale)."""
+    pid, _, _ = _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
+    return pid
+
+
 def safe_dir_problem(st: os.stat_result, uid: int) -> str | None:
     """Why a directory owned as `st` may not hold `uid`'s socket (None if it may): it must be owned by
     `uid` or root, and writable by nobody else unless sticky (then others cannot replace our file)."""

@@ -214,17 +214,7 @@ class RemoteSandbox:
             doc = self._stream(path, body, {"stdout": on_stdout, "stderr": on_stderr, "output": on_output})
         else:
             doc = self._request("POST", path, body)
-        try:
-            result = Result.from_dict(doc)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RemoteError(f"{self.url} answered with a malformed result ({exc!r})") from None
-        for f in result.files:  # a file asked for by `fetch` keeps its /tmp/ path, as in-process; no other
-            if f.path not in fetch:
-                _checked(f.path, "a file name from the server")
-            check_path(f.path, "a file name from the server", tmp=True)
-        for image in result.images:
-            _checked(image.name, "an image name from the server")
-        return result
+        return result_from(doc, self.url, fetch)
 
     def image_info(self) -> dict[str, Any]:
         """The server's image manifest."""
@@ -278,28 +268,7 @@ class RemoteSandbox:
             raise SandboxUnavailableError(f"cannot reach {self.url}: {exc}") from None
         if on_line is not None and status == 200:
             return None
-        if 200 <= status < 300 and (raw_answer or status == 204):
-            return data
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            raise RemoteError(f"{self.url} answered {status} with a body that is not JSON", status) from None
-        if 200 <= status < 300:
-            return doc
-        err = doc.get("error") if isinstance(doc, dict) else None
-        message = err.get("message", reason) if isinstance(err, dict) else reason
-        kind = err.get("type") if isinstance(err, dict) else None
-        known = from_wire(kind, message) if kind != "sandbox_error" else None
-        if known is not None:
-            raise known
-        if kind == "too_many_calls":  # a quota of this key or session (the service's, not the engine's)
-            raise QueueFullError(message)
-        if status == 401:
-            raise RemoteError(f"{message}: give the server's key with api_key= or in SANDBOX_API_KEY", status)
-        if status == 404 and path.startswith("/v1/sessions/"):
-            raise SessionClosedError(message)   # an unknown session, as Sandbox.get_session() says it
-        raise {413: InvalidInputError, 422: InvalidInputError, 429: QueueFullError,
-               503: SandboxUnavailableError}.get(status, lambda m: RemoteError(m, status))(message)
+        return answer(self.url, path, status, reason, data, raw_answer)
 
     def close(self) -> None:
         self._http.close()
@@ -309,6 +278,48 @@ class RemoteSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def answer(url: str, path: str, status: int, reason: str, data: bytes, raw_answer: bool = False) -> Any:
+    """A call's answer: a 2xx's JSON (its bytes if `raw_answer`), or the engine's exception for an error
+    status. Also used by `sandbox run`'s warm-engine path (warmrun.py), which does its own HTTP."""
+    if 200 <= status < 300 and (raw_answer or status == 204):
+        return data
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise RemoteError(f"{url} answered {status} with a body that is not JSON", status) from None
+    if 200 <= status < 300:
+        return doc
+    err = doc.get("error") if isinstance(doc, dict) else None
+    message = err.get("message", reason) if isinstance(err, dict) else reason
+    kind = err.get("type") if isinstance(err, dict) else None
+    known = from_wire(kind, message) if kind != "sandbox_error" else None
+    if known is not None:
+        raise known
+    if kind == "too_many_calls":  # a quota of this key or session (the service's, not the engine's)
+        raise QueueFullError(message)
+    if status == 401:
+        raise RemoteError(f"{message}: give the server's key with api_key= or in SANDBOX_API_KEY", status)
+    if status == 404 and path.startswith("/v1/sessions/"):
+        raise SessionClosedError(message)   # an unknown session, as Sandbox.get_session() says it
+    raise {413: InvalidInputError, 422: InvalidInputError, 429: QueueFullError,
+           503: SandboxUnavailableError}.get(status, lambda m: RemoteError(m, status))(message)
+
+
+def result_from(doc: Any, url: str, fetch: Iterable[str] = ()) -> Result:
+    """A result document from a server as a Result, every name in it checked (module docstring)."""
+    try:
+        result = Result.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteError(f"{url} answered with a malformed result ({exc!r})") from None
+    for f in result.files:  # a file asked for by `fetch` keeps its /tmp/ path, as in-process; no other
+        if f.path not in fetch:
+            _checked(f.path, "a file name from the server")
+        check_path(f.path, "a file name from the server", tmp=True)
+    for image in result.images:
+        _checked(image.name, "an image name from the server")
+    return result
 
 
 def _limit_changes(limits: Limits | Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -46,7 +46,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,12 +403,14 @@ class PackageStore:
         size = 0
         if parsed.scheme == "file":
             house = Path(self.settings.wheelhouse).resolve() if self.settings.wheelhouse else None
-            source = Path(urllib.request.url2pathname(parsed.path)).resolve()
+            from urllib.request import url2pathname   # here: every Sandbox() imports this module (~20 ms)
+            source = Path(url2pathname(parsed.path)).resolve()
             if house is None or not source.is_relative_to(house):
                 raise SandboxError(f"pip resolved {item['name']} to a local file outside the wheelhouse: {source}")
             opener = lambda: open(source, "rb")  # noqa: E731
         elif parsed.scheme in ("https", "http"):
-            opener = lambda: urllib.request.urlopen(url, timeout=60)  # noqa: E731
+            from urllib.request import urlopen
+            opener = lambda: urlopen(url, timeout=60)  # noqa: E731
         else:
             raise SandboxError(f"pip resolved {item['name']} to an unsupported URL {url[:120]}")
         progress(f"downloading {name}")

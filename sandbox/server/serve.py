@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -99,6 +100,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "`sandbox run` finds it; without PATH the per-user path `sandbox run` looks at "
                         "(docs/cli.md). TCP too only if --host or --port is given")
     p.add_argument("--slots", type=int, help="jails in the pool (default: one per core)")
+    p.add_argument("--idle-exit", type=float, metavar="SECONDS",
+                   help="stop after this long without a request, a run or an open session (default: never; "
+                        "`sandbox engine start` sets it)")
     p.add_argument("--image", default="default", help="image to run in")
     p.add_argument("--api-key-file", help="file of API keys, one a line (also: SANDBOX_API_KEYS, comma separated)")
     p.add_argument("--max-queue", type=int, default=64, help="calls that may wait for a slot before 429 (default 64)")
@@ -164,6 +168,8 @@ def check_ranges(args: argparse.Namespace) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     check_ranges(args)
+    if getattr(args, "idle_exit", None) is not None and not args.idle_exit > 0:
+        raise InvalidInputError("--idle-exit must be more than 0 seconds")
     unix_socket = None
     if args.unix_socket is not None:
         from ..engine_socket import socket_path
@@ -241,10 +247,45 @@ def reload_keys(app: Any) -> None:
     log.info("SIGHUP: %d API key(s) loaded", len(new.api_keys), extra={"event": "keys_reloaded", "keys": len(new.api_keys)})
 
 
+class Activity:
+    """ASGI wrapper that knows when the last request ended and how many are in flight, for
+    `--idle-exit`. `GET /v1/health` does not count as activity (so `sandbox engine status` does not keep
+    an engine alive); its answer carries the idle time in `x-sandbox-idle-seconds`."""
+
+    HEALTH = "/v1/health"
+
+    def __init__(self, app: Any, idle_exit: float | None) -> None:
+        self.app, self.idle_exit = app, idle_exit
+        self.active, self.last = 0, time.monotonic()
+
+    def idle(self) -> float:
+        return 0.0 if self.active else time.monotonic() - self.last
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope.get("path") == self.HEALTH:
+            async def send_idle(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    extra = [(b"x-sandbox-idle-seconds", b"%.1f" % self.idle())]
+                    if self.idle_exit:
+                        extra.append((b"x-sandbox-idle-exit", b"%g" % self.idle_exit))
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+                await send(message)
+            return await self.app(scope, receive, send_idle)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.last = time.monotonic()
+
+
 def serve(app: Any, settings: Settings, sock: socket.socket | list[socket.socket], log_level: str = "info",
-          log_format: str = "text") -> None:
+          log_format: str = "text", idle_exit: float | None = None) -> None:
     """Run the app on `sock` (a TCP socket, a Unix one, or both in a list) until SIGINT/SIGTERM (SIGHUP:
-    reload the keys); runs still in flight after the grace period are killed."""
+    reload the keys); runs still in flight after the grace period are killed. With `idle_exit`, also
+    once that many seconds pass with no request (but health checks), no run and no open session."""
     import uvicorn
 
     socks = sock if isinstance(sock, list) else [sock]
@@ -253,7 +294,8 @@ def serve(app: Any, settings: Settings, sock: socket.socket | list[socket.socket
     made = [(s.getsockname(), os.lstat(s.getsockname())) for s in socks if s.family == socket.AF_UNIX]
     tcp = next((s for s in socks if s.family != socket.AF_UNIX), None)
     scrub_keys(settings.api_keys)
-    config = uvicorn_config(app, settings, log_level, logs.configure(log_format, log_level))
+    activity = Activity(app, idle_exit)
+    config = uvicorn_config(activity, settings, log_level, logs.configure(log_format, log_level))
     server = uvicorn.Server(config)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.auth_required else "no API key (loopback only)"
     where = [f"unix:{s.getsockname()} (no key; uid {os.geteuid()} or root only)" for s in socks
@@ -299,10 +341,24 @@ def serve(app: Any, settings: Settings, sock: socket.socket | list[socket.socket
             pages = f"; playground {url}/{mcp}, OpenAPI {url}/openapi.json" if url else ""
             print(f"sandbox: serving on {' and '.join(where)}{pages}", file=sys.stderr, flush=True)
         reaper = asyncio.create_task(reap())
+        idler = asyncio.create_task(idle_watch()) if idle_exit else None
         try:
             await task
         finally:
             reaper.cancel()
+            if idler is not None:
+                idler.cancel()
+
+    async def idle_watch() -> None:
+        assert idle_exit
+        while not server.should_exit:
+            await asyncio.sleep(min(1.0, idle_exit / 4))
+            sessions = getattr(app.state, "sessions", None)
+            if activity.idle() >= idle_exit and not busy() and not (sessions is not None and sessions.count()):
+                logging.getLogger("sandbox.server").info(
+                    "no request for %g s (--idle-exit): stopping", idle_exit, extra={"event": "idle_exit"})
+                print(f"sandbox: no request for {idle_exit:g} s (--idle-exit): stopping", file=sys.stderr, flush=True)
+                server.should_exit = True
 
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed
         runner.run(main())
@@ -350,5 +406,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if s.family == socket.AF_UNIX:
                 os.unlink(s.getsockname())
         return 3
-    serve(app, settings, socks, args.log_level, args.log_format)
+    serve(app, settings, socks, args.log_level, args.log_format, idle_exit=args.idle_exit or None)
     return 0
