@@ -414,30 +414,36 @@ def test_quota_defaults_are_on():
     assert s.max_runs_per_key is None  # the number of slots (test_by_default_...)
 
 
+def _b_beside_a_flood(url: str, a_code: str, flood: int, b_calls: int) -> list[float]:
+    """Key A keeps `flood` calls of `a_code` in flight; after 1 s, key B's `b_calls` print(1), one
+    after another: how long each took (seconds)."""
+    async def main() -> list[float]:
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
+            ok = await c.post("/v1/execute", json={"code": "print(0)"}, headers=B)  # warm
+            assert ok.status_code == 200
+            tasks = [asyncio.create_task(c.post("/v1/execute", headers=A, json={"code": a_code}))
+                     for _ in range(flood)]
+            await asyncio.sleep(1.0)
+            took = []
+            for _ in range(b_calls):
+                t0 = time.monotonic()
+                mine = await c.post("/v1/execute", json={"code": "print(1)"}, headers=B)
+                took.append(time.monotonic() - t0)
+                assert mine.status_code == 200 and mine.json()["stdout"] == "1\n", mine.text
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return took
+    return asyncio.run(main())
+
+
 def test_by_default_another_key_waits_at_most_one_run_per_slot(tmp_path):
     """Row 6, fairness with the default quotas: key A keeps 20 calls of 0.6 s queued on a one-slot
     server; key B's print(1) waits for at most the one run of A's that holds the slot (a key's
     calls in the engine are capped at the number of slots, so none of A's are queued there)."""
     s = Server(tmp_path, "--slots", "1")
     try:
-        async def main() -> float:
-            async with httpx.AsyncClient(base_url=s.url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
-                ok = await c.post("/v1/execute", json={"code": "print(0)"}, headers=B)  # warm
-                assert ok.status_code == 200
-                flood = [asyncio.create_task(c.post("/v1/execute", headers=A,
-                                                    json={"code": "import time; time.sleep(0.6)"}))
-                         for _ in range(20)]
-                await asyncio.sleep(1.0)
-                t0 = time.monotonic()
-                mine = await c.post("/v1/execute", json={"code": "print(1)"}, headers=B)
-                took = time.monotonic() - t0
-                assert mine.status_code == 200 and mine.json()["stdout"] == "1\n", mine.text
-                for t in flood:
-                    t.cancel()
-                await asyncio.gather(*flood, return_exceptions=True)
-                return took
-
-        took = asyncio.run(main())
+        took = _b_beside_a_flood(s.url, "import time; time.sleep(0.6)", 20, 1)[0]
         # One run of A's (0.6 s) ahead at most; ten of them (6 s) before this default.
         assert took < 2.0, f"key B waited {took:.1f} s behind key A's queued calls"
     finally:
@@ -451,26 +457,7 @@ def test_while_another_key_calls_a_flood_keeps_its_share_of_the_slots(tmp_path):
     runs: of two calls in a row, one waits 1.5 s or more."""
     s = Server(tmp_path, "--slots", "2")
     try:
-        async def main() -> list[float]:
-            async with httpx.AsyncClient(base_url=s.url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
-                ok = await c.post("/v1/execute", json={"code": "print(0)"}, headers=B)  # warm
-                assert ok.status_code == 200
-                flood = [asyncio.create_task(c.post("/v1/execute", headers=A,
-                                                    json={"code": "import time; time.sleep(3)"}))
-                         for _ in range(30)]
-                await asyncio.sleep(1.0)
-                took = []
-                for _ in range(6):
-                    t0 = time.monotonic()
-                    mine = await c.post("/v1/execute", json={"code": "print(1)"}, headers=B)
-                    took.append(time.monotonic() - t0)
-                    assert mine.status_code == 200 and mine.json()["stdout"] == "1\n", mine.text
-                for t in flood:
-                    t.cancel()
-                await asyncio.gather(*flood, return_exceptions=True)
-                return took
-
-        took = asyncio.run(main())
+        took = _b_beside_a_flood(s.url, "import time; time.sleep(3)", 30, 6)
         # The first call may wait for one of A's runs (it found both slots A's); none after it does.
         assert took[0] < 4.0, took
         assert max(took[1:]) < 1.2, f"key B's calls waited for key A's runs: {[round(t, 2) for t in took]}"
