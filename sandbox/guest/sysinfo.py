@@ -1,31 +1,26 @@
 """sysinfo(2) answered with fixed stand-ins: no process of a jail sees the host's load, free memory,
-process count or uptime through it (glibc's sysconf(_SC_AVPHYS_PAGES), getloadavg()'s fallback,
-psutil).
+process count or uptime through it (glibc's sysconf(_SC_AVPHYS_PAGES), getloadavg(), psutil).
 
 A filter rule cannot do it: refused, sysinfo makes glibc's __get_phys_pages read an uninitialised
-struct. So the call is emulated with seccomp's user notification. At its start (after the init frame,
-before any import of the warm-up), the zygote:
+struct. So the call is emulated with seccomp's user notification. At its start (after the init
+frame, before the warm-up's imports), the zygote:
 
-1. forks the notifier, a small copy of itself that touches few pages;
+1. forks the notifier, which takes a /proc of its own (nsjail's is read-only, and callers' memory
+   is written through /proc/PID/mem), keeps only CAP_SYS_PTRACE and CAP_DAC_OVERRIDE (in the
+   jail's user namespace; an exec'd program is dumpable, and its /proc/PID/mem then belongs to its
+   own uid), sets no_new_privs and execs a bare interpreter running notifier.py, which loads a
+   filter of its own and answers (see there);
 2. installs a filter of one rule (sysinfo -> SECCOMP_RET_USER_NOTIF, everything else allowed) with
-   a listener, which every process it makes later inherits (fork servers, children, what user code
-   forks and execs); a child's own policy allows sysinfo, and ALLOW yields to USER_NOTIF;
-3. hands the listener to the notifier (SCM_RIGHTS) and closes its own copy.
+   a listener, which every process it makes later inherits (fork servers, children, whatever user
+   code forks and execs); a child's own policy allows sysinfo, and ALLOW yields to USER_NOTIF. The
+   notifier, forked before, is not under it (glibc's qsort may call sysinfo: it would wait on itself);
+3. hands the listener to the notifier (SCM_RIGHTS), closes its own copy, and waits for "ready".
 
-The notifier keeps the jail's uid 0 with CAP_SYS_PTRACE and CAP_DAC_OVERRIDE (in the jail's user
-namespace only: an exec'd program is dumpable and its /proc/PID/mem then belongs to its own uid),
-drops every other capability, sets no_new_privs and loads a filter of its own. For each call it
-opens the caller's /proc/PID/mem, checks the notification is still valid (the pid was the caller's
-when the file was opened, so a pid reused meanwhile is never written to), writes the stand-in
-struct at the caller's pointer and answers 0; a pointer it cannot write is EFAULT. (/proc/PID/mem
-writes even through the caller's own read-only private mappings, which the caller could make
-writable anyway; nothing but the caller's memory is ever written.)
-
-Children run as other uids with no capabilities: they can neither signal nor ptrace it, nor see it
-in their /proc (hidepid). If it dies anyway, the kernel answers sysinfo with ENOSYS (glibc would
-read garbage), so the jail fails loudly: the zygote watches the notifier's pidfd and exits at once,
-and checks it again before every reply, so a run that overlapped its death ends as an engine error
-and the host starts a fresh jail.
+Children run as other uids with no capabilities: they can neither signal nor ptrace it, nor see
+it in their /proc (hidepid). If it dies anyway, the kernel answers sysinfo with ENOSYS (glibc
+would read garbage), so the jail fails loudly: a thread of the zygote watches the notifier's pidfd
+and ends the jail at once, and the zygote checks again before every reply, so a run that
+overlapped its death ends as a sandbox error and the host starts a fresh jail.
 
 The stand-ins are the jail's /proc stand-ins (host/jail.proc_masks), read from their files, so
 sysinfo and /proc/meminfo, /proc/uptime, /proc/loadavg always agree.
@@ -34,43 +29,27 @@ sysinfo and /proc/meminfo, /proc/uptime, /proc/loadavg always agree.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 import select
 import signal
 import socket
-import struct
+import sys
 import threading
 
 import pyseccomp as sc
 
-NAME = b"sbx-sysinfo"    # the notifier's comm (what `ps` and the tests see)
-EXIT_NOTIFIER_DIED = 75  # the zygote's exit status when it finds the notifier gone
+from . import notifier
 
+EXIT_NOTIFIER_DIED = 75  # the zygote's exit status when it finds the notifier gone
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-PR_SET_NAME, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 15, 4, 38
-PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 24, 47, 4
 CAP_DAC_OVERRIDE, CAP_SYS_PTRACE = 1, 19
+KEPT_CAPS = (CAP_DAC_OVERRIDE, CAP_SYS_PTRACE)
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-# struct seccomp_notif {u64 id; u32 pid; u32 flags; struct seccomp_data {int nr; u32 arch;
-# u64 instruction_pointer; u64 args[6]}} and struct seccomp_notif_resp {u64 id; s64 val;
-# s32 error; u32 flags}.
-_NOTIF = struct.Struct("=QIIiIQ6Q")
-_RESP = struct.Struct("=QqiI")
-
-
-def _iowr(nr: int, size: int, direction: int = 3) -> int:
-    return (direction << 30) | (size << 16) | (ord("!") << 8) | nr
-
-
-NOTIF_RECV = _iowr(0, _NOTIF.size)
-NOTIF_SEND = _iowr(1, _RESP.size)
-NOTIF_ID_VALID = _iowr(2, 8, direction=1)  # _IOW
 
 
 class Sysinfo(ctypes.Structure):
@@ -165,7 +144,7 @@ def start(masks: list) -> None:
     if pid == 0:
         try:
             ours.close()
-            _serve(theirs, figures)
+            _become_notifier(theirs, figures)
         finally:
             os._exit(70)
     theirs.close()
@@ -246,7 +225,7 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-# -- the notifier -------------------------------------------------------------------------------
+# -- the notifier, before its exec ------------------------------------------------------------------
 
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -256,36 +235,40 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _serve(sock: socket.socket, figures: bytes) -> None:
-    """The notifier: take the listener, drop what it does not need, answer every sysinfo call."""
+def _become_notifier(sock: socket.socket, figures: bytes) -> None:
+    """In the forked copy: take the listener, drop what the notifier must not hold, exec it."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_NAME, ctypes.c_char_p(NAME), 0, 0, 0)
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
-    keep = sock.fileno()
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 20)
+    libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
     try:
+        signal.set_wakeup_fd(-1)
         _, fds, _, _ = socket.recv_fds(sock, 16, 1)
         if len(fds) != 1:
             raise RuntimeError("no listener received")
-        listener = fds[0]
+        bpf = os.memfd_create("seccomp-notifier", 0)
+        _confinement().export_bpf(_Fd(bpf))
         _own_proc(libc)
         _drop_privileges(libc)
-        _confine(listener)
     except BaseException as exc:  # noqa: BLE001 - report why, and end (the zygote then fails)
         sock.send(f"{type(exc).__name__}: {exc}".encode()[:250])
-        raise
-    sock.send(b"R")
-    sock.close()
-    _answer_forever(listener, figures)
+        os._exit(70)
+    # Its fds: 0-2 as the zygote's (/dev/null, the log), then LISTENER, FILTER, READY.
+    wanted = ((fds[0], notifier.LISTENER), (bpf, notifier.FILTER), (sock.fileno(), notifier.READY))
+    high = [(os.dup(src), dst) for src, dst in wanted]
+    high = [(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1000), dst) for fd, dst in high]
+    os.closerange(3, 1000)
+    for fd, dst in high:
+        os.dup2(fd, dst)  # inheritable: the exec keeps these three
+    os.closerange(notifier.READY + 1, 1 << 20)
+    try:
+        os.execv(sys.executable, [sys.executable, "-I", "-S", notifier.__file__, figures.hex()])
+    except BaseException as exc:  # noqa: BLE001
+        os.write(notifier.READY, f"exec: {exc}".encode()[:250])
+        os._exit(70)
 
 
 def _own_proc(libc) -> None:
-    """A /proc of its own, writable (nsjail mounts the jail's read-only, and /proc/PID/mem is
-    written through it), in a mount namespace of its own."""
-    libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+    """A /proc of its own, writable (nsjail mounts the jail's read-only), in a mount namespace of
+    its own."""
     if libc.unshare(CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
@@ -295,86 +278,37 @@ def _own_proc(libc) -> None:
 
 
 def _drop_privileges(libc) -> None:
-    """Keep only CAP_SYS_PTRACE and CAP_DAC_OVERRIDE (to write callers' memory), in no set an exec
-    could widen; not dumpable; no_new_privs."""
+    """Keep CAP_SYS_PTRACE and CAP_DAC_OVERRIDE only: the bounding set holds nothing else, so the
+    exec (as the jail's root) gives exactly these; no ambient or inheritable ones; no_new_privs."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last_cap = int(f.read())
     for cap in range(last_cap + 1):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        if cap not in KEPT_CAPS and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
     if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
-    mask = (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_OVERRIDE)
+    mask = sum(1 << cap for cap in KEPT_CAPS)
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)(_CapData(mask, mask, 0), _CapData(0, 0, 0))
     if libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
-    for option in (PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE):
-        if libc.prctl(option, 1 if option == PR_SET_NO_NEW_PRIVS else 0, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"prctl({option})")
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-# What the notifier's loop (and Python reporting an error on its way out) needs; anything else
-# kills it, and with it the jail.
+# What the notifier's loop (and Python reporting an error on its way out) needs, once its filter is
+# loaded; anything else kills it, and with it the jail.
 _NOTIFIER_SYSCALLS = (
     "read", "write", "openat", "close", "pwrite64", "fstat", "newfstatat", "lseek", "brk", "mmap", "munmap",
     "mremap", "mprotect", "madvise", "futex", "rt_sigreturn", "rt_sigprocmask", "rt_sigaction", "getpid",
-    "gettid", "clock_gettime", "getrandom", "sendto", "exit", "exit_group",
+    "gettid", "clock_gettime", "getrandom", "exit", "exit_group",
 )
 
 
-def _confine(listener: int) -> None:
+def _confinement() -> sc.SyscallFilter:
     f = sc.SyscallFilter(sc.KILL_PROCESS)
     for name in _NOTIFIER_SYSCALLS:
         f.add_rule(sc.ALLOW, name)
-    for request in (NOTIF_RECV, NOTIF_SEND, NOTIF_ID_VALID):
-        f.add_rule(sc.ALLOW, "ioctl", sc.Arg(0, sc.EQ, listener), sc.Arg(1, sc.EQ, request))
-    f.load()
-
-
-def _answer_forever(listener: int, figures: bytes) -> None:
-    notif = bytearray(_NOTIF.size)
-    while True:
-        notif[:] = bytes(len(notif))  # the kernel refuses a buffer that is not zeroed
-        try:
-            fcntl.ioctl(listener, NOTIF_RECV, notif, True)
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:  # the caller was killed before we took it
-                continue
-            raise
-        nid, pid, _, _, _, _, addr, *_ = _NOTIF.unpack(notif)
-        err = _write_to_caller(listener, nid, pid, addr, figures)
-        if err is None:
-            continue  # the caller is gone: nothing to answer
-        try:
-            fcntl.ioctl(listener, NOTIF_SEND, _RESP.pack(nid, 0, -err, 0))
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-
-
-def _write_to_caller(listener: int, nid: int, pid: int, addr: int, figures: bytes) -> int | None:
-    """0 once the stand-in is in the caller's memory, an errno if it cannot be, None if the
-    notification is no longer valid (the caller died: its pid may be someone else's now)."""
-    try:
-        mem = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
-        mem = -1
-    try:
-        try:
-            # After the open: the file is the caller's if the notification is still pending.
-            fcntl.ioctl(listener, NOTIF_ID_VALID, struct.pack("=Q", nid))
-        except OSError:
-            return None
-        if mem < 0:
-            return errno.EPERM
-        try:
-            written = os.pwrite(mem, figures, addr)
-        except (OSError, OverflowError, ValueError):
-            return errno.EFAULT
-        return 0 if written == len(figures) else errno.EFAULT
-    finally:
-        if mem >= 0:
-            os.close(mem)
+    for request in (notifier.NOTIF_RECV, notifier.NOTIF_SEND, notifier.NOTIF_ID_VALID):
+        f.add_rule(sc.ALLOW, "ioctl", sc.Arg(0, sc.EQ, notifier.LISTENER), sc.Arg(1, sc.EQ, request))
+    return f
