@@ -112,9 +112,9 @@ def main() -> None:
         "python": sys.version.split()[0],
         "modules": versions,
         "import_ms": round((time.monotonic() - t0) * 1000, 1),
-        # Processes the slot holds besides an execution's: this zygote, the servers, the spares
-        # but the one the execution itself is (it may create max_processes more).
-        "pids_overhead": sum(1 + s.spares for s in servers.values()),
+        # Processes the slot holds besides an execution's: this zygote, the sysinfo notifier, the
+        # servers, the spares but the one the execution itself is (it may create max_processes more).
+        "pids_overhead": 1 + sum(1 + s.spares for s in servers.values()),
     }))
     if init.get("mode") == "sessions":
         from . import session_loop  # imported here: a stateless jail never needs it
