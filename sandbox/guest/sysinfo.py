@@ -130,7 +130,10 @@ class _Guard:
             os._exit(EXIT_NOTIFIER_DIED)
 
     def watch(self) -> None:
-        select.select([self.pidfd], [], [])
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
         self.die()
 
 
