@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import protocol
+from . import protocol, sysinfo
 from .forkserver import Child, ForkServer
 from .supervise import Live, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
@@ -135,6 +135,7 @@ def _call(live: _Session, request: bytes, header: dict, host: _Host, server: For
         live.child.kill()
         reply, blobs = {protocol.OP: protocol.SETUP_FAILED, "detail": f"session call failed: {exc}"[:2000], "alive": False}, []
     reply["sid"] = live.sid
+    sysinfo.check()  # a call that may have met a dead notifier never answers (sysinfo.py)
     live.busy = False  # before the answer: the host may send this session's next call at once
     host.send(reply, blobs)
     if not reply["alive"] or live.closing:

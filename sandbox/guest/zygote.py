@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import preload, protocol, seccomp
+from . import preload, protocol, seccomp, sysinfo
 from .forkserver import Child, ForkServer
 from .supervise import Live, Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
@@ -96,7 +96,11 @@ def main() -> None:
 
     init, _ = protocol.read_frame(proto_in, max_body=0)
     t0 = time.monotonic()
+    # First, before the imports (its copy of this process stays small): sysinfo's stand-in, for
+    # this process and every one it makes (sysinfo.py).
+    sysinfo.start(init.get("proc_masks", []))
     servers, versions = warm_up(init, close_in_child=[proto_in, proto_out])
+    sysinfo.watch()  # a thread: only now, the fork servers are forked
     profile = init["profile"]
     # A session jail's spares are session interpreters (guest/session_loop.py).
     spare_profile = dict(profile, session=True) if init.get("mode") == "sessions" else profile
@@ -110,9 +114,9 @@ def main() -> None:
         "python": sys.version.split()[0],
         "modules": versions,
         "import_ms": round((time.monotonic() - t0) * 1000, 1),
-        # Processes the slot holds besides an execution's: this zygote, the servers, the spares
-        # but the one the execution itself is (it may create max_processes more).
-        "pids_overhead": sum(1 + s.spares for s in servers.values()),
+        # Processes the slot holds besides an execution's: this zygote, the sysinfo notifier, the
+        # servers, the spares but the one the execution itself is (it may create max_processes more).
+        "pids_overhead": 1 + sum(1 + s.spares for s in servers.values()),
     }))
     if init.get("mode") == "sessions":
         from . import session_loop  # imported here: a stateless jail never needs it
@@ -120,6 +124,7 @@ def main() -> None:
         session_loop.serve(proto_in, proto_out, servers.get("full") or servers["lean"], profile)
     else:
         serve(proto_in, proto_out, servers, profile)
+    sysinfo.stop()
     kill_all_but_me()
     reap_all()
 
@@ -208,6 +213,7 @@ def serve(proto_in: int, proto_out: int, servers: dict[str, ForkServer], profile
         for s in servers.values():
             s.settle()
         reply, blobs = supervise(child, server, prefix + head + body, header, relay, proto_in)
+        sysinfo.check()  # a run that may have met a dead notifier never answers
         protocol.write_all(proto_out, protocol.encode(reply, blobs))
         del prefix, head, body, header, reply, blobs
         # After the reply, off the caller's clock: end the execution, reap it in the background.

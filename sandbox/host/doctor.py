@@ -102,13 +102,20 @@ def _seccomp(thorough: bool = True) -> Check:
     if "Seccomp:" not in status:
         return Check("seccomp", False, "this kernel lacks seccomp (CONFIG_SECCOMP_FILTER)")
     try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
+            actions = f.read().split()
+    except OSError:
+        actions = []
+    if "user_notif" not in actions:  # sysinfo's stand-in is answered through it (guest/sysinfo.py)
+        return Check("seccomp", False, "this kernel lacks seccomp user notification: Linux 5.0 or later is needed")
+    try:
         ctypes.CDLL("libseccomp.so.2")  # what the loader finds, without find_library's ldconfig run
         found = True
     except OSError:
         found = thorough and bool(ctypes.util.find_library("seccomp"))
     if not found:
         return Check("seccomp", False, "install libseccomp: apt-get install libseccomp2")
-    return Check("seccomp", True, "kernel filter support and libseccomp present")
+    return Check("seccomp", True, "kernel filter support (with user notification) and libseccomp present")
 
 
 def _nsjail(thorough: bool = True) -> Check:

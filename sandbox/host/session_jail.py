@@ -29,6 +29,7 @@ from ..guest import protocol
 from .image import Image
 from ..limits import JailSettings, Limits, SessionSettings
 from .jail_process import JailProcess, SlotDied
+from .slot import pids_overhead
 
 log = logging.getLogger("sandbox.sessions")
 
@@ -83,8 +84,10 @@ class SessionJail:
         and delegate its cgroup, so each session gets one of its own below it."""
         self.ready = self.jail.start(self._init)
         try:
+            # Beyond the sessions' totals: the jail's own memory and processes (zygote, sysinfo
+            # notifier, fork servers, spares), as for a slot.
             self.jail.cgroup.set_limits(self.jail.baseline + self._sessions.total_memory_bytes,
-                                        self._sessions.total_processes)
+                                        self._sessions.total_processes + pids_overhead(self.ready))
             self.jail.cgroup.delegate()
         except BaseException:
             self.jail.kill()
