@@ -157,6 +157,33 @@ def test_sysinfo_is_consistent_under_concurrent_runs_and_sessions(sb, pair):
         assert ev["calls"] == 1200 and ev["seen"] == expected, ev
 
 
+FLOOD = """
+import ctypes, threading, time
+libc = ctypes.CDLL(None)
+n = [0]
+def loop():
+    buf = ctypes.create_string_buffer(128)
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        libc.sysinfo(buf)
+        n[0] += 1
+threads = [threading.Thread(target=loop) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+evidence(calls=n[0])
+"""
+
+
+def test_a_sysinfo_loop_gets_its_answers_at_a_bounded_rate(sb, pair):
+    """The notifier's CPU is counted in no caller's quota, and the session jail's is shared by every
+    session: it answers at most 2,000 calls a second (200 at once), so four threads calling sysinfo
+    for 2 s get about 4,200 answers. Unpaced, they got tens of thousands (about 45,000 a second),
+    a core of the jail's CPU."""
+    for caller in (lambda: run(sb, FLOOD, timeout=30), lambda: pair[0].run(program(FLOOD), timeout=30)):
+        calls = one(ok(caller()))["calls"]
+        assert 100 < calls <= 2 * 2000 + 200 + 800, calls
+
+
 # -- the notifier: out of every child's reach ---------------------------------------------------
 
 def _children(pid: int) -> list[int]:
