@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from sandbox import Outcome
@@ -32,6 +33,39 @@ def test_fd_level_writes_are_captured(sb):
 def test_interleaved_python_and_fd_writes_keep_their_order(sb):
     r = run_ok(sb, "import os\nprint('a')\nos.write(1, b'b\\n')\nprint('c')\nos.write(1, b'd\\n')")
     assert r.stdout == "a\nb\nc\nd\n"
+
+
+# The stdio wrappers a run writes through are built once in its fork server (runner.prepare_shared)
+# and inherited by every child: each child's still write to its own pipes, unbuffered, and what one
+# run does to them never reaches the next. Both servers: a stdlib-only program runs in a lean
+# child, one that imports numpy in a full one.
+FLAVORS = pytest.mark.parametrize("imports", ["", "import numpy\n"], ids=["lean", "full"])
+
+
+@FLAVORS
+def test_stdio_is_unbuffered_text_on_the_runs_own_fds(sb, imports):
+    r = run_ok(sb, imports + "import sys\n"
+               "print(sys.stdout.write_through, sys.stderr.write_through, sys.stdout.encoding,\n"
+               "      sys.stdout.fileno(), sys.stderr.fileno(), repr(sys.stdin.read()))")
+    assert r.stdout == "True True utf-8 1 2 ''\n"
+
+
+@FLAVORS
+def test_an_unflushed_print_before_a_hard_kill_is_kept(sb, imports):
+    r = sb.run(imports + "import os, signal, sys\nprint('kept')\nprint('err', file=sys.stderr)\n"
+               "os.kill(os.getpid(), signal.SIGKILL)")
+    assert r.stdout == "kept\n" and r.stderr.startswith("err\n")
+    assert r.exit_code != 0
+
+
+@FLAVORS
+def test_what_a_run_does_to_its_stdio_is_gone_in_the_next(sb, imports):
+    sb.run(imports + "import sys\nsys.stdout.reconfigure(encoding='latin-1')\nsys.stdout.mark = 1\n"
+           "sys.stderr.close()\nimport builtins\nbuiltins.display = None")
+    for _ in range(3):  # whichever spare comes next
+        r = run_ok(sb, imports + "import sys\nprint(sys.stdout.encoding, hasattr(sys.stdout, 'mark'),"
+                   " sys.stderr.closed, callable(display))")
+        assert r.stdout == "utf-8 False False True\n"
 
 
 def test_subprocess_output_is_captured(sb):

@@ -123,6 +123,7 @@ def fork_child(profile: dict, bpf: bytes, cfg: dict, uid: int,
     holder. The child reports b"R" on the result pipe once isolated, or b"E" and the reason
     before it exits (fail closed: nothing of the request runs).
     """
+    runner.prepare_shared()  # once per server: every child inherits it (a no-op from the second fork)
     req_r, req_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

@@ -226,26 +226,46 @@ class _Builtins(types.ModuleType):
 _real_builtins = builtins
 
 
-def prepare(session: bool = False) -> None:
-    """Everything a run needs that does not depend on the request, done before it arrives.
+_SHARED_READY = False
 
-    Besides the stdio wrappers, this walks once through the code every run uses (JSON, compile
-    and exec, the figure check, the directory scan, the result encoding): the pages it writes
-    are copied from the zygote now, in the pre-forked child, instead of on the caller's clock.
-    """
+
+def prepare_shared() -> None:
+    """The part of prepare() that is the same in every child and holds nothing of a request: the
+    stdio wrappers (on fds 1 and 2, whatever pipes they are by then), the subscriptable builtins,
+    display() and the IPython shim. The fork server calls it once, before its first fork, so each
+    child inherits the objects instead of building them (about 0.45 ms of CPU and a hundred page
+    copies per child); a child whose server did not (prepare() calls it too) builds them itself.
+    The fork server never sees a request, so nothing here can carry one run's data to another."""
+    global _SHARED_READY
+    if _SHARED_READY:
+        return
     _unbuffered_stdio()
     _real_builtins.__class__ = _Builtins
     display.install()
     ipython_shim.install()
+    _SHARED_READY = True
+
+
+def prepare(session: bool = False) -> None:
+    """Everything a run needs that does not depend on the request, done before it arrives.
+
+    Besides the shared setup (prepare_shared), this walks once through the code every run uses
+    (JSON, compile and exec, the figure check, the directory scan, the result encoding): the
+    pages it writes are copied from the zygote now, in the pre-forked child, instead of on the
+    caller's clock. A stateless child does it with one whole rehearsed run (_rehearse), which
+    covers all of it but the request's parsing; a session's child walks the steps one by one.
+    """
+    prepare_shared()
     protocol.parse_header(protocol.encode({"code": "pass", "files": [], "limits": {"timeout": 1}})[protocol.PREFIX.size:])
+    if not session:
+        _rehearse()
+        return
     display.run_cell("pass", "<prepare>", {"__builtins__": builtins})
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         plt.get_fignums()
     _collect_files({}, 0, 0)
     protocol.encode({"error": None, "exit_code": 0, "images": [], "files": []}, [])
-    if not session:
-        _rehearse()
 
 
 # A fixed program that _rehearse() runs: nothing of it depends on a request.
