@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from . import engine_socket
 from .warmrun import EXIT_ERROR, EXIT_OK, EXIT_OTHER, EXIT_USAGE, exchange
@@ -113,15 +114,31 @@ def _pid_of(live: str) -> int:
         return engine_socket.peer_pid(s)
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
+def _live_or_exit(image: str, down: Callable[[str | None], int]) -> str | int:
+    """The live engine's socket, or the command's exit code when there is none (`down(path)` says
+    so) or its socket is not to be trusted."""
     try:
-        path, live = _live(args.image)
+        path, live = _live(image)
     except engine_socket.EngineSocketError as exc:
         _say(str(exc))
         return EXIT_OTHER
-    if live is None:
-        _say(f"no engine is up on unix:{path}" if path else "SANDBOX_SOCKET is set and empty: no engine socket")
-        return EXIT_OK
+    return live if live is not None else down(path)
+
+
+def _stopped_already(path: str | None) -> int:
+    _say(f"no engine is up on unix:{path}" if path else "SANDBOX_SOCKET is set and empty: no engine socket")
+    return EXIT_OK
+
+
+def _down(path: str | None) -> int:
+    print(f"down: no engine on unix:{path}" if path else "down: SANDBOX_SOCKET is set and empty")
+    return EXIT_OTHER
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    live = _live_or_exit(args.image, _stopped_already)
+    if isinstance(live, int):
+        return live
     pid = _pid_of(live)
     try:
         os.kill(pid, signal.SIGTERM)
@@ -143,14 +160,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        path, live = _live(args.image)
-    except engine_socket.EngineSocketError as exc:
-        _say(str(exc))
-        return EXIT_OTHER
-    if live is None:
-        print(f"down: no engine on unix:{path}" if path else "down: SANDBOX_SOCKET is set and empty")
-        return EXIT_OTHER
+    live = _live_or_exit(args.image, _down)
+    if isinstance(live, int):
+        return live
     with engine_socket.connect(live, timeout=5.0) as s:
         pid = engine_socket.peer_pid(s)
         try:
