@@ -271,6 +271,46 @@ def test_closing_leaves_nothing_behind():
     assert not Path(f"/proc/{jail.jail_pid}").exists()
 
 
+def test_a_sessions_orphans_are_reaped_and_its_holder_holds_nothing_of_the_server():
+    # The init of a session's pid namespace (its holder) is spawned, not forked from the fork
+    # server: it must still have the kernel reap what the session orphans (SIGCHLD ignored,
+    # else each orphan stays a zombie and a pid of the session's) and carry none of the fork
+    # server's fds.
+    with Sandbox(slots=1, preload=False) as sb, sb.session() as s:
+        r = ok(s.run("import os, subprocess, time\n"
+                     "for _ in range(5):\n    subprocess.Popen(['sh', '-c', 'sleep 0.1 & exit 0']).wait()\n"
+                     "time.sleep(1)\n"
+                     "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"))
+        assert r.stdout.split() == ["[2]"], f"orphans left in the session's namespace: {r.stdout}"
+        me = int((s._cgroup.mem / "cgroup.procs").read_text().split()[0])  # the session's interpreter
+        ns = os.readlink(f"/proc/{me}/ns/pid")
+        server = Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        siblings = [int(p) for p in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
+        holders = [p for p in siblings if p != me and os.readlink(f"/proc/{p}/ns/pid") == ns]
+        assert len(holders) == 1, (me, siblings)
+        status = Path(f"/proc/{holders[0]}/status").read_text()
+        ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+        assert ignored & (1 << (signal.SIGCHLD - 1))
+        assert os.listdir(f"/proc/{holders[0]}/fd") == []
+        # If the fork server dies, the jail ends once it is next used, and the holder with it.
+        os.kill(int(server), signal.SIGKILL)
+        for _ in range(3):
+            try:
+                sb.session().run("x = 1")
+            except SessionLimitError:
+                pass
+            if not _alive(holders[0]):
+                break
+        assert not _alive(holders[0]), "the holder outlived its fork server's jail"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 # -- between calls -------------------------------------------------------------------------
 
 def test_an_idle_session_is_stopped(sb):

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import protocol, sysinfo
-from .forkserver import Child, ForkServer
+from .forkserver import Child, ForkServer, ForkServerDied
 from .supervise import Live, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
 @dataclass
@@ -95,6 +95,8 @@ def serve(proto_in: int, proto_out: int, server: ForkServer, profile: dict) -> N
                 ready = child.wait_ready()
             except (OSError, RuntimeError) as exc:
                 host.send({protocol.OP: protocol.OPENED, "sid": sid, "error": str(exc)[:2000]})
+                if isinstance(exc, ForkServerDied):
+                    break  # fail closed: the jail ends, and every process of it (the holders too)
                 continue
             if ready != b"R":
                 _retire(_Session(sid, child), server, forks)
