@@ -13,7 +13,8 @@ could make writable anyway; nothing but the caller's memory is ever written.
 It answers at most RATE calls a second (BURST at once): each costs it 70-130 us of CPU that no
 caller's quota counts, and in the session jail one notifier serves every session. Beyond that rate
 a caller waits in the syscall, asleep, so a program calling sysinfo in a loop spends at most a
-fifth of a core of the jail's CPU (issue 17: a limit one tenant can spend for another).
+fifth of a core of the jail's CPU. Callers are answered in turn by uid (each session and each
+live run has its own), so the rate is shared out, not spent by one tenant for another (issue 17).
 
 Standard library only, and as few modules as it can (each costs every jail memory).
 """
@@ -24,6 +25,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import struct
 import sys
 import time
@@ -76,26 +78,37 @@ def main() -> None:
 
 
 def serve(listener: int, figures: bytes) -> None:
-    notif = bytearray(NOTIF.size)
-    zero = bytes(NOTIF.size)
+    """Answer calls in turn by caller uid (a session's, or a stateless run's), at most RATE a second
+    in all: a caller with many threads waiting delays another's call by one turn, not by all of its
+    own (in the kernel's queue, first come first served, 40 of one session's threads made another
+    session's call wait for 40 answers)."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    waiting: dict[int, list[tuple[int, int, int]]] = {}   # uid -> its (id, pid, pointer), in order
+    turns: dict[int, None] = {}                           # uids with calls waiting, next first
     tokens, last = float(BURST), time.monotonic()
     while True:
         now = time.monotonic()
         tokens, last = min(float(BURST), tokens + (now - last) * RATE), now
-        if tokens < 1:  # over the rate: the callers wait, asleep
-            time.sleep((1 - tokens) / RATE)
+        if not turns:
+            timeout = None        # nothing to answer: sleep until a call comes
+        elif tokens < 1:
+            timeout = (1 - tokens) / RATE * 1000   # over the rate: the callers wait, asleep
+        else:
+            timeout = 0
+        if poller.poll(timeout):
+            _take(listener, waiting, turns)
+            continue              # take every call that came before answering the next
+        if not turns or tokens < 1:
             continue
+        uid = next(iter(turns))
+        del turns[uid]
+        nid, pid, addr = waiting[uid].pop(0)
+        if waiting[uid]:
+            turns[uid] = None     # to the end of the line
+        else:
+            del waiting[uid]
         tokens -= 1
-        notif[:] = zero  # the kernel refuses a buffer that is not zeroed
-        try:
-            fcntl.ioctl(listener, NOTIF_RECV, notif, True)
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:  # the caller was killed before we took it
-                continue
-            raise
-        nid, pid, _, _, _, _, addr, *_ = NOTIF.unpack(notif)
         err = _write_to_caller(listener, nid, pid, addr, figures)
         if err is None:
             continue  # the caller is gone: nothing to answer
@@ -104,6 +117,26 @@ def serve(listener: int, figures: bytes) -> None:
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
+
+
+def _take(listener: int, waiting: dict, turns: dict) -> None:
+    """Receive one pending call and queue it under its caller's uid."""
+    notif = bytearray(NOTIF.size)  # zeroed: the kernel refuses a buffer that is not
+    try:
+        fcntl.ioctl(listener, NOTIF_RECV, notif, True)
+    except InterruptedError:
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:  # the caller was killed before we took it
+            return
+        raise
+    nid, pid, _, _, _, _, addr, *_ = NOTIF.unpack(notif)
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid  # the caller waits in its syscall: the pid is still its own
+    except OSError:
+        uid = -1  # gone already: its answer will find it invalid
+    waiting.setdefault(uid, []).append((nid, pid, addr))
+    turns.setdefault(uid, None)
 
 
 def _write_to_caller(listener: int, nid: int, pid: int, addr: int, figures: bytes) -> int | None:

@@ -307,7 +307,7 @@ def _drop_privileges(libc) -> None:
 _NOTIFIER_SYSCALLS = (
     "read", "write", "openat", "close", "pwrite64", "fstat", "newfstatat", "lseek", "brk", "mmap", "munmap",
     "mremap", "mprotect", "madvise", "futex", "rt_sigreturn", "rt_sigprocmask", "rt_sigaction", "getpid",
-    "gettid", "clock_gettime", "clock_nanosleep", "nanosleep", "getrandom", "exit", "exit_group",
+    "gettid", "clock_gettime", "clock_nanosleep", "nanosleep", "getrandom", "exit", "exit_group", "poll", "ppoll",
 )
 
 

@@ -184,6 +184,55 @@ def test_a_sysinfo_loop_gets_its_answers_at_a_bounded_rate(sb, pair):
         assert 100 < calls <= 2 * 2000 + 200 + 800, calls
 
 
+CROWD = """
+import ctypes, statistics, threading, time
+libc = ctypes.CDLL(None)
+took = []
+def loop():
+    buf = ctypes.create_string_buffer(128)
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        libc.sysinfo(buf)
+        took.append(time.perf_counter() - t0)
+threads = [threading.Thread(target=loop) for _ in range(40)]
+for t in threads: t.start()
+for t in threads: t.join()
+evidence(median=statistics.median(took), calls=len(took))
+"""
+
+ONE_AT_A_TIME = """
+import ctypes, statistics, time
+libc = ctypes.CDLL(None)
+buf = ctypes.create_string_buffer(128)
+took = []
+for _ in range(40):
+    t0 = time.perf_counter()
+    libc.sysinfo(buf)
+    took.append(time.perf_counter() - t0)
+    time.sleep(0.01)
+evidence(median=statistics.median(took))
+"""
+
+
+def test_one_sessions_sysinfo_crowd_does_not_spend_anothers_share_of_the_rate(pair):
+    """The session jail's notifier is shared: while session A keeps 40 threads in sysinfo, session
+    B's calls are answered in turn (one of A's before each), not after all of A's waiting ones.
+    First come first served, B's calls waited as long as A's (medians of about 20 ms each)."""
+    a, b = pair
+    crowd: list = []
+    t = threading.Thread(target=lambda: crowd.append(a.run(program(CROWD), timeout=30)))
+    t.start()
+    try:
+        time.sleep(1.0)  # A's threads are all calling by now
+        mine = one(ok(b.run(program(ONE_AT_A_TIME), timeout=30)))
+    finally:
+        t.join()
+    theirs = one(ok(crowd[0]))
+    assert theirs["calls"] > 1000, theirs  # A was at the rate cap meanwhile
+    assert mine["median"] * 4 < theirs["median"], (mine, theirs)
+
+
 # -- the notifier: out of every child's reach ---------------------------------------------------
 
 def _children(pid: int) -> list[int]:
