@@ -229,3 +229,21 @@ def test_a_planned_recycle_is_not_logged_as_a_death(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "sandbox.host.pool"]
     assert any("recycling" in m for m in messages), messages
     assert not any("died" in m for m in messages), messages
+
+
+def test_the_full_fork_servers_memory_is_in_huge_pages(sb):
+    # guest/hugepages.py: the zygote collapses its heap into 2 MiB pages before forking the full
+    # fork server, so a full child's fork copies one page-table entry per 2 MiB, not 512. Where
+    # the kernel has no transparent huge pages at all, nothing is collapsed and runs go on.
+    r = run_ok(sb, "import pandas\nprint(1)")
+    assert r.stdout == "1\n"
+    zygote = next(iter(sb._pool._live.values())).jail.zygote_pid
+    servers = psutil.Process(zygote).children()
+    full = max(servers, key=lambda p: p.memory_info().rss)  # the one that imported the preload list
+    rollup = open(f"/proc/{full.pid}/smaps_rollup").read()
+    huge_kib = int(rollup.split("AnonHugePages:")[1].split()[0])
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    if "[never]" in thp:
+        assert huge_kib == 0
+    else:
+        assert huge_kib >= 16 << 10, f"the full fork server holds {huge_kib} KiB in huge pages"

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import preload, protocol, seccomp, sysinfo
+from . import hugepages, preload, protocol, seccomp, sysinfo
 from .forkserver import Child, ForkServer
 from .supervise import Live, Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
@@ -152,6 +152,7 @@ def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer
         versions = preload.full(init["preload"])
         gc.collect()
         gc.freeze()
+        hugepages.collapse()  # a full child's fork and exit copy and free far fewer page-table entries
         servers["full"] = ForkServer.start("full", bpf, init, close_in_child, spares.get("full", 1), full_uids)
     # From here on this process handles user data; the fork servers are the clean copies.
     return servers, versions
