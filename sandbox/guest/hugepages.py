@@ -35,6 +35,9 @@ def collapse() -> int:
         start, end = (lo + HUGE - 1) & ~(HUGE - 1), hi & ~(HUGE - 1)
         if end <= start:
             continue
-        if libc.madvise(start, end - start, MADV_COLLAPSE) == 0:  # else EINVAL, EAGAIN, ENOMEM: left as is
-            asked += end - start
+        # One 2 MiB page a call: the kernel gives up on a whole range at some failures (no free
+        # huge page at hand, the cgroup's charge), and a later page may still succeed.
+        for page in range(start, end, HUGE):
+            if libc.madvise(page, HUGE, MADV_COLLAPSE) == 0:  # else EINVAL (e.g. nothing mapped), ENOMEM...
+                asked += HUGE
     return asked
