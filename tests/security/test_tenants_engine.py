@@ -127,6 +127,36 @@ def test_a_result_header_over_its_structure_cap_is_refused_before_it_is_parsed(m
     assert loads == [], "the header was parsed before it was refused"
 
 
+GENUINE_AT_THE_CAPS = r"""
+import matplotlib.pyplot as plt
+for i in range(2):
+    plt.plot([1, 2], [3, i], label="a,b:[c]{d}"); plt.title("t,:[{" * 50); plt.show()
+class Rich:
+    def _repr_html_(self): return "<b>,:[{</b>"
+    def _repr_markdown_(self): return "**,:[{**"
+    def _repr_latex_(self): return "$[x, y]$"
+    def _repr_json_(self): return {"a,:": [1, {"b": [2, 3]}]}
+    def _repr_svg_(self): return '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"></svg>'
+    def __repr__(self): return "Rich(,:[{)"
+display(Rich(), Rich())
+for i in range(3):
+    with open(f"{i},:[{{é😀 ]}}.txt", "w") as f:
+        f.write("x")
+raise ValueError("é😀,:[{" * 30000)
+"""
+
+
+def test_a_genuine_result_at_every_cap_is_taken_whole(sb):
+    # The structure cap is derived from max_images, max_files and max_outputs: a genuine result
+    # with all of them full (every string full of the bytes the cap counts) comes back whole.
+    r = sb.run(GENUINE_AT_THE_CAPS, limits={"max_images": 2, "max_files": 3, "max_outputs": 2}, timeout=60)
+    assert r.outcome is Outcome.ERROR and r.error.type == "ValueError", describe(r)
+    assert len(r.images) == 2 and all(f.chart for f in r.images), describe(r)
+    assert len(r.files) == 3 and len(r.outputs) == 2 and r.outputs[0].json == {"a,:": [1, {"b": [2, 3]}]}, describe(r)
+    assert set(r.outputs[1].data) == {"text/plain", "text/html", "text/markdown", "text/latex", "application/json",
+                                      "image/svg+xml"}, describe(r)
+
+
 def _reply(raw: bytes) -> tuple[dict, bytes]:
     header = {"op": "done", "exit_code": 0, "stdout_dropped": 0, "stderr_dropped": 0, "timed_out": False,
               "wall_ms": 1.0, "cpu_ms": 1.0, "main_cpu_ms": 0.0, "result": True, "result_error": None,
