@@ -12,9 +12,9 @@ The header names the blobs in the body in order (each with its length), so binar
 data (input files, PNGs, stdout) travels without base64.
 
 In a header encode() writes, the bytes `,` `:` `[` `{` are JSON's own: inside a string they
-are written as JSON's unicode escapes. So counting them (a C-speed byte count) bounds how many
-values a header holds before it is parsed; parse_header(max_values=) refuses one with more, and the host derives
-that bound from what a genuine frame can hold (host/wire.py).
+are written as JSON's unicode escapes. So counting them (one pass over the bytes) bounds how
+many values a header holds before it is parsed; parse_header(max_values=) refuses one with
+more, and the host derives that bound from what a genuine frame can hold (host/wire.py).
 """
 
 from __future__ import annotations
