@@ -204,7 +204,7 @@ class Session:
             raise SessionClosedError(self.close_reason or "the session ended")
         try:
             blobs = protocol.split_blobs(body, header.get("blob_sizes"))
-            doc = protocol.parse_header(blobs[2])
+            doc = wire.parse_listing(blobs[2], MAX_FILE_LISTING)
             meta, content = doc.get("files"), blobs[3]
         except (protocol.ProtocolError, IndexError, TypeError, AttributeError):
             raise SessionClosedError(self._end("the session's interpreter answered a file operation wrongly")) from None

@@ -10,6 +10,11 @@ Wire format of one frame:
 
 The header names the blobs in the body in order (each with its length), so binary
 data (input files, PNGs, stdout) travels without base64.
+
+In a header encode() writes, the bytes `,` `:` `[` `{` are JSON's own: inside a string they
+are written as JSON's unicode escapes. So counting them (one pass over the bytes) bounds how
+many values a header holds before it is parsed; parse_header(max_values=) refuses one with
+more, and the host derives that bound from what a genuine frame can hold (host/wire.py).
 """
 
 from __future__ import annotations
@@ -75,8 +80,56 @@ class ProtocolError(Exception):
     """A frame was malformed, oversized or cut short."""
 
 
+_encode_string = json.encoder.encode_basestring_ascii
+
+
+def _string(text: str) -> str:
+    out = _encode_string(text)
+    if "," in out or ":" in out or "[" in out or "{" in out:
+        out = out.replace(",", "\\u002c").replace(":", "\\u003a").replace("[", "\\u005b").replace("{", "\\u007b")
+    return out
+
+
+def _key(key: object) -> str:
+    if key is None or isinstance(key, (int, float)):
+        return json.dumps(key)  # as json.dumps spells a key that is not a string
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def dumps(value: object) -> str:
+    """JSON text of `value` (as json.dumps with ensure_ascii and no spaces), with `,` `:` `[` `{`
+    inside strings written as \\u escapes: these bytes are then structure alone (see structure())."""
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, dict):
+        return "{" + ",".join([_string(k if isinstance(k, str) else _key(k)) + ":" + dumps(v)
+                               for k, v in value.items()]) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join([dumps(v) for v in value]) + "]"
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    return json.dumps(value)  # a float or an int subclass (json's spelling), or TypeError for what JSON cannot hold
+
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b",:[{")
+
+
+def structure(raw: bytes) -> int:
+    """The bytes `,` `:` `[` `{` of a header (one pass, under a nanosecond a byte). In one encode()
+    wrote they are all structure, and a JSON text has at most this many values and keys besides
+    its first value: every array element follows `[` or `,`, every member's key `{` or `,`, its
+    value `:`."""
+    return len(raw.translate(None, _NOT_STRUCTURE))
+
+
 def encode(header: dict, blobs: list[bytes] = ()) -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = dumps(header).encode()
     body_len = sum(len(b) for b in blobs)
     return b"".join([PREFIX.pack(MAGIC, len(head), body_len), head, *blobs])
 
@@ -93,9 +146,42 @@ def parse_prefix(prefix: bytes, max_body: int) -> tuple[int, int]:
     return head_len, body_len
 
 
-def parse_header(raw: bytes) -> dict:
+MAX_NUMBER = 24  # characters of a number in a header from a jail (sizes, counts, milliseconds)
+
+
+def _number(kind: type) -> object:
+    def parse(text: str) -> object:
+        if len(text) > MAX_NUMBER:
+            raise ValueError(f"a number of {len(text)} characters")
+        value = kind(text)
+        if value in (_INF, -_INF):
+            raise ValueError(f"{text} is out of range")
+        return value
+    return parse
+
+
+_INF = float("inf")
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_BOUNDED = {"parse_int": _number(int), "parse_float": _number(float), "parse_constant": _no_constant}
+
+
+def parse_header(raw: bytes, max_values: int | None = None) -> dict:
+    """The JSON object of a frame's header. With `max_values` (a header from a jail), refused
+    before any parse if structure() says it may hold more values than that, and its numbers are
+    at most MAX_NUMBER characters (NaN and Infinity refused): parsing it then costs a few
+    nanoseconds a byte and a small constant per value, whatever a hostile writer puts in it."""
+    if max_values is not None:
+        found = structure(raw)
+        if found > max_values:
+            raise ProtocolError(f"frame header of {len(raw)} bytes has {found} separators and brackets; "
+                                f"what can be sent here has at most {max_values}")
     try:
-        header = json.loads(raw)
+        header = json.loads(raw) if max_values is None else json.loads(raw, **_BOUNDED)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     except RecursionError:  # hostile nesting: json recurses once per level

@@ -90,6 +90,24 @@ class Stream:
 DISPLAY_HEADER = 64 << 10  # room for a display frame's header beside its values
 
 
+def _display_shape(header: dict, body_len: int) -> bool:
+    """A display frame as the runner writes it (guest/runner.py, _send_display): main and truncated
+    flags, and at most one [known MIME type, size] item a type, the sizes adding up to its body.
+    Only such a frame is relayed, so what the host gets is small whatever the program wrote on
+    the result channel (a forged one is dropped here, as the host would drop it)."""
+    items = header.get("items")
+    if not (isinstance(header.get("main"), bool) and isinstance(header.get("truncated"), bool)
+            and isinstance(items, list) and len(items) <= len(protocol.OUTPUT_MIME_CAPS)):
+        return False
+    total = 0
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and item[0] in protocol.OUTPUT_MIME_CAPS and type(item[1]) is int and item[1] >= 0):
+            return False
+        total += item[1]
+    return total == body_len
+
+
 class Results(Stream):
     """The result channel. With `show` (a request with live outputs), the runner's display frames
     ahead of the result frame are taken off as they complete and handed to `show(header, body)`,
@@ -128,7 +146,7 @@ class Results(Stream):
                 break
             body = bytes(head[protocol.PREFIX.size + head_len:end])
             del head[:end]
-            if self.left[0] > 0:
+            if self.left[0] > 0 and _display_shape(header, len(body)):
                 self.left[0] -= 1
                 self.left[1] -= len(body)
                 self.show(header, body)

@@ -27,6 +27,11 @@ log = logging.getLogger("sandbox.host.jail")
 
 STARTUP_TIMEOUT = 300.0     # importing the whole stack on a loaded 2-core machine
 WATCH_EVERY = 0.05          # how often `watch` is called while a read or write waits (seconds)
+# The zygote's own frame headers (the ready frame, a reply's header, live output, a relayed display,
+# a session op's answer) are small and few-valued; a program's result travels as a blob of the
+# reply (checked in wire.parse_result). Anything past these is a broken jail.
+MAX_FRAME_HEADER = 256 << 10
+MAX_FRAME_VALUES = 4096
 
 
 class SlotDied(Exception):
@@ -171,7 +176,7 @@ class JailProcess:
         try:
             prefix = self.read_exact(protocol.PREFIX.size, deadline)
             head_len, body_len = protocol.parse_prefix(prefix, max_body)
-            header = protocol.parse_header(self.read_exact(head_len, deadline))
+            header = self.read_header(head_len, deadline)
             body = self.read_exact(body_len, deadline) if body_len else b""
         except protocol.ProtocolError as exc:
             raise SlotDied(f"protocol error from the jail: {exc}") from None
@@ -180,6 +185,13 @@ class JailProcess:
         if last and self._pending:  # the zygote sends exactly one reply per request
             raise SlotDied("the jail sent bytes after its reply")
         return header, body
+
+    def read_header(self, head_len: int, deadline: float) -> dict:
+        """A frame's header of `head_len` bytes (from its prefix), refused before it is read or
+        parsed if it is larger or holds more values than any the zygote sends (ProtocolError)."""
+        if head_len > MAX_FRAME_HEADER:
+            raise protocol.ProtocolError(f"frame header of {head_len} bytes exceeds the cap of {MAX_FRAME_HEADER}")
+        return protocol.parse_header(self.read_exact(head_len, deadline), max_values=MAX_FRAME_VALUES)
 
     @property
     def read_ahead(self) -> int:

@@ -239,7 +239,7 @@ class SessionJail:
                     continue
                 deadline = time.monotonic() + 60.0  # the zygote writes its frames whole
                 head_len, body_len = protocol.parse_prefix(prefix, max_body=1 << 40)
-                header = protocol.parse_header(self.jail.read_exact(head_len, deadline))
+                header = self.jail.read_header(head_len, deadline)
                 sid = header.get("sid")
                 with self._ops_lock:
                     op = self._ops.get(sid) if isinstance(sid, int) else None

@@ -9,6 +9,7 @@ the engine's own timers and cgroup counters, never from the exit code alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import mimetypes
 import re
@@ -270,6 +271,61 @@ def _json_value(data: bytes) -> object:
         raise ValueError("not JSON") from None
 
 
+# -- the header of a program's result: bounded before it is parsed ------------------------------
+#
+# The runner's result header (guest/runner.py, _execute) is written by the program's own process,
+# so code in a run can write any header up to protocol.MAX_HEADER (4 MiB) instead. Its bytes alone
+# cost little to parse (4 MiB of strings: 2-9 ms), but its values do: 4 MiB of small lists took
+# the host 0.8-0.9 s, holding the interpreter's lock (every other thread of a server waits). A
+# genuine header holds at most a fixed number of values for given limits: its structure (see
+# protocol.structure) is checked against that before any parse, so no header from a jail costs
+# more than its bytes and that many values.
+
+RESULT_SLACK = 64  # room for a field the runner may add (each costs 2: its ',' and ':')
+
+
+@functools.lru_cache(maxsize=64)
+def _result_structure(max_images: int, max_files: int, max_outputs: int) -> int:
+    item = ["text/plain", 0]
+    largest = {
+        "error": {"type": "", "message": "", "line": 0, "traceback": ""}, "exit_code": 0,
+        "images": [{"name": "", "size": 0, "chart": 0}] * max_images, "images_dropped": 0,
+        "files": [{"path": "", "size": 0}] * max_files, "files_dropped": 0,
+        "outputs": [{"main": False, "truncated": False, "items": [item] * len(protocol.OUTPUT_MIME_CAPS)}] * max_outputs,
+        "outputs_dropped": 0,
+    }
+    return protocol.structure(protocol.dumps(largest).encode()) + RESULT_SLACK
+
+
+def result_structure(limits: Limits) -> int:
+    """The most separators and brackets (protocol.structure) the runner's result header can hold
+    under `limits`: every figure, file and rich output (each with every MIME type) at its cap."""
+    return _result_structure(limits.max_images, limits.max_files, limits.max_outputs)
+
+
+def parse_result(raw: bytes, limits: Limits) -> dict:
+    """The runner's result header, parsed once, after its size and its structure are checked
+    against what a genuine one can hold under `limits` (ProtocolError if either is over)."""
+    if len(raw) > protocol.MAX_HEADER:
+        raise protocol.ProtocolError(f"result header of {len(raw)} bytes exceeds the cap")
+    return protocol.parse_header(raw, max_values=result_structure(limits))
+
+
+@functools.lru_cache(maxsize=8)
+def _listing_structure(max_entries: int) -> int:
+    largest = protocol.dumps({"files": [{"path": "", "size": 0}] * max_entries}).encode()
+    error = protocol.dumps({"error": {"type": "", "message": "", "line": 0, "traceback": ""}}).encode()
+    return max(protocol.structure(largest), protocol.structure(error)) + RESULT_SLACK
+
+
+def parse_listing(raw: bytes, max_entries: int) -> dict:
+    """A session's answer to a file operation (guest/runner.py, _file_op: at most `max_entries`
+    files listed, or an error), checked and parsed once as parse_result does."""
+    if len(raw) > protocol.MAX_HEADER:
+        raise protocol.ProtocolError(f"file listing of {len(raw)} bytes exceeds the cap")
+    return protocol.parse_header(raw, max_values=_listing_structure(max_entries))
+
+
 def _outputs(out_meta: list, values: list[bytes], limits: Limits, notes: list[str]) -> list[DisplayOutput]:
     """The rich outputs of a reply, each value re-checked: a known MIME type, within its cap, of
     its kind (UTF-8 text, a PNG or JPEG, JSON); "text/plain" present. A bad output is left out."""
@@ -350,7 +406,7 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
     result: dict | None = None
     if has_result:
         try:
-            result = protocol.parse_header(blobs[2])
+            result = parse_result(blobs[2], limits)
         except protocol.ProtocolError as exc:
             # Written by the program's process: its own fault, never the engine's.
             error = ExecError("ResultChannelError", f"the program corrupted its result channel: {exc}", None, "")

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from sandbox import Limits, Outcome
+from sandbox.errors import SessionClosedError
+from sandbox.guest import protocol
 from sandbox.host import devices, wire
 from sandbox.host.image import load_any
 
@@ -40,13 +42,145 @@ os._exit(0)
 def test_a_forged_reply_with_many_entries_costs_the_host_nothing(sb):
     # Before: wire.decode_reply compared each entry with every earlier one before the max_files cap:
     # 8,000 entries took 5.2 s of the host's CPU (the 4 MiB header holds ~145,000). Now the cap
-    # comes first: a reply with more entries than the caps is refused whole, at once.
+    # comes first: a header with more values than the limits allow is refused whole, unparsed.
     t0 = time.thread_time()
     r = sb.run(FORGED_ENTRIES.format(n=8000), timeout=30)
     host_cpu = time.thread_time() - t0
-    assert r.outcome in (Outcome.OK, Outcome.ERROR), describe(r)
-    assert r.files == [] and "malformed" in r.stderr, describe(r)
+    assert r.outcome is Outcome.ERROR and r.error.type == "ResultChannelError", describe(r)
+    assert r.files == [] and "separators and brackets" in r.error.message, describe(r)
     assert host_cpu < 0.5, f"the host spent {host_cpu:.2f} s of CPU on one forged reply"
+
+
+# The costliest header a run can write within protocol.MAX_HEADER: 4 MiB of small or deep lists
+# (each a value to build and, for the collector, to track). Parsed whole, [[0]] units took the
+# host 0.8 s of CPU per run and 400-deep lists 0.5 s, with the interpreter's lock held throughout.
+WORST_HEADER = r"""
+import os, struct
+unit = {unit!r}
+pre, post = b'{{"error":null,"exit_code":0,"images":[],"files":[],"x":[', b']}}'
+n = ({cap} - len(pre) - len(post)) // (len(unit) + 1)
+head = pre + b",".join([unit] * n) + post
+os.write(3, b"SBX1" + struct.pack(">IQ", len(head), 0) + head)
+os._exit(0)
+"""
+WORST_UNITS = (b"[[0]]", b"[" * 400 + b"]" * 400)
+
+
+def _host_cpu(run, code: str) -> tuple[float, object]:
+    """The host process's CPU for one run (the least of three), and the last result."""
+    best, r = float("inf"), None
+    for _ in range(3):
+        t0 = time.process_time()
+        r = run(code, timeout=30)
+        best = min(best, time.process_time() - t0)
+    return best, r
+
+
+def test_the_worst_header_the_cap_allows_costs_the_host_no_more_than_a_genuine_one(sb):
+    # The yardstick, measured here: a genuine run whose result header is near the cap too (an
+    # error whose message and traceback are long, each character up to 12 bytes of JSON).
+    genuine, r = _host_cpu(sb.run, "raise ValueError('\\U0001F600,' * 200_000)")
+    assert r.outcome is Outcome.ERROR and r.error.type == "ValueError", describe(r)
+    for unit in WORST_UNITS:
+        forged, r = _host_cpu(sb.run, WORST_HEADER.format(unit=unit, cap=protocol.MAX_HEADER))
+        assert forged < 3 * genuine, (f"a forged {protocol.MAX_HEADER >> 20} MiB header of {unit[:8]!r}... cost the "
+                                      f"host {forged * 1000:.0f} ms of CPU; a genuine run near the cap {genuine * 1000:.0f} ms")
+        assert r.outcome is Outcome.ERROR and r.error.type == "ResultChannelError", describe(r)
+
+
+def test_a_session_call_and_a_file_listing_refuse_a_forged_header_unparsed(pair):
+    # The session path decodes the same result headers, and a session's own interpreter answers
+    # its file operations: code in the session can forge both.
+    a, b = pair
+    r = a.run(WORST_HEADER.format(unit=WORST_UNITS[0], cap=protocol.MAX_HEADER), timeout=30)
+    assert r.outcome is Outcome.ERROR and r.error.type == "ResultChannelError", describe(r)
+    assert "separators and brackets" in r.error.message, describe(r)
+    # A listing of more entries than the host takes (sessions.MAX_FILE_LISTING), as the runner's
+    # own file operation answers once the session's code has replaced it.
+    ok(b.run("import sys\nsys.modules['guest.runner']._file_op = "
+             "lambda kind, header, body: ({'files': [{'path': 'a', 'size': 0}] * 150_000}, [])"))
+    with pytest.raises(SessionClosedError, match="answered a file operation wrongly"):
+        b.files()
+
+
+def test_a_result_header_over_its_structure_cap_is_refused_before_it_is_parsed(monkeypatch):
+    lim = Limits(max_files=4, max_images=2, max_outputs=2)
+    # The largest header a genuine runner writes under these limits, every string full of the
+    # bytes the cap counts (written as escapes, as protocol.encode writes them): taken.
+    text = ",:[{}]é😀\udcff" * 50
+    largest = {"error": {"type": "ValueError", "message": text, "line": 1, "traceback": text}, "exit_code": 1,
+               "images": [{"name": text, "size": 0, "chart": 0}] * 2, "images_dropped": 0,
+               "files": [{"path": f"d{i},:[{{/f", "size": 0} for i in range(4)], "files_dropped": 0,
+               "outputs": [{"main": False, "truncated": False,
+                            "items": [[m, 0] for m in protocol.OUTPUT_MIME_CAPS]}] * 2, "outputs_dropped": 0}
+    header, payload = _reply(protocol.dumps(largest).encode())
+    r = wire.decode_reply(header, payload, 0, 0, lim)
+    assert r.error.type == "ValueError" and len(r.files) == 4, describe(r)
+    # One value more than that cap allows, in a header of a few KiB: refused, and never parsed.
+    loads = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: loads.append(1) or real(*a, **k))
+    over = {"error": None, "exit_code": 0, "images": [], "files": [], "x": [0] * (wire.result_structure(lim) + 1)}
+    header, payload = _reply(json.dumps(over).encode())
+    r = wire.decode_reply(header, payload, 0, 0, lim)
+    assert r.outcome is Outcome.ERROR and r.error.type == "ResultChannelError", describe(r)
+    assert loads == [], "the header was parsed before it was refused"
+
+
+GENUINE_AT_THE_CAPS = r"""
+import matplotlib.pyplot as plt
+for i in range(2):
+    plt.plot([1, 2], [3, i], label="a,b:[c]{d}"); plt.title("t,:[{" * 50); plt.show()
+class Rich:
+    def _repr_html_(self): return "<b>,:[{</b>"
+    def _repr_markdown_(self): return "**,:[{**"
+    def _repr_latex_(self): return "$[x, y]$"
+    def _repr_json_(self): return {"a,:": [1, {"b": [2, 3]}]}
+    def _repr_svg_(self): return '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"></svg>'
+    def __repr__(self): return "Rich(,:[{)"
+display(Rich(), Rich())
+for i in range(3):
+    with open(f"{i},:[{{é😀 ]}}.txt", "w") as f:
+        f.write("x")
+raise ValueError("é😀,:[{" * 30000)
+"""
+
+
+def test_a_genuine_result_at_every_cap_is_taken_whole(sb):
+    # The structure cap is derived from max_images, max_files and max_outputs: a genuine result
+    # with all of them full (every string full of the bytes the cap counts) comes back whole.
+    r = sb.run(GENUINE_AT_THE_CAPS, limits={"max_images": 2, "max_files": 3, "max_outputs": 2}, timeout=60)
+    assert r.outcome is Outcome.ERROR and r.error.type == "ValueError", describe(r)
+    assert len(r.images) == 2 and all(f.chart for f in r.images), describe(r)
+    assert len(r.files) == 3 and len(r.outputs) == 2 and r.outputs[0].json == {"a,:": [1, {"b": [2, 3]}]}, describe(r)
+    assert set(r.outputs[1].data) == {"text/plain", "text/html", "text/markdown", "text/latex", "application/json",
+                                      "image/svg+xml"}, describe(r)
+
+
+def _reply(raw: bytes) -> tuple[dict, bytes]:
+    header = {"op": "done", "exit_code": 0, "stdout_dropped": 0, "stderr_dropped": 0, "timed_out": False,
+              "wall_ms": 1.0, "cpu_ms": 1.0, "main_cpu_ms": 0.0, "result": True, "result_error": None,
+              "blob_sizes": [0, 0, len(raw), 0]}
+    return header, raw
+
+
+def test_a_forged_display_frame_is_dropped_in_the_jail_and_breaks_nothing(sb):
+    # The zygote relays a display frame only in the runner's shape (known MIME types, at most one
+    # item a type, sizes adding up), so the host's small cap on the zygote's frames
+    # (jail_process.MAX_FRAME_HEADER/VALUES) never meets a program's forgery: it would replace the jail.
+    code = """import json, os, struct
+def frame(header, body=b""):
+    head = json.dumps(header).encode()
+    return struct.pack(">4sIQ", b"SBX1", len(head), len(body)) + head + body
+os.write(3, frame({"op": "display", "main": False, "truncated": False, "items": [[",:" * 30000, 0]]}))
+os.write(3, frame({"op": "display", "main": False, "truncated": False, "items": [["text/plain", 0]] * 3000}))
+os.write(3, frame({"op": "display", "main": [[0]] * 10000, "truncated": False, "items": [["text/plain", 1]]}, b"z"))
+display('mine')
+"""
+    seen: list = []
+    r = sb.run(code, on_output=seen.append)
+    assert r.outcome is Outcome.OK, describe(r)
+    assert [o.data for o in seen] == [o.data for o in r.outputs] == [{"text/plain": "'mine'"}], (seen, describe(r))
 
 
 def _decode_seconds(n: int) -> float:
