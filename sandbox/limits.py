@@ -44,6 +44,7 @@ class Limits:
     max_output_html_bytes: int = 4 << 20
     max_output_image_bytes: int = 8 << 20
     max_output_json_bytes: int = 8 << 20
+    max_output_json_values: int = 100_000
     max_files: int = 64
     max_file_bytes: int = 64 << 20
     max_input_files: int = 256
@@ -138,6 +139,7 @@ class Limits:
             "max_output_html_bytes": self.max_output_html_bytes,
             "max_output_image_bytes": self.max_output_image_bytes,
             "max_output_json_bytes": self.max_output_json_bytes,
+            "max_output_json_values": self.max_output_json_values,
             "max_result_bytes": self.result_cap(),
         }
 

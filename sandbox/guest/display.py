@@ -49,6 +49,7 @@ class Outputs:
         self.items: list[tuple[bool, bool, list[tuple[str, bytes]]]] = []  # (main, truncated, [(mime, value)])
         self.dropped = 0
         self.total = 0
+        self.json_values = 0  # of the JSON values sent so far (protocol.json_values), under max_output_json_values
         self.limits = limits
         self.figure_sink = None  # runner's: takes a matplotlib figure
         self.live = None  # runner's, for a request with live outputs: takes (main, truncated, [(mime, value)])
@@ -57,7 +58,7 @@ class Outputs:
         if len(self.items) >= self.limits.get("max_outputs", 0):
             self.dropped += 1
             return
-        encoded, truncated = [], False
+        encoded, truncated, values = [], False, 0
         for mime, value in bundle.items():
             if mime not in protocol.OUTPUT_MIME_CAPS:
                 continue  # a type no surface knows (raw=True bundles may carry any)
@@ -65,26 +66,37 @@ class Outputs:
             data = _encode(mime, value)
             if data is None:
                 continue
+            if mime in protocol.JSON_MIMES and not self._json_room(values + protocol.json_values(data)):
+                truncated = True
+                continue  # over the run's JSON values: left out, as a value over its bytes is
             if len(data) > cap:
                 truncated = True
                 if mime not in protocol.TEXT_MIMES:
                     continue  # an image, HTML or JSON cut short is no longer one
                 data = data[:cap].decode("utf-8", "ignore").encode()
+            if mime in protocol.JSON_MIMES:
+                values += protocol.json_values(data)
             encoded.append((mime, data))
         size = sum(len(d) for _, d in encoded)
         if not any(m == "text/plain" for m, _ in encoded) or self.total + size > self.limits.get("max_output_bytes", 0):
             self.dropped += 1
             return
         self.total += size
+        self.json_values += values
         self.items.append((main, truncated, encoded))
         if self.live is not None:
             self.live(main, truncated, encoded)
 
-    def take(self, size: int) -> bool:
-        """Room for `size` more bytes under max_output_bytes (taken if there is)."""
-        if self.total + size > self.limits.get("max_output_bytes", 0):
+    def _json_room(self, values: int) -> bool:
+        return self.json_values + values <= self.limits.get("max_output_json_values", 0)
+
+    def take(self, size: int, json_values: int = 0) -> bool:
+        """Room for `size` more bytes under max_output_bytes and `json_values` more JSON values
+        under max_output_json_values (taken if there is)."""
+        if self.total + size > self.limits.get("max_output_bytes", 0) or not self._json_room(json_values):
             return False
         self.total += size
+        self.json_values += json_values
         return True
 
     def meta_and_blobs(self) -> tuple[list[dict], list[bytes]]:
@@ -114,12 +126,13 @@ def _encode(mime: str, value) -> bytes | None:
                 value = json.loads(value)
             except (ValueError, RecursionError):
                 return None
+        # protocol.dumps: the host counts the values of what it is sent before it parses them
+        # (max_output_json_values), which is exact only for this escaping encoder's text.
         try:
-            return json.dumps(value, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
+            return protocol.dumps(value, default=_json_default).encode()
         except ValueError:  # NaN or infinity somewhere: null, as JSON has no such numbers
             try:
-                return json.dumps(_finite(json.loads(json.dumps(value, default=_json_default))),
-                                  allow_nan=False, separators=(",", ":")).encode()
+                return protocol.dumps(_finite(json.loads(json.dumps(value, default=_json_default)))).encode()
             except (TypeError, ValueError, RecursionError):
                 return None
         except (TypeError, RecursionError):
@@ -467,7 +480,7 @@ def chart_of_figure(fig) -> bytes | None:
         data = module.chart_figure_to_dict(fig)
         if isinstance(data, dict) and data.get("type") == "superchart" and len(data.get("elements") or []) == 1:
             data = data["elements"][0]  # one axes: the chart itself, as E2B's SDK expects
-        return json.dumps(data, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
+        return protocol.dumps(data, default=_json_default).encode()
     except Exception:  # noqa: BLE001 - an artist the extractor does not know, NaN data
         return None
 

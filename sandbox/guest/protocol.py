@@ -96,16 +96,30 @@ def _key(key: object) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-def dumps(value: object) -> str:
-    """JSON text of `value` (as json.dumps with ensure_ascii and no spaces), with `,` `:` `[` `{`
-    inside strings written as \\u escapes: these bytes are then structure alone (see structure())."""
+def _refuse(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def dumps(value: object, default=_refuse) -> str:
+    """JSON text of `value` (as json.dumps with ensure_ascii, no spaces and no NaN), with `,` `:`
+    `[` `{` inside strings written as \\u escapes: these bytes are then structure alone (see
+    structure()). json's own C encoder, given this string encoder: as fast as json.dumps.
+    `default` turns what JSON cannot hold into what it can (as json.dumps's)."""
+    make = json.encoder.c_make_encoder
+    if make is None:
+        return _dumps_py(value)
+    return "".join(make({}, default, _string, None, ":", ",", False, False, False)(value, 0))
+
+
+def _dumps_py(value: object) -> str:
+    """dumps() in Python, where the json module has no C encoder."""
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, dict):
-        return "{" + ",".join([_string(k if isinstance(k, str) else _key(k)) + ":" + dumps(v)
+        return "{" + ",".join([_string(k if isinstance(k, str) else _key(k)) + ":" + _dumps_py(v)
                                for k, v in value.items()]) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join([dumps(v) for v in value]) + "]"
+        return "[" + ",".join([_dumps_py(v) for v in value]) + "]"
     if value is None:
         return "null"
     if value is True:
@@ -126,6 +140,12 @@ def structure(raw: bytes) -> int:
     its first value: every array element follows `[` or `,`, every member's key `{` or `,`, its
     value `:`."""
     return len(raw.translate(None, _NOT_STRUCTURE))
+
+
+def json_values(raw: bytes) -> int:
+    """The values (and keys) a JSON text that dumps() wrote holds, at most: what the host may
+    have to build to parse it, counted before it does (max_output_json_values)."""
+    return structure(raw) + 1
 
 
 def encode(header: dict, blobs: list[bytes] = ()) -> bytes:

@@ -64,7 +64,8 @@ class _Figures:
                 self.dropped += 1
             else:
                 # Chart data shares max_output_bytes with the rich outputs.
-                if len(chart) > self.max_chart_bytes or not display.OUTPUTS.take(len(chart)):
+                if len(chart) > self.max_chart_bytes or \
+                        not display.OUTPUTS.take(len(chart), protocol.json_values(chart) if chart else 0):
                     chart = b""
                 self.images.append((f"figure_{len(self.images) + 1}.png", data, chart))
         plt = sys.modules.get("matplotlib.pyplot")

@@ -103,7 +103,8 @@ class Slot:
         jp.write(request, deadline)
         cap = limits.max_stdout_bytes + limits.max_stderr_bytes + limits.result_cap()
         room = {"stdout": limits.max_stdout_bytes, "stderr": limits.max_stderr_bytes}
-        shown = {"outputs": limits.max_outputs, "bytes": limits.max_output_bytes}
+        shown = {"outputs": limits.max_outputs, "bytes": limits.max_output_bytes,
+                 "json_values": limits.max_output_json_values}
         if cancel is not None:
             jp.watch = _canceller(jp, cancel)
         try:

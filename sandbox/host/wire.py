@@ -199,7 +199,7 @@ def take_display(header: dict, body: bytes, on_display: Callable[[DisplayOutput]
         values = protocol.split_blobs(body, sizes)
     except (ValueError, protocol.ProtocolError):
         return
-    for output in _outputs([entry], values, limits, []):
+    for output in _outputs([entry], values, limits, [], room):
         on_display(output)
 
 
@@ -326,9 +326,22 @@ def parse_listing(raw: bytes, max_entries: int) -> dict:
     return protocol.parse_header(raw, max_values=_listing_structure(max_entries))
 
 
-def _outputs(out_meta: list, values: list[bytes], limits: Limits, notes: list[str]) -> list[DisplayOutput]:
+def _json_within(blob: bytes, budget: dict[str, int]) -> object:
+    """A JSON value from a jail, parsed only if its values fit what is left of the run's
+    max_output_json_values (counted from its bytes first: parsing is what costs, up to half a
+    microsecond a value, holding the interpreter's lock). ValueError if not, or if not JSON."""
+    values = protocol.json_values(blob)
+    if values > budget["json_values"]:
+        raise ValueError("over max_output_json_values")
+    budget["json_values"] -= values
+    return _json_value(blob)
+
+
+def _outputs(out_meta: list, values: list[bytes], limits: Limits, notes: list[str],
+             budget: dict[str, int]) -> list[DisplayOutput]:
     """The rich outputs of a reply, each value re-checked: a known MIME type, within its cap, of
-    its kind (UTF-8 text, a PNG or JPEG, JSON); "text/plain" present. A bad output is left out."""
+    its kind (UTF-8 text, a PNG or JPEG, JSON within `budget`'s "json_values"); "text/plain"
+    present. A bad output is left out."""
     outputs, pos, total = [], 0, 0
     for entry in out_meta:
         items = entry["items"]
@@ -352,7 +365,7 @@ def _outputs(out_meta: list, values: list[bytes], limits: Limits, notes: list[st
                         raise ValueError("not a JPEG")
                     data[mime] = blob
                 elif mime in protocol.JSON_MIMES:
-                    data[mime] = _json_value(blob)
+                    data[mime] = _json_within(blob, budget)
                 else:
                     data[mime] = blob.decode("utf-8", errors="replace")
             if not isinstance(data.get("text/plain"), str):
@@ -441,7 +454,8 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
             img_meta, file_meta, out_meta, chart_sizes = [], [], [], []
             notes.append("the program's result was malformed; figures and files were discarded")
         n_fixed = len(img_meta) + len(file_meta)
-        outputs = _outputs(out_meta, parts[n_fixed:n_fixed + len(item_sizes)], limits, notes)
+        budget = {"json_values": limits.max_output_json_values}  # the outputs' and the charts' together
+        outputs = _outputs(out_meta, parts[n_fixed:n_fixed + len(item_sizes)], limits, notes, budget)
         charts = parts[n_fixed + len(item_sizes):]
         for meta, data, chart_blob in zip(img_meta, parts[:len(img_meta)], charts or [b""] * len(img_meta)):
             dims = _png_size(data)
@@ -453,9 +467,9 @@ def decode_reply(header: dict, body: bytes, peak: int, oom_kills: int, limits: L
             chart = None
             if chart_blob and len(chart_blob) <= limits.max_output_json_bytes:
                 try:
-                    chart = _json_value(chart_blob)
-                except ValueError:
-                    notes.append("a figure's chart data was not JSON and was discarded")
+                    chart = _json_within(chart_blob, budget)
+                except ValueError as exc:
+                    notes.append(f"a figure's chart data was discarded ({exc})")
             images.append(Figure(name=name, mime_type="image/png", width=dims[0], height=dims[1], data=data,
                                  chart=chart if isinstance(chart, dict) else None))
         entries = []
