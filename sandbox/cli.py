@@ -104,13 +104,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     **({"packages": args.package} if args.package else {}))
         else:
             from .client import Sandbox
-            from .host import wire
             from .limits import Limits
             limits = Limits.from_policy().replace(**overrides)
-            # One run: the jail imports only what the program's import lines name from the image's
-            # preload list (print(1) starts with the standard library alone, a pandas script with
-            # pandas), before the run's clock starts, as the warm pool does.
-            with Sandbox(slots=1, image=args.image, limits=limits, preload=wire.imported_modules(code)) as sb:
+            # One run: a jail that warms nothing ahead (Sandbox(warm=False): no preload, one child,
+            # no rehearsal); the program imports what it uses, as a bare interpreter would.
+            with Sandbox(slots=1, image=args.image, limits=limits, warm=False) as sb:
                 found = None
                 if args.package:  # resolved first, with pip's progress on stderr (cached: a look-up)
                     found = sb.packages.prepare(args.package, progress=lambda line: _say(line))

@@ -67,19 +67,24 @@ class Sandbox:
 
     def __init__(self, slots: int | None = None, *, image: str = "default", limits: Limits | None = None,
                  max_queue: int = 1024, recycle_after: int = 10_000,
-                 preload: bool | Iterable[str] = True) -> None:
+                 preload: bool | Iterable[str] = True, warm: bool = True) -> None:
         """`slots` jails (default: one per CPU). `preload`: True imports the image's whole
         preload list in each jail before the first run; False none of it (the pool starts in a
         fraction of the time and programs import what they use); module names, the entries of
-        that list under those top-level packages (what a one-shot command that knows its
-        program's imports wants)."""
+        that list under those top-level packages. `warm=False`: jails for one run each (what a
+        one-shot command wants): no preload, no standard-library set, one child waiting and no
+        rehearsal run in it, so the jail is up the soonest and the run imports what it uses, as a
+        bare interpreter would; isolation, limits and results are the same as a warm pool's, only
+        later runs are slower."""
         if slots is not None and (not isinstance(slots, int) or slots < 1):
             raise InvalidInputError(f"slots must be a positive integer, not {slots!r}")
         if max_queue < 0 or recycle_after < 1:
             raise InvalidInputError("max_queue must be >= 0 and recycle_after >= 1")
         doctor.require_safe_host()  # refuses to start unsafely: same checks as `sandbox doctor`
         self.image = images.load_any(image)
-        if isinstance(preload, bool):
+        if not warm:
+            modules = []
+        elif isinstance(preload, bool):
             modules = list(self.image.preload) if preload else []
         else:
             wanted = set(preload)
@@ -103,7 +108,7 @@ class Sandbox:
         t0 = time.monotonic()
 
         def factory(index: int) -> Slot:
-            return Slot(index, self.image, settings, seccomp, self.limits, preload=modules).start()
+            return Slot(index, self.image, settings, seccomp, self.limits, preload=modules, warm=warm).start()
 
         session_settings = SessionSettings.from_policy()
         self._sessions = SessionManager(

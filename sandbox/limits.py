@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -237,14 +238,26 @@ class PackageSettings:
             raise InvalidInputError(f"bad [packages] table in policy: {exc}") from None
 
 
+_parsed: dict[str, tuple[bytes, dict[str, Any]]] = {}   # path -> (its bytes, their tables)
+
+
 def load_toml(path: Path) -> dict[str, Any]:
+    """A policy file's tables (a copy of its own for each caller), parsed once for each content
+    the file has had: an engine's start reads default.toml for the limits, the jail, the sessions
+    and the packages, and a one-shot `sandbox run` once more for its own limits."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read()
+        cached = _parsed.get(str(path))
+        if cached is not None and cached[0] == raw:
+            return copy.deepcopy(cached[1])
+        data = tomllib.loads(raw.decode())
     except FileNotFoundError:
         raise InvalidInputError(f"policy file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"policy file {path} is not valid TOML: {exc}") from None
+    _parsed[str(path)] = (raw, data)
+    return copy.deepcopy(data)
 
 
 def seccomp_policy(path: Path | None = None) -> dict[str, Any]:

@@ -16,7 +16,6 @@ interactive shell) and the version reported is 9.0, so libraries that look at IP
 from __future__ import annotations
 
 import base64
-import importlib.abc
 import importlib.machinery
 import json
 import os
@@ -263,7 +262,7 @@ MODULES = {
 }
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:  # a loader by its methods alone (importlib.abc is a costly import: preload.FigureHook)
     def create_module(self, spec):
         return None
 
@@ -277,7 +276,7 @@ class _Loader(importlib.abc.Loader):
             module.__doc__ = "The sandbox's stand-in for IPython's display API (guest/ipython_shim.py)."
 
 
-class Finder(importlib.abc.MetaPathFinder):
+class Finder:
     """Finds the modules above when nothing before it on sys.meta_path did (no real IPython)."""
 
     def find_spec(self, name, path=None, target=None):

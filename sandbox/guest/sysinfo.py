@@ -37,9 +37,8 @@ import socket
 import sys
 import threading
 
-import pyseccomp as sc
-
 from . import notifier
+from .seccomp import sc  # pyseccomp, imported without its ldconfig runs
 
 EXIT_NOTIFIER_DIED = 75  # the zygote's exit status when it finds the notifier gone
 SECCOMP_SET_MODE_FILTER = 1

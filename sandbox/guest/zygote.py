@@ -11,8 +11,9 @@ past requests and results, so every child comes from a fork server, forked befor
 request.
 
 Host protocol (frames, see protocol.py) on fds 0 (in) and 1 (out):
-  host -> init    {policy, preload, uid, gid, workdir, profile, spares, uids, lean_uids?, mode?}
-  (mode "sessions": the loop of guest/session_loop.py instead of serve() below)
+  host -> init    {policy, preload, uid, gid, workdir, profile, spares, uids, lean_uids?, mode?, warm?}
+  (mode "sessions": the loop of guest/session_loop.py instead of serve() below; warm false: a
+  one-shot jail, see warm_up)
   zygote -> ready {python, modules, import_ms, pids_overhead}
   host -> request {code, filename, files, stdin, limits, profile, flavor, stream}   (+ input blobs)
   zygote -> output {status: "output", stream}    (+ the chunk)   only with "stream": live output, 0..n
@@ -31,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import hugepages, preload, protocol, seccomp, sysinfo
+from . import hugepages, preload, protocol, runner, seccomp, sysinfo
 from .forkserver import Child, ForkServer
 from .supervise import Live, Results, Stream, Watch, build_reply, cpu_time_ns, exit_code_of, result_frame
 
@@ -139,16 +140,22 @@ def warm_up(init: dict, close_in_child: list[int]) -> tuple[dict[str, ForkServer
     lean_count = init.get("lean_uids") or (count // 2 if init["preload"] else count)
     lean_uids = range(first, first + min(lean_count, count))
     full_uids = range(lean_uids.stop, first + count)
+    # "warm": false (a one-shot: a jail for one run) warms nothing the run may not need: no
+    # standard-library set, no preload list, no rehearsal in the child; the run imports what it
+    # imports, as a bare interpreter would. Every isolation step is the same.
+    warm = init.get("warm", True) is not False
+    runner.REHEARSE = warm
     preload.prepare_matplotlib()
     preload.install_hook()
     bpf = seccomp.compile_policy(init["policy"])
     servers: dict[str, ForkServer] = {}
     versions: dict = {}
-    preload.lean()
+    if warm:
+        preload.lean()
     gc.collect()
     gc.freeze()  # otherwise each child's first collection dirties every shared page
     servers["lean"] = ForkServer.start("lean", bpf, init, close_in_child, spares.get("lean", 2), lean_uids)
-    if init["preload"]:
+    if init["preload"] and warm:
         versions = preload.full(init["preload"])
         gc.collect()
         gc.freeze()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -155,15 +155,50 @@ def move_out(cgroup: Path) -> None:
                 pass
 
 
-def nsjail_config(memory_bytes: int, pids: int, cpu_ms_per_sec: int) -> str:
-    """The cgroup part of a slot's nsjail config (protobuf text format)."""
-    common = f"cgroup_mem_max: {memory_bytes}\ncgroup_pids_max: {pids}\ncgroup_cpu_ms_per_sec: {cpu_ms_per_sec}\n"
+def nsjail_config(memory_bytes: int, pids: int) -> str:
+    """The cgroup part of a slot's nsjail config (protobuf text format): memory and pids. Not the
+    CPU: nsjail would set it with a one-second period, and the kernel applies a new period only
+    once the running one ends (the host's short period came up to a second late, and a jail's
+    first heavy run was held that long); the host sets it itself, first (limit_cpu)."""
+    common = f"cgroup_mem_max: {memory_bytes}\ncgroup_pids_max: {pids}\n"
     if version() == 2:
         return common + f'use_cgroupv2: true\ncgroupv2_mount: "{parent_dir()}"\ncgroup_mem_swap_max: 0\n'
     lines = [common, f"cgroup_mem_memsw_max: {memory_bytes}\n" if _v1_has_memsw() else ""]
-    for c, key in (("memory", "mem"), ("pids", "pids"), ("cpu", "cpu")):
+    for c, key in (("memory", "mem"), ("pids", "pids")):
         lines.append(f'cgroup_{key}_mount: "{ROOT / c}"\ncgroup_{key}_parent: "{parent_dir(c).relative_to(ROOT / c)}"\n')
     return "".join(lines)
+
+
+def limit_cpu(jail_pid: int, cpus: float, period_ms: int, deadline: float) -> None:
+    """A new jail's CPU bandwidth (see SlotCgroup.set_cpu), set as soon as nsjail has made its
+    first process and before the host sends it anything: on v1 the jail's cpu cgroup is made
+    here (`NSJAIL.<pid>`, as nsjail names the others) and the process moved in while it is the
+    jail's only one (the zygote forks nothing before its init frame); on v2, once nsjail has made
+    the jail's cgroup, its cpu.max. TimeoutError if the cgroup does not appear by `deadline`."""
+    name = f"NSJAIL.{jail_pid}"
+    if version() == 2:
+        where = parent_dir() / name
+        while not where.is_dir():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nsjail did not make the jail's cgroup {where}")
+            time.sleep(0.0005)
+        _write_bandwidth(where, True, cpus, period_ms)
+        return
+    where = parent_dir("cpu") / name
+    where.mkdir(exist_ok=True)
+    _write_bandwidth(where, False, cpus, period_ms)
+    (where / "cgroup.procs").write_text(str(jail_pid))
+
+
+def _write_bandwidth(cgroup: Path, v2: bool, cpus: float, period_ms: int) -> None:
+    period = period_ms * 1000
+    quota = max(1000, int(cpus * period))
+    if v2:
+        (cgroup / "cpu.max").write_text(f"{quota} {period}")
+    else:
+        # The quota may exceed the period (more than one core), so lower the period first.
+        (cgroup / "cpu.cfs_period_us").write_text(str(period))
+        (cgroup / "cpu.cfs_quota_us").write_text(str(quota))
 
 
 def _v1_has_memsw() -> bool:
@@ -255,6 +290,86 @@ class SlotCgroup:
             except OSError:
                 pass
 
+    def kill_all(self) -> None:
+        """The jail is being ended (its nsjail and zygote were sent SIGKILL): SIGKILL every process
+        still in its cgroups, then lift their CPU quota, so they leave at once. Dying processes
+        are throttled like live ones, and the kernel's bandwidth timer may leave them frozen far
+        beyond a period: a killed jail whose zygote held pandas took 200-900 ms to leave its
+        cgroup, 30-80 ms unthrottled. The quota goes only once no process of the jail can run
+        another user instruction (each has SIGKILL pending, and such a process cannot fork);
+        if that cannot be made sure, it stays."""
+        if not self._signal_all():
+            return
+        for d in self._tree(self.cpu):
+            try:
+                if self.v2:
+                    (d / "cpu.max").write_text("max")
+                else:
+                    (d / "cpu.cfs_quota_us").write_text("-1")
+            except OSError:
+                pass
+
+    @staticmethod
+    def _tree(cgroup: Path) -> list[Path]:
+        """A cgroup and the ones below it, each before its children."""
+        return [Path(d) for d, _, _ in os.walk(cgroup)]
+
+    def _signal_all(self, rounds: int = 50) -> bool:
+        """SIGKILL every process of the jail's cgroups (sessions' below them too); True once a pass
+        finds none it has not signalled. v2's cgroup.kill does it in one write; on v1 each process
+        is signalled through a pidfd, once /proc says the process it names is in the jail's cgroups
+        (never by a number that a process outside the jail may have taken since the list was read)."""
+        if self.v2:
+            try:
+                (self.mem / "cgroup.kill").write_text("1")
+                return True
+            except OSError:
+                pass
+        signalled: set[int] = set()
+        for _ in range(rounds):
+            found = set()
+            for d in self._tree(self.mem):
+                try:
+                    found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+                except (OSError, ValueError):
+                    pass
+            new = found - signalled
+            if not new:
+                return True
+            for pid in new:
+                try:
+                    fd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    signalled.add(pid)  # gone
+                    continue
+                except OSError:
+                    continue
+                try:
+                    if self._holds(pid):  # else listed again next pass, or gone: never assumed dead
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        signalled.add(pid)
+                except ProcessLookupError:
+                    signalled.add(pid)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        return False
+
+    def _holds(self, pid: int) -> bool:
+        """Whether the process numbered `pid` is in the jail's cgroup or one below it now."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return False
+        rel = "/" + str(self.mem.relative_to(ROOT if self.v2 else ROOT / "memory"))
+        for line in lines:
+            _, names, path = (line.split(":", 2) + ["", ""])[:3]
+            if (names == "") if self.v2 else ("memory" in names.split(",")):
+                return path == rel or path.startswith(rel + "/")
+        return False
+
     def remove(self, wait: float = 2.0) -> None:
         """rmdir this jail's cgroups (sessions' below them first), retrying while killed tasks
         are still leaving them.
@@ -265,12 +380,14 @@ class SlotCgroup:
         does not linger until the sandbox closes."""
         deadline = time.monotonic() + wait
         left = []
+        pause = 0.001
         for d in self.dirs:
             while not remove_tree(d):
                 if time.monotonic() > deadline:
                     left.append(d)
                     break
-                time.sleep(0.01)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
         if left:
             thread = threading.Thread(target=_remove_later, args=(left,), name="sandbox-cgroup-remove", daemon=True)
             _removing.add(thread)
@@ -314,6 +431,8 @@ class SlotCgroup:
             if self._v1_freezer is None:
                 # Named at random, not after nsjail's host pid: a session sees this path in
                 # /proc/self/cgroup (its cgroup namespace is rooted above it on v1).
+                import secrets  # here: its imports (hmac, hashlib, random) cost a one-shot run ~5 ms
+
                 self._v1_freezer = parent_dir(V1_FREEZER) / f"jail-{secrets.token_hex(8)}"
                 self._v1_freezer.mkdir(parents=True)
                 self.dirs.append(self._v1_freezer)
@@ -409,14 +528,7 @@ class SlotCgroup:
         of it and is then frozen for the rest: the stalls of hundreds of milliseconds seen back
         to back. A short period bounds such a wait by the period.
         """
-        period = period_ms * 1000
-        quota = max(1000, int(cpus * period))
-        if self.v2:
-            (self.cpu / "cpu.max").write_text(f"{quota} {period}")
-        else:
-            # The quota may exceed the period (more than one core), so lower the period first.
-            (self.cpu / "cpu.cfs_period_us").write_text(str(period))
-            (self.cpu / "cpu.cfs_quota_us").write_text(str(quota))
+        _write_bandwidth(self.cpu, self.v2, cpus, period_ms)
 
     def begin(self) -> Snapshot:
         """Counters at the start of a run; resets the peak so the run's own peak can be read."""

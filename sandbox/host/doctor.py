@@ -4,10 +4,9 @@ fails (fail closed, never unsandboxed)."""
 
 from __future__ import annotations
 
-import ctypes.util
+import ctypes
 import errno
 import os
-import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +111,11 @@ def _seccomp(thorough: bool = True) -> Check:
         ctypes.CDLL("libseccomp.so.2")  # what the loader finds, without find_library's ldconfig run
         found = True
     except OSError:
-        found = thorough and bool(ctypes.util.find_library("seccomp"))
+        found = False
+        if thorough:
+            from ctypes.util import find_library  # here: a costly import for every engine start
+
+            found = bool(find_library("seccomp"))
     if not found:
         return Check("seccomp", False, "install libseccomp: apt-get install libseccomp2")
     return Check("seccomp", True, "kernel filter support (with user notification) and libseccomp present")
@@ -164,7 +167,7 @@ def checks(image: str | None = "default", thorough: bool = True) -> list[Check]:
     """Every check; `thorough=False` (each engine start) runs no subprocess: nsjail is checked
     for an executable binary, not run, and libseccomp by loading it, not by asking ldconfig."""
     found = [_privileges(), _userns(), _cgroups(), _seccomp(thorough), _nsjail(thorough)]
-    if platform.system() != "Linux":
+    if os.uname().sysname != "Linux":
         found.insert(0, Check("platform", False, "Linux is required"))
     if image:
         found.append(_image(image))

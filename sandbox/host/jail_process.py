@@ -74,11 +74,18 @@ class JailProcess:
         threading.Thread(target=self._drain_stderr, name=f"sandbox-{self.name}-stderr", daemon=True).start()
         try:
             deadline = time.monotonic() + timeout
+            # The CPU bandwidth first, while the zygote is the jail's one process and waits for
+            # its init frame: everything the jail runs is under it.
+            self.zygote_pid = self._find_zygote(deadline)
+            try:
+                cgroups.limit_cpu(self.zygote_pid, self.settings.cpus, self.settings.cpu_period_ms, deadline)
+            except FileNotFoundError:  # the jail died meanwhile (its cgroup went with it)
+                raise SlotDied("the jail ended before its CPU limit was set") from None
+            except TimeoutError as exc:
+                raise SlotDied(str(exc)) from None
             self.write(protocol.encode(init), deadline)
             ready, _ = self.read_frame(deadline, max_body=0)
-            self.zygote_pid = self._find_zygote(deadline)
             self.cgroup = cgroups.SlotCgroup(self.zygote_pid)
-            self.cgroup.set_cpu(self.settings.cpus, self.settings.cpu_period_ms)
             self.baseline = self.cgroup.usage()
         except SlotDied as exc:
             self.kill()
@@ -235,6 +242,7 @@ class JailProcess:
             devices.remove(self._run_dir)  # the jail's device nodes
         if self.cgroup is not None:
             # A killed nsjail cannot remove its cgroups; the host does, once the jail's
-            # processes have left them.
+            # processes have left them (at once: SlotCgroup.kill_all).
+            self.cgroup.kill_all()
             self.cgroup.close()
             self.cgroup.remove()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -50,8 +51,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+# packaging (15-20 ms of imports: its requirement parser) loads when a call names packages, not
+# with every Sandbox(): a one-shot `sandbox run` without --package never needs it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+
+
+def canonicalize_name(name: str) -> str:
+    from packaging.utils import canonicalize_name as canonical
+
+    return canonical(name)
+
+
+def _requirement(spec: str) -> Requirement:
+    """packaging's Requirement; ValueError (its InvalidRequirement) for a bad one."""
+    from packaging.requirements import Requirement
+
+    return Requirement(spec)
 
 from ..errors import InvalidInputError, SandboxError, SandboxUnavailableError
 from ..guest import protocol
@@ -107,8 +124,8 @@ def parse_request(specs: object, limit: int) -> list[Requirement]:
         if spec.lstrip().startswith("-"):
             raise InvalidInputError(f"package {spec!r} is not a requirement (options are not accepted)")
         try:
-            req = Requirement(spec)
-        except InvalidRequirement as exc:
+            req = _requirement(spec)
+        except ValueError as exc:
             raise InvalidInputError(f"package {spec!r} is not a valid requirement: {exc}") from None
         if req.url or req.marker:
             raise InvalidInputError(f"package {spec!r}: URLs, paths and environment markers are not accepted; "
@@ -127,12 +144,20 @@ class PackageStore:
         self.image = image
         self.settings = settings
         self.root = Path(settings.cache_dir) if settings.cache_dir else state_dir() / "packages"
-        self.pins = {canonicalize_name(n): v for n, v in image.manifest.get("packages", {}).items()}
-        self._allow = self._parse_allow(settings.allow)
         self._memo: dict[str, tuple[PackageSet, float]] = {}   # request hash -> (set, last touch)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._secret: bytes | None = None
+
+    @functools.cached_property
+    def pins(self) -> dict[str, str]:
+        """The image's own packages, by canonical name: its versions."""
+        return {canonicalize_name(n): v for n, v in self.image.manifest.get("packages", {}).items()}
+
+    @functools.cached_property
+    def _allow(self) -> dict[str, Requirement | None]:
+        """The policy's allow-list, parsed when a call first names packages (a bad entry is refused then)."""
+        return self._parse_allow(self.settings.allow)
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -187,8 +212,8 @@ class PackageStore:
                 allow["*"] = None
                 continue
             try:
-                req = Requirement(entry)
-            except InvalidRequirement as exc:
+                req = _requirement(entry)
+            except ValueError as exc:
                 raise InvalidInputError(f"bad [packages] allow entry {entry!r}: {exc}") from None
             allow[canonicalize_name(req.name)] = req
         return allow

@@ -30,8 +30,10 @@ class Slot:
     """A warm jail for stateless runs. The constructor stores; `start()` starts the jail (seconds)."""
 
     def __init__(self, index: int, image: Image, settings: JailSettings, policy: dict, defaults: Limits,
-                 preload: list[str] | None = None) -> None:
-        """A slot whose zygote imports `preload` (default: the image's whole list)."""
+                 preload: list[str] | None = None, warm: bool = True) -> None:
+        """A slot whose zygote imports `preload` (default: the image's whole list). `warm=False`: a
+        jail for one run (a one-shot command), whose zygote warms nothing ahead (no module set, no
+        rehearsal) and keeps one child waiting; its isolation is the same (guest/zygote.warm_up)."""
         self.index = index
         self.runs = 0
         self.alive = False
@@ -42,16 +44,18 @@ class Slot:
         self._settings = settings
         self._policy = policy
         self._defaults = defaults
-        self._preload = image.preload if preload is None else preload
+        self._preload = [] if not warm else image.preload if preload is None else preload
+        self._warm = warm
         self.jail = JailProcess(image, settings, f"slot{index}")
 
     def start(self) -> Slot:
         """Start the jail and wait for its zygote's imports; SlotDied (with its last words) if it fails."""
         t0 = time.monotonic()
         settings = self._settings
+        spares = {"lean": settings.spares_lean if self._preload else 1, "full": settings.spares_full}
         self.ready = self.jail.start(jail.zygote_init(
-            self._policy, self._preload, self._defaults, settings,
-            spares={"lean": settings.spares_lean if self._preload else 1, "full": settings.spares_full}))
+            self._policy, self._preload, self._defaults, settings, spares=spares,
+            **({} if self._warm else {"warm": False})))
         self.pids_overhead = pids_overhead(self.ready)
         self.start_seconds = time.monotonic() - t0
         self.alive = True
