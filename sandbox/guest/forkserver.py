@@ -94,8 +94,8 @@ class _PidNamespaces:
 # reaps what the session orphans; dash would put it back to default), and execs `sleep`, a small
 # process that only waits. No pdeathsig: in the jail an exec clears it (seen: a holder set up
 # with `setpriv --pdeathsig` outlived its killed fork server). A holder ends with its session
-# (the server kills it) or with the jail: the zygote, the jail's pid 1, stops when its fork
-# server dies, and every process of the jail's namespace goes with it.
+# (the server kills it) or with the jail: once this server has died, the session loop stops at
+# its next open and the zygote, the jail's pid 1, kills every process of the jail.
 HOLDER = ("/bin/bash", "-c", 'trap "" CHLD; exec /usr/bin/sleep infinity')
 
 
