@@ -187,7 +187,9 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-_BOUNDED = {"parse_int": _number(int), "parse_float": _number(float), "parse_constant": _no_constant}
+# Made once: json.loads with these as arguments builds a new decoder on every call (a header
+# from a jail is parsed on every run).
+_BOUNDED = json.JSONDecoder(parse_int=_number(int), parse_float=_number(float), parse_constant=_no_constant)
 
 
 def parse_header(raw: bytes, max_values: int | None = None) -> dict:
@@ -201,7 +203,7 @@ def parse_header(raw: bytes, max_values: int | None = None) -> dict:
             raise ProtocolError(f"frame header of {len(raw)} bytes has {found} separators and brackets; "
                                 f"what can be sent here has at most {max_values}")
     try:
-        header = json.loads(raw) if max_values is None else json.loads(raw, **_BOUNDED)
+        header = json.loads(raw) if max_values is None else _BOUNDED.decode(str(raw, "utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     except RecursionError:  # hostile nesting: json recurses once per level

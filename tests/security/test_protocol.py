@@ -463,3 +463,14 @@ def test_forged_output_paths_never_clash(sb):
     assert len(paths) == len(set(paths)), f"duplicate output paths returned: {paths}"
     clashes = [(p, q) for p in paths for q in paths if q.startswith(p + "/")]
     assert clashes == [], f"an output file is also a directory of another output: {clashes}"
+
+
+def test_a_jail_header_with_a_long_number_nan_or_infinity_is_refused():
+    # A header from a jail (parse_header with max_values) is parsed at a small constant per value:
+    # numbers longer than protocol.MAX_NUMBER characters, NaN and infinities are refused.
+    from sandbox.guest import protocol
+    for raw in (b'{"a": ' + b"1" * 25 + b"}", b'{"a": 1.' + b"0" * 30 + b"}", b'{"a": NaN}', b'{"a": 1e999}',
+                b'{"a": -Infinity}'):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_header(raw, max_values=100)
+    assert protocol.parse_header(b'{"a": 123, "b": -1.5e3}', max_values=100) == {"a": 123, "b": -1500.0}
